@@ -1,0 +1,77 @@
+"""Robust intensity normalisation (the model card's ``{"method": "percentile", ...}``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_nalu_count.errors import InputError
+
+__all__ = ["percentile_normalize"]
+
+
+def percentile_normalize(
+    image: object,
+    low: float = 1.0,
+    high: float = 99.8,
+    *,
+    clip: bool = False,
+    eps: float = 1e-20,
+) -> np.ndarray:
+    """Map the ``low``-th percentile to 0 and the ``high``-th to 1.
+
+    Parameters
+    ----------
+    image
+        Array of any shape and a real dtype (bool, uint8, uint16, int, float). Percentiles are
+        taken over all its values.
+    low, high
+        Percentiles in ``[0, 100]`` with ``low < high``.
+    clip
+        Clip the result to ``[0, 1]`` (off by default: values beyond the percentiles keep their
+        relative brightness, which counting networks rely on).
+    eps
+        A percentile range at most this wide counts as constant.
+
+    Returns
+    -------
+    float32 array of the same shape, roughly in ``[0, 1]``. A constant image (or one whose two
+    percentiles coincide) gives zeros instead of dividing by zero.
+
+    Raises
+    ------
+    InputError
+        For NaN or infinite values, an empty or non-numeric image, or bad percentiles.
+    """
+    arr = np.asarray(image)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise InputError(
+            f"image must have a real numeric dtype (uint8, uint16, float, ...), got {arr.dtype}"
+        )
+    if arr.size == 0:
+        raise InputError(f"image is empty (shape {arr.shape})")
+    low, high = float(low), float(high)
+    if not (0.0 <= low < high <= 100.0):
+        raise InputError(
+            f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}"
+        )
+    if np.issubdtype(arr.dtype, np.floating):
+        finite = np.isfinite(arr)
+        if not finite.all():
+            n_nan = int(np.count_nonzero(np.isnan(arr)))
+            n_inf = int(arr.size - np.count_nonzero(finite) - n_nan)
+            raise InputError(
+                f"image contains {n_nan} NaN and {n_inf} infinite value(s); "
+                "replace or mask them before normalising"
+            )
+    lo, hi = (float(v) for v in np.percentile(arr, [low, high]))
+    if not hi - lo > eps:
+        return np.zeros(arr.shape, dtype=np.float32)
+    # float64 input is scaled in float64 (huge ranges would overflow float32 before scaling).
+    work_dtype = np.float64 if arr.dtype == np.float64 else np.float32
+    work = arr.astype(work_dtype, copy=False)
+    out = ((work - work_dtype(lo)) * work_dtype(1.0 / (hi - lo))).astype(np.float32, copy=False)
+    if clip:
+        np.clip(out, 0.0, 1.0, out=out)
+    return out

@@ -1,0 +1,438 @@
+"""Readers for images, point annotations, label images and the two benchmark data sets.
+
+Formats
+-------
+- Images: TIFF (``.tif``/``.tiff``, multi-page stacks included, via tifffile) and PNG/JPEG/BMP
+  (via scikit-image/imageio). Arrays are returned as stored (no normalisation, no squeezing
+  beyond what the reader does).
+- Points: CSV as written by napari's Points layer (``index,axis-0,axis-1,...``); also plain
+  ``y,x`` (or ``z,y,x``/``t,y,x``), ``x,y`` (reordered to ``y, x``) and header-less numeric
+  columns. Coordinates are in pixels with pixel centres at integers (napari's convention).
+- Label images: any integer image, 0 = background.
+- BBBC039 and VGG cells: see :func:`load_bbbc039` and :func:`load_vgg`.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_nalu_count.data.masks import (
+    as_labels,
+    instances_to_dots,
+    painted_to_instances,
+    relabel_sequential,
+    remove_small_instances,
+)
+from napari_nalu_count.errors import InputError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Sample",
+    "load_bbbc039",
+    "load_labels_sample",
+    "load_points_sample",
+    "load_vgg",
+    "read_image",
+    "read_labels",
+    "read_points_csv",
+    "vgg_dots_from_rgb",
+    "write_points_csv",
+]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+OTHER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = TIFF_SUFFIXES + OTHER_SUFFIXES
+
+
+@dataclass
+class Sample:
+    """One annotated image.
+
+    Attributes
+    ----------
+    image
+        The image as an array, (H, W) for the 2-D data sets (stacks: (T, H, W)).
+    dots
+        (N, D) float64 cell centres in pixels (``y, x``; stacks ``t, y, x``), or None.
+    labels
+        Instance labels, int32 of the image's spatial shape (0 = background), or None.
+    name
+        An identifier (file stem, data-set index, ...).
+    meta
+        Free-form extra information (source, generator parameters, ...).
+    """
+
+    image: np.ndarray
+    dots: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    name: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int | None:
+        """Number of annotated cells (dots, else label ids), or None without annotations."""
+        if self.dots is not None:
+            return int(len(self.dots))
+        if self.labels is not None:
+            return int(len(np.unique(self.labels[self.labels > 0])))
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# images and labels
+
+
+def _existing_file(path: str | Path, what: str = "file") -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} not found: {p}")
+    if not p.is_file():
+        raise InputError(f"{what} is not a file: {p}")
+    return p
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """Read a TIFF; pages written one by one (several same-shaped series) become one stack."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        series = tf.series
+        if len(series) > 1 and all(
+            s.shape == series[0].shape and s.dtype == series[0].dtype for s in series
+        ):
+            return np.stack([s.asarray() for s in series])
+        return tf.asarray()
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file into a numpy array (dtype and axes as stored).
+
+    TIFF files (including multi-page stacks, which come back as (pages, H, W[, C])) are read with
+    tifffile; PNG/JPEG/BMP with scikit-image. Raises :class:`InputError` for a missing file, an
+    unsupported suffix or a file that cannot be decoded.
+    """
+    p = _existing_file(path, "image file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in TIFF_SUFFIXES:
+            arr = _read_tiff(p)
+        elif suffix in OTHER_SUFFIXES:
+            from skimage import io as skio
+
+            arr = skio.imread(p)
+        else:
+            raise InputError(
+                f"unsupported image format {suffix!r} for {p.name}; expected one of "
+                + ", ".join(IMAGE_SUFFIXES)
+            )
+    except InputError:
+        raise
+    except Exception as exc:  # decoders raise many types; report them uniformly
+        raise InputError(f"cannot read image {p}: {type(exc).__name__}: {exc}") from None
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        raise InputError(f"image {p} is empty (shape {arr.shape})")
+    return arr
+
+
+def read_labels(path: str | Path, *, split_painted: bool = False, min_size: int = 0) -> np.ndarray:
+    """Read a 2-D instance label image (0 = background) and return int32 ids 1..N.
+
+    For an RGB(A) file only the first (red) channel is used, as in BBBC039's masks. With
+    ``split_painted=True`` each value is split into 4-connected components (for masks that paint
+    touching objects with a few values). Instances smaller than ``min_size`` pixels are dropped.
+    """
+    arr = read_image(path)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise InputError(f"label image {path} must be 2-D (H, W), got shape {arr.shape}")
+    arr = as_labels(arr, f"label image {Path(path).name}")
+    if split_painted:
+        return painted_to_instances(arr, connectivity=1, min_size=min_size)
+    return remove_small_instances(arr, min_size) if min_size > 1 else relabel_sequential(arr)
+
+
+# ---------------------------------------------------------------------------------------------
+# points CSV
+
+_AXIS_RE = re.compile(r"^axis-(\d+)$")
+_NAMED_AXES = ("t", "z", "y", "x")
+
+
+def _point_columns(header: list[str]) -> list[int] | None:
+    """Column indices of the coordinates in ``header`` (ordered as axes), or None if unknown."""
+    names = [h.strip().lower() for h in header]
+    axis_cols = {int(m.group(1)): i for i, n in enumerate(names) if (m := _AXIS_RE.match(n))}
+    if axis_cols:
+        order = sorted(axis_cols)
+        if order != list(range(len(order))):
+            raise InputError(f"points CSV has non-contiguous axis columns: {header}")
+        return [axis_cols[k] for k in order]
+    named = {n: i for i, n in enumerate(names) if n in _NAMED_AXES}
+    if "y" in named and "x" in named:
+        return [named[a] for a in _NAMED_AXES if a in named]
+    return None
+
+
+def read_points_csv(path: str | Path, ndim: int | None = None) -> np.ndarray:
+    """Read point coordinates from a CSV file; returns (N, D) float64 in axis order.
+
+    Accepted layouts: napari's Points export (``index,axis-0,axis-1[,...]``; other columns such
+    as ``index`` are ignored), named columns ``y,x`` (also ``z``/``t`` before them, any column
+    order, ``x,y`` is reordered to ``y, x``), or purely numeric rows (all columns are
+    coordinates). ``ndim``, when given, is the number of coordinate columns expected; a mismatch
+    raises :class:`InputError`. An empty file (header only) gives shape (0, ndim or 2).
+    """
+    p = _existing_file(path, "points CSV")
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read points CSV {p}: {exc}") from None
+    if not rows:
+        return np.zeros((0, ndim or 2), dtype=np.float64)
+
+    def numeric(row: list[str]) -> bool:
+        try:
+            [float(c) for c in row]
+        except ValueError:
+            return False
+        return True
+
+    if numeric(rows[0]):
+        cols = list(range(len(rows[0])))
+        body = rows
+    else:
+        cols = _point_columns(rows[0])
+        if cols is None:
+            raise InputError(
+                f"points CSV {p.name}: unrecognised header {rows[0]}; expected napari's "
+                "'index,axis-0,axis-1,...', or columns named 'y,x' (optionally 'z'/'t')"
+            )
+        body = rows[1:]
+    data = np.zeros((len(body), len(cols)), dtype=np.float64)
+    for r, row in enumerate(body):
+        try:
+            data[r] = [float(row[c]) for c in cols]
+        except (ValueError, IndexError):
+            raise InputError(
+                f"points CSV {p.name}: row {r + 1} is not numeric or too short: {row}"
+            ) from None
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"points CSV {p.name} contains NaN or infinite coordinates")
+    if ndim is not None and data.shape[1] != ndim:
+        raise InputError(
+            f"points CSV {p.name} has {data.shape[1]} coordinate column(s), expected {ndim}"
+        )
+    return data
+
+
+def write_points_csv(path: str | Path, points: object) -> Path:
+    """Write (N, D) points in napari's Points CSV layout (``index,axis-0,...``)."""
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2:
+        raise InputError(f"points must be (N, D), got shape {pts.shape}")
+    p = Path(path)
+    with open(p, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["index"] + [f"axis-{i}" for i in range(pts.shape[1])])
+        for i, row in enumerate(pts):
+            writer.writerow([i] + [repr(float(v)) for v in row])
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# generic image + annotation pairs
+
+
+def _spatial_shape(image: np.ndarray, ndim: int) -> tuple[int, ...]:
+    if image.ndim == ndim + 1 and image.shape[-1] in (3, 4):  # RGB(A)
+        return tuple(image.shape[:ndim])
+    return tuple(image.shape[-ndim:])
+
+
+def load_points_sample(image_path: str | Path, points_path: str | Path) -> Sample:
+    """An image file plus a points CSV -> :class:`Sample` (dots checked against the image)."""
+    from napari_nalu_count.data.density import points_inside
+
+    image = read_image(image_path)
+    dots = read_points_csv(points_path)
+    d = dots.shape[1]
+    if image.ndim < d:
+        raise InputError(
+            f"points in {Path(points_path).name} have {d} coordinates but the image has only "
+            f"{image.ndim} dimension(s)"
+        )
+    shape = _spatial_shape(image, d)
+    inside = points_inside(dots, shape)
+    if not np.all(inside):
+        raise InputError(
+            f"{int(np.count_nonzero(~inside))} point(s) in {Path(points_path).name} lie outside "
+            f"the image of shape {shape}"
+        )
+    return Sample(image=image, dots=dots, name=Path(image_path).stem)
+
+
+def load_labels_sample(
+    image_path: str | Path,
+    labels_path: str | Path,
+    *,
+    split_painted: bool = False,
+    min_size: int = 0,
+) -> Sample:
+    """An image file plus an instance label image -> :class:`Sample` with centroid dots."""
+    image = read_image(image_path)
+    labels = read_labels(labels_path, split_painted=split_painted, min_size=min_size)
+    if _spatial_shape(image, 2) != labels.shape:
+        raise InputError(
+            f"label image {Path(labels_path).name} has shape {labels.shape}, but the image "
+            f"{Path(image_path).name} has shape {image.shape}"
+        )
+    return Sample(
+        image=image, dots=instances_to_dots(labels), labels=labels, name=Path(image_path).stem
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# BBBC039
+
+
+def _dataset_dir(root: str | Path, name: str, marker: str) -> Path:
+    """``root`` itself or ``root/name`` (whichever contains ``marker``)."""
+    r = Path(root)
+    for cand in (r, r / name):
+        if (cand / marker).exists():
+            return cand
+    raise InputError(
+        f"{name} data not found under {r} (looked for {marker!r} in it and in {name}/)"
+    )
+
+
+def load_bbbc039(
+    root: str | Path,
+    split: str = "train",
+    min_size: int = 0,
+    *,
+    names: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[Sample]:
+    """Load BBBC039 (U2OS nuclei, Hoechst) as samples with instance labels and centroid dots.
+
+    Parameters
+    ----------
+    root
+        The ``bbbc039`` folder (with ``images/``, ``masks/``, ``train.txt``, ``val.txt``) or its
+        parent.
+    split
+        ``"train"`` (110 images), ``"val"`` (38) or ``"all"`` (every image in ``images/``).
+    min_size
+        Drop instances smaller than this many pixels. The default 0 keeps everything, including
+        the annotated micronuclei (~5% of the objects are under 40 px, a handful are 1-4 px):
+        they are annotated as objects, so they count. Pass e.g. ``min_size=40`` to count only
+        nuclei proper.
+    names
+        Load only these image names (overrides ``split``).
+    limit
+        Load at most this many images (in split order).
+
+    Returns
+    -------
+    list of :class:`Sample`: ``image`` uint16 (520, 696), ``labels`` int32 (ids 1..N),
+    ``dots`` (N, 2) centroids, ``name`` the file stem. Masks are RGBA PNGs in which only the red
+    channel matters; instances are the 4-connected components of each painted value separately.
+    """
+    base = _dataset_dir(root, "bbbc039", "images")
+    if names is None:
+        if split in ("train", "val"):
+            split_file = base / f"{split}.txt"
+            if not split_file.is_file():
+                raise InputError(f"BBBC039 split file missing: {split_file}")
+            names = [n.strip() for n in split_file.read_text().split() if n.strip()]
+        elif split == "all":
+            names = sorted(p.stem for p in (base / "images").glob("*.tif"))
+        else:
+            raise InputError(f"split must be 'train', 'val' or 'all', got {split!r}")
+    names = [Path(n).stem for n in names]
+    if limit is not None:
+        names = names[: int(limit)]
+    samples = []
+    for name in names:
+        image = read_image(base / "images" / f"{name}.tif")
+        mask = read_image(base / "masks" / f"{name}.png")
+        red = mask[..., 0] if mask.ndim == 3 else mask
+        labels = painted_to_instances(red, connectivity=1, min_size=min_size)
+        samples.append(
+            Sample(
+                image=image,
+                dots=instances_to_dots(labels),
+                labels=labels,
+                name=name,
+                meta={"dataset": "bbbc039", "split": split, "min_size": min_size},
+            )
+        )
+    return samples
+
+
+# ---------------------------------------------------------------------------------------------
+# VGG cells
+
+
+def vgg_dots_from_rgb(dots_rgb: np.ndarray) -> np.ndarray:
+    """Cell centres from a VGG ``NNNdots.png`` array: (N, 2) float64 ``(y, x)``.
+
+    Every annotated pixel in the distributed files is pure red (255, 0, 0) and all others are
+    black (checked on all 200 files: 74..317 dots, mean 175.96). The rule used is "clearly red":
+    ``R >= 128`` and ``G < 128`` and ``B < 128``, which matches exactly those pixels and tolerates
+    re-encoding.
+    """
+    arr = np.asarray(dots_rgb)
+    if arr.ndim != 3 or arr.shape[-1] < 3:
+        raise InputError(f"VGG dot image must be RGB (H, W, 3), got shape {arr.shape}")
+    r, g, b = (arr[..., i].astype(np.int32) for i in range(3))
+    ys, xs = np.nonzero((r >= 128) & (g < 128) & (b < 128))
+    return np.column_stack([ys, xs]).astype(np.float64)
+
+
+def load_vgg(root: str | Path, indices: Iterable[int] | None = None) -> list[Sample]:
+    """Load VGG synthetic cells (Lempitsky & Zisserman 2010).
+
+    Parameters
+    ----------
+    root
+        The ``vgg_cells`` folder (``001cell.png`` ...) or its parent.
+    indices
+        Image numbers in 1..200 (default: all 200). The standard protocol trains on images drawn
+        from 1-100 and tests on 101-200.
+
+    Returns
+    -------
+    list of :class:`Sample`: ``image`` uint8 (256, 256) = the blue channel (the signal),
+    ``dots`` (N, 2) from the red pixels of ``NNNdots.png``, ``name`` ``"NNN"``.
+    """
+    base = _dataset_dir(root, "vgg_cells", "001cell.png")
+    idx = list(range(1, 201)) if indices is None else [int(i) for i in indices]
+    samples = []
+    for i in idx:
+        if not 1 <= i <= 999:
+            raise InputError(f"VGG image index must be in 1..200, got {i}")
+        rgb = read_image(base / f"{i:03d}cell.png")
+        if rgb.ndim != 3 or rgb.shape[-1] < 3:
+            raise InputError(f"VGG cell image {i:03d} is not RGB (shape {rgb.shape})")
+        dots = vgg_dots_from_rgb(read_image(base / f"{i:03d}dots.png"))
+        samples.append(
+            Sample(
+                image=np.ascontiguousarray(rgb[..., 2]),
+                dots=dots,
+                name=f"{i:03d}",
+                meta={"dataset": "vgg_cells"},
+            )
+        )
+    return samples
