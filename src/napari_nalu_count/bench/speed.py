@@ -1,0 +1,312 @@
+"""Speed of ``count`` and ``segment`` against the FLOP roofline and a classical baseline.
+
+In one run on one machine: megapixels per second of :func:`~napari_nalu_count.infer.count` and
+:func:`~napari_nalu_count.infer.segment` on a synthetic ``SIZE x SIZE`` uint16 image (default
+2048, seed 0), end to end (normalisation, tiling, network, peaks / watershed); the network's
+FLOPs per pixel (``torch.utils.flop_counter``, FLOPs = 2 x multiply-accumulates, the convention
+of ``nalu-count bench flops``) divided into the machine's measured float32 matmul GFLOP/s gives
+the roofline in Mpx/s and the fraction achieved; scikit-image ``blob_log`` counting on the same
+image is the classical baseline. ``--variants`` also times the engine switches (BN folding,
+channels_last, tile size, torch.compile) one at a time on the counting model.
+
+Models: the bundled ``nuclei-count``/``nuclei-seg`` (or ``--count-model``/``--seg-model``);
+when absent, the architectures' default configs with untrained weights are timed instead (speed
+does not depend on the weights) and the report says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, default=2048, help="image edge in pixels (2048)")
+    parser.add_argument("--count-model", default="nuclei-count", metavar="NAME|PATH")
+    parser.add_argument("--seg-model", default="nuclei-seg", metavar="NAME|PATH")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per figure (best)")
+    parser.add_argument(
+        "--variants", action="store_true", help="also time each engine switch separately"
+    )
+    parser.add_argument("--no-segment", action="store_true", help="skip the segmentation model")
+
+
+def _model(spec: str, task: str, device: torch.device) -> tuple[Any, str]:
+    """A loaded model, or a stand-in from the default config when the bundled one is absent."""
+    from napari_nalu_count.errors import ModelFileError
+    from napari_nalu_count.models import load_model
+
+    try:
+        return load_model(spec, device=str(device)), spec
+    except ModelFileError:
+        from napari_nalu_count.nn.registry import build_model, default_config
+
+        arch = "fcrn_a" if task == "count" else "se_unet"
+        torch.manual_seed(0)
+        net = build_model(default_config(arch)).eval()
+        card = {
+            "task": task,
+            "config": net.config,
+            "normalization": {"method": "percentile", "low": 1.0, "high": 99.8},
+            "density_scale": 100.0 if task == "count" else None,
+            "diameter": None,
+        }
+        stand_in = SimpleNamespace(
+            net=net, card=card, config=net.config, task=task, name=f"default {arch}"
+        )
+        return stand_in, f"default_config({arch!r}), untrained ({spec!r} not installed)"
+
+
+def flops_per_pixel(net: torch.nn.Module, in_channels: int = 1, size: int = 256) -> float:
+    """Network FLOPs per input pixel (2 x MACs of conv/matmul), counted on the meta device."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(net).to("meta").eval()
+    x = torch.zeros(1, in_channels, size, size, device="meta")
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        meta(x)
+    return counter.get_total_flops() / (size * size)
+
+
+def matmul_gflops(device: torch.device, n: int = 1024, seconds: float = 1.5) -> float:
+    """Best measured float32 matmul throughput (GFLOP/s) on ``device``."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    best = float("inf")
+    t_end = time.perf_counter() + seconds
+    torch.mm(a, b)
+    while time.perf_counter() < t_end or best == float("inf"):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def _network_only(net: torch.nn.Module, tile: int, device: torch.device, n: int = 2) -> float:
+    """Seconds per pixel of the bare forward pass on ``tile x tile`` inputs (no tiling)."""
+    x = torch.randn(1, 1, tile, tile, device=device)
+    with torch.inference_mode():
+        net(x)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            net(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / (n * tile * tile)
+
+
+def _blob_log_count(image: np.ndarray, diameter: float) -> int:
+    from skimage.feature import blob_log
+
+    from napari_nalu_count.data.normalize import percentile_normalize
+
+    norm = np.clip(percentile_normalize(image), 0, 1)
+    s = diameter / (2 * np.sqrt(2))
+    blobs = blob_log(norm, min_sigma=0.6 * s, max_sigma=1.5 * s, num_sigma=5, threshold=0.05)
+    return len(blobs)
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_nalu_count.data.synthetic import synthetic_cells
+    from napari_nalu_count.infer import count, engine, segment
+    from napari_nalu_count.infer.device import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    size = int(args.size)
+    counter, count_source = _model(args.count_model, "count", device)
+    diameter = float(counter.card.get("diameter") or 16.0)
+    n_cells = int(size * size / (diameter * diameter * 4))
+    image = synthetic_cells((size, size), n_cells=n_cells, diameter=diameter, seed=0).image
+    mpx = size * size / 1e6
+
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    gflops = matmul_gflops(device)
+    fpp_count = flops_per_pixel(counter.net)
+    roof_count = gflops * 1e9 / fpp_count / 1e6  # Mpx/s if every FLOP ran at matmul speed
+
+    count(image[:256, :256], counter, device=str(device))  # warm up (allocator, BN folding)
+    t_count = _best(lambda: count(image, counter, device=str(device)), args.repeats)
+    res = count(image, counter, device=str(device))
+    net_s_per_px = _network_only(engine.prepare_net(counter, device), 512, device)
+
+    t0 = time.perf_counter()
+    n_blob = _blob_log_count(image, diameter)
+    t_blob = time.perf_counter() - t0
+
+    rows: list[dict[str, Any]] = [
+        {
+            "what": "count (end to end)",
+            "model": count_source,
+            "seconds": t_count,
+            "mpx_per_s": mpx / t_count,
+            "flops_per_px": fpp_count,
+            "roofline_mpx_per_s": roof_count,
+            "roofline_fraction": (mpx / t_count) / roof_count,
+            "result": float(res.count),
+        },
+        {
+            "what": "count network only (512 px tile)",
+            "model": count_source,
+            "seconds": net_s_per_px * size * size,
+            "mpx_per_s": 1e-6 / net_s_per_px,
+            "flops_per_px": fpp_count,
+            "roofline_mpx_per_s": roof_count,
+            "roofline_fraction": (1e-6 / net_s_per_px) / roof_count,
+            "result": None,
+        },
+        {
+            "what": "blob_log baseline",
+            "model": "skimage.feature.blob_log, 5 sigmas",
+            "seconds": t_blob,
+            "mpx_per_s": mpx / t_blob,
+            "flops_per_px": None,
+            "roofline_mpx_per_s": None,
+            "roofline_fraction": None,
+            "result": n_blob,
+        },
+    ]
+    if not args.no_segment:
+        seg, seg_source = _model(args.seg_model, "segment", device)
+        fpp_seg = flops_per_pixel(seg.net)
+        roof_seg = gflops * 1e9 / fpp_seg / 1e6
+        segment(image[:256, :256], seg, device=str(device))
+        t_seg = _best(lambda: segment(image, seg, device=str(device)), args.repeats)
+        rows.insert(
+            2,
+            {
+                "what": "segment (end to end)",
+                "model": seg_source,
+                "seconds": t_seg,
+                "mpx_per_s": mpx / t_seg,
+                "flops_per_px": fpp_seg,
+                "roofline_mpx_per_s": roof_seg,
+                "roofline_fraction": (mpx / t_seg) / roof_seg,
+                "result": None,
+            },
+        )
+
+    variants: list[dict[str, Any]] = []
+    if args.variants:
+        saved = dict(engine.OPTIONS)
+        crop = image[: min(size, 1024), : min(size, 1024)]
+        cmpx = crop.size / 1e6
+        trials: list[tuple[str, dict, int | None]] = [
+            ("baseline: fused BN, NCHW, tile auto", {}, None),
+            ("no BN folding", {"fuse_bn": False}, None),
+            ("channels_last", {"channels_last": True}, None),
+            ("tile 256", {}, 256),
+            ("tile 1024", {}, 1024),
+            ("batch 1", {"batch_size": 1}, None),
+            ("torch.compile", {"compile": True}, None),
+        ]
+        try:
+            for label, opts, tile in trials:
+                engine.OPTIONS.update(saved)
+                engine.OPTIONS.update(opts)
+                try:
+                    count(crop[:256, :256], counter, device=str(device), tile_size=tile)
+                    t = _best(
+                        lambda tile=tile: count(crop, counter, device=str(device), tile_size=tile),
+                        args.repeats,
+                    )
+                    variants.append({"variant": label, "seconds": t, "mpx_per_s": cmpx / t})
+                except Exception as exc:  # e.g. torch.compile without a compiler
+                    variants.append({"variant": label, "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            engine.OPTIONS.clear()
+            engine.OPTIONS.update(saved)
+
+    _print(machine, gflops, size, rows, variants, count_source)
+    ratio = rows[0]["mpx_per_s"] / rows[-1]["mpx_per_s"]
+    print(f"count / blob_log speed ratio: {ratio:.2f}")
+    print(
+        f"targets: count >= 1 Mpx/s: {'met' if rows[0]['mpx_per_s'] >= 1 else 'NOT met'}; "
+        f">= 40% of roofline: {'met' if rows[0]['roofline_fraction'] >= 0.4 else 'NOT met'}"
+    )
+    if getattr(args, "json", None):
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(
+                {
+                    "benchmark": "speed",
+                    "command": "nalu-count bench speed "
+                    + " ".join(
+                        f"--{k.replace('_', '-')} {v}"
+                        for k, v in vars(args).items()
+                        if k in ("size", "device", "threads", "repeats") and v is not None
+                    ),
+                    "machine": machine,
+                    "image": {"size": size, "n_cells": n_cells, "diameter": diameter, "seed": 0},
+                    "matmul_gflops": gflops,
+                    "rows": rows,
+                    "variants": variants,
+                    "count_over_blob_log": ratio,
+                },
+                fh,
+                indent=2,
+            )
+    return 0
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _print(machine, gflops, size, rows, variants, source) -> None:
+    print(
+        f"machine: {machine['processor']}, {machine['cpu_count']} CPUs, torch "
+        f"{machine['torch']} ({machine['torch_threads']} threads), device {machine['device']}"
+    )
+    print(f"image: {size} x {size} uint16 synthetic nuclei; matmul: {gflops:.1f} GFLOP/s")
+    print(
+        f"{'what':34s} {'s':>8s} {'Mpx/s':>8s} {'kFLOP/px':>9s} {'roof Mpx/s':>10s} {'roof %':>7s}"
+    )
+    for r in rows:
+        fpp = None if r["flops_per_px"] is None else r["flops_per_px"] / 1e3
+        frac = None if r["roofline_fraction"] is None else 100 * r["roofline_fraction"]
+        print(
+            f"{r['what']:34s} {r['seconds']:8.2f} {r['mpx_per_s']:8.3f} {_fmt(fpp, '9.1f')} "
+            f"{_fmt(r['roofline_mpx_per_s'], '10.3f')} {_fmt(frac, '7.1f')}"
+        )
+    print("models: " + "; ".join(sorted({str(r["model"]) for r in rows})))
+    if variants:
+        print(f"\n{'variant (1024 px crop, count)':40s} {'s':>8s} {'Mpx/s':>8s}")
+        for v in variants:
+            if "error" in v:
+                print(f"{v['variant']:40s} failed: {v['error'][:60]}")
+            else:
+                print(f"{v['variant']:40s} {v['seconds']:8.2f} {v['mpx_per_s']:8.3f}")

@@ -1,0 +1,642 @@
+"""The inference engine behind ``count`` and ``segment`` (API, CLI and widgets all call these).
+
+Pipeline per plane (stacks are walked plane by plane, dask arrays computed one plane at a time):
+
+1. read the plane, reduce channels (``channel=``), refuse NaN/Inf; a constant plane is empty
+   (count 0, no points, no labels) and skips the network;
+2. normalise as the model card says (percentile, :func:`~napari_nalu_count.data.normalize.
+   percentile_normalize`);
+3. resample by ``card diameter / diameter`` when ``diameter`` is given (``"auto"``: estimated
+   once, from the first non-empty plane, see :mod:`.scale`);
+4. predict tile by tile with overlap and smooth blending (:mod:`.tiling`) under
+   ``torch.inference_mode`` with batch norm folded into the convolutions; CUDA out-of-memory
+   errors halve the batch, then the tile, and retry the plane;
+5. post-process on the model grid (density peaks, watershed) and map back to the image grid.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_nalu_count.errors import CancelToken, InputError
+from napari_nalu_count.infer import axes as _axes
+from napari_nalu_count.infer import device as _device
+from napari_nalu_count.infer import postprocess as _post
+from napari_nalu_count.infer import scale as _scale
+from napari_nalu_count.infer.tiling import n_tiles, predict_tiled
+
+ProgressFn = Callable[[int, int, str], Any]
+
+#: engine-wide switches (the speed benchmark flips them to measure each one's effect)
+OPTIONS: dict[str, Any] = {
+    "fuse_bn": True,  # fold BatchNorm into the preceding convolution at load
+    "channels_last": False,  # NHWC memory format (measured: see docs/benchmarks/speed.md)
+    "compile": False,  # torch.compile the network (pays only for long runs on a GPU)
+    "overlap": 64,  # pixels shared by neighbouring tiles
+    "batch_size": None,  # tiles per forward pass; None = automatic per device
+}
+#: smallest tile the out-of-memory fallback goes down to
+MIN_TILE = 64
+
+
+@dataclass
+class CountResult:
+    """Result of :func:`count`.
+
+    ``count``: float for one 2-D plane, 1-D float64 array (one per plane, stack axes flattened in
+    C order) for stacks. ``density``: float32, the image's stack + spatial shape in ``axes``
+    order, in cells per pixel (its sum is the count). ``points``: ``(N, len(axes))`` float64
+    cell centres in image pixel coordinates, columns in ``axes`` order (stack indices included).
+    ``diameter``: the object diameter used for rescaling (pixels), None when not rescaled.
+    """
+
+    count: float | np.ndarray
+    density: np.ndarray
+    points: np.ndarray
+    axes: str
+    diameter: float | None = None
+    model: str = ""
+
+
+@dataclass
+class SegmentResult:
+    """Result of :func:`segment`.
+
+    ``labels``: int32 instance labels of the image's stack + spatial shape (``axes`` order), each
+    plane numbered 1..n on its own. ``count``: int for a 2-D plane, 1-D int64 array per plane
+    for stacks.
+    """
+
+    labels: np.ndarray
+    count: int | np.ndarray
+    axes: str
+    diameter: float | None = None
+    model: str = ""
+    seeds: str = "interior"
+
+
+# ------------------------------------------------------------------------------------------
+# models
+
+
+def _resolve_model(model: Any, task: str, device: torch.device) -> Any:
+    """A LoadedModel (or anything with ``.net``, ``.card``, ``.task``) of ``task``."""
+    if hasattr(model, "net") and hasattr(model, "card"):
+        loaded = model
+    elif isinstance(model, (str, os.PathLike)):
+        from napari_nalu_count.models import load_model
+
+        loaded = load_model(model, device=str(device))
+    else:
+        raise InputError(f"model must be a name, a path or a loaded model, got {model!r}")
+    got = getattr(loaded, "task", None) or loaded.card.get("task")
+    if got != task:
+        name = getattr(loaded, "name", "") or loaded.card.get("name", "?")
+        want = "a counting" if task == "count" else "a segmentation"
+        raise InputError(f"model {name!r} is a {got!r} model; {task} needs {want} model")
+    return loaded
+
+
+def fold_batchnorm(net: nn.Module) -> int:
+    """Fold every ``Conv2d -> BatchNorm2d`` pair inside ``nn.Sequential`` containers (in place).
+
+    The BN is replaced by ``nn.Identity`` and its affine transform moved into the convolution's
+    weight and bias (eval-mode statistics). Returns the number of folded pairs.
+    """
+    folded = 0
+    for module in list(net.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules.keys())
+        for a, b in zip(names[:-1], names[1:], strict=True):
+            conv, bn = module._modules[a], module._modules[b]
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+                continue
+            if bn.running_mean is None or bn.running_var is None:
+                continue
+            with torch.no_grad():
+                std = torch.sqrt(bn.running_var + bn.eps)
+                gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
+                beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
+                factor = gamma / std
+                conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(std)
+                new_bias = beta + (bias - bn.running_mean) * factor
+                conv.bias = nn.Parameter(new_bias.detach().clone(), requires_grad=False)
+            module._modules[b] = nn.Identity()
+            folded += 1
+    return folded
+
+
+@dataclass
+class _Prepared:
+    net: nn.Module
+    fingerprint: tuple
+    ref: Any = field(repr=False, default=None)
+
+
+_prep_cache: dict[tuple, _Prepared] = {}
+_prep_lock = threading.Lock()
+
+
+def _fingerprint(net: nn.Module) -> tuple:
+    """Changes when any parameter/buffer is modified in place (torch's version counters)."""
+    return tuple(t._version for t in net.state_dict(keep_vars=True).values())
+
+
+def prepare_net(loaded: Any, device: torch.device) -> nn.Module:
+    """An inference copy of ``loaded.net`` on ``device``: eval mode, BN folded, optionally
+    channels_last / compiled (see :data:`OPTIONS`). The caller's network is never modified.
+
+    Copies are cached per (network, device, options) and rebuilt when the original's weights
+    change in place (e.g. after fine-tuning).
+    """
+    src = loaded.net
+    key = (id(src), str(device), OPTIONS["fuse_bn"], OPTIONS["channels_last"], OPTIONS["compile"])
+    fp = _fingerprint(src)
+    with _prep_lock:
+        hit = _prep_cache.get(key)
+        if hit is not None and hit.ref() is src and hit.fingerprint == fp:
+            return hit.net
+    net = copy.deepcopy(src).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    if OPTIONS["fuse_bn"]:
+        check = torch.randn(
+            1, _in_channels(loaded), 64, 64, generator=torch.Generator().manual_seed(0)
+        )
+        with torch.inference_mode():
+            ref_out = net.to("cpu")(check)
+        fused = copy.deepcopy(net)
+        if fold_batchnorm(fused):
+            with torch.inference_mode():
+                out = fused(check)
+            scale = float(ref_out.abs().max()) + 1e-6
+            if float((out - ref_out).abs().max()) <= 1e-3 * scale:
+                net = fused
+            else:  # pragma: no cover - would mean an unexpected module layout
+                warnings.warn("batch-norm folding changed the output; using the plain network")
+    net = net.to(device)
+    if OPTIONS["channels_last"]:
+        net = net.to(memory_format=torch.channels_last)
+    if OPTIONS["compile"]:
+        net = torch.compile(net, dynamic=False)
+    with _prep_lock:
+        _prep_cache[key] = _Prepared(net=net, fingerprint=fp, ref=weakref.ref(src))
+        for k in [k for k, v in _prep_cache.items() if v.ref() is None]:
+            del _prep_cache[k]
+    return net
+
+
+def _in_channels(loaded: Any) -> int:
+    cfg = getattr(loaded, "config", None) or loaded.card.get("config", {})
+    return int(cfg.get("in_channels", 1))
+
+
+def _out_channels(loaded: Any) -> int:
+    cfg = getattr(loaded, "config", None) or loaded.card.get("config", {})
+    return int(cfg.get("out_channels", 1))
+
+
+def _stride(net: nn.Module) -> int:
+    return int(getattr(net, "stride", 1) or 1)
+
+
+# ------------------------------------------------------------------------------------------
+# shared per-call machinery
+
+
+def _normalize(plane: np.ndarray, card: dict) -> np.ndarray:
+    """Normalise a raw ``(H, W)`` plane as the card says; float32."""
+    from napari_nalu_count.data.normalize import percentile_normalize
+
+    norm = card.get("normalization") or {"method": "percentile", "low": 1.0, "high": 99.8}
+    method = norm.get("method", "percentile")
+    if method == "percentile":
+        return percentile_normalize(plane, norm.get("low", 1.0), norm.get("high", 99.8))
+    if method in (None, "none"):
+        return np.asarray(plane, dtype=np.float32)
+    raise InputError(f"unsupported normalization method {method!r} in the model card")
+
+
+def _check_finite(plane: np.ndarray, index: tuple[int, ...]) -> None:
+    if np.issubdtype(plane.dtype, np.floating) and not np.isfinite(plane).all():
+        where = f" (plane {index})" if index else ""
+        raise InputError(f"image contains NaN or infinite values{where}; replace or mask them")
+
+
+def _is_constant(plane: np.ndarray) -> bool:
+    return plane.size == 0 or bool(plane.min() == plane.max())
+
+
+class _Runner:
+    """Tiles, batches, progress, cancel and the out-of-memory fallback for one call."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        device: torch.device,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        out_channels: int,
+        tile_size: int | None,
+        n_planes: int,
+        progress: ProgressFn | None,
+        cancel: CancelToken | None,
+        label: str,
+    ) -> None:
+        stride = _stride(net)
+        if tile_size is None:
+            tile = _device.auto_tile_size(device, stride=max(stride, 8))
+        else:
+            if int(tile_size) < 16:
+                raise InputError(f"tile_size must be at least 16 pixels, got {tile_size}")
+            tile = int(tile_size)
+        self.tile = tile
+        self.stride = stride
+        self.batch = OPTIONS["batch_size"] or _device.auto_batch_size(device, tile)
+        self.overlap = int(OPTIONS["overlap"])
+        self.device = device
+        self.forward = forward
+        self.out_channels = out_channels
+        self.n_planes = n_planes
+        self.progress = progress
+        self.cancel = cancel
+        self.label = label
+        self.done = 0
+        self.total = 0
+
+    def _overlap_for(self, tile: int) -> int:
+        return min(self.overlap, tile // 4)
+
+    def set_total(self, shape: tuple[int, int], planes_left: int) -> None:
+        self.total = self.done + planes_left * n_tiles(
+            shape, self.tile, self._overlap_for(self.tile)
+        )
+
+    def report(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(self.done, max(self.total, self.done), message)
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None:
+            self.cancel.raise_if_cancelled()
+
+    def skip_plane(self, shape: tuple[int, int], plane_no: int) -> None:
+        """Count an empty plane's tiles as done without running them."""
+        self.done += n_tiles(shape, self.tile, self._overlap_for(self.tile))
+        self.report(f"{self.label}: plane {plane_no + 1}/{self.n_planes} (empty)")
+
+    def run(self, plane: np.ndarray, plane_no: int) -> np.ndarray:
+        """``(H, W)`` float32 -> ``(C, H, W)`` float32 prediction, with OOM fallback."""
+        start = self.done
+        msg = f"{self.label}: plane {plane_no + 1}/{self.n_planes}"
+
+        def on_tile() -> None:
+            self.done += 1
+            self.report(msg)
+            self.check_cancel()
+
+        while True:
+            try:
+                return predict_tiled(
+                    self.forward,
+                    plane,
+                    self.out_channels,
+                    tile=self.tile,
+                    overlap=self._overlap_for(self.tile),
+                    batch_size=self.batch,
+                    device=self.device,
+                    channels_last=OPTIONS["channels_last"],
+                    on_tile=on_tile,
+                )
+            except Exception as exc:
+                if not _device.is_out_of_memory(exc):
+                    raise
+                _device.empty_cache(self.device)
+                if self.batch > 1:
+                    self.batch = max(1, self.batch // 2)
+                elif self.tile > MIN_TILE:
+                    step = max(self.stride, 8)
+                    self.tile = max(MIN_TILE, (self.tile // 2) // step * step)
+                else:
+                    raise InputError(
+                        f"out of memory on {self.device} even with {MIN_TILE} px tiles; "
+                        "try device='cpu'"
+                    ) from exc
+                self.done = start
+                self.set_total(plane.shape, self.n_planes - plane_no)
+                self.report(f"{msg}: out of memory, retrying with {self.tile} px tiles")
+
+
+def _forward_fn(net: nn.Module, task: str, density_scale: float) -> Callable:
+    inv = 1.0 / float(density_scale)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            y = net(x)
+            if isinstance(y, (tuple, list)):
+                y = y[0]
+            if task == "count":
+                return y[:, :1] * inv
+            return torch.softmax(y.float(), dim=1)
+
+    return forward
+
+
+def _parse_diameter(diameter: Any) -> float | str | None:
+    if diameter is None:
+        return None
+    if isinstance(diameter, str):
+        if diameter.strip().lower() == "auto":
+            return "auto"
+        try:
+            diameter = float(diameter)
+        except ValueError:
+            raise InputError(
+                f"diameter must be a number of pixels or 'auto', got {diameter!r}"
+            ) from None
+    d = float(diameter)
+    if not np.isfinite(d) or d <= 0:
+        raise InputError(f"diameter must be a positive number of pixels, got {diameter!r}")
+    return d
+
+
+class _ScaleState:
+    """Resolves the rescaling factor once per call (``auto`` from the first non-empty plane)."""
+
+    def __init__(self, diameter: Any, card_diameter: float | None) -> None:
+        self.requested = _parse_diameter(diameter)
+        self.card_diameter = float(card_diameter) if card_diameter else None
+        self.factor: float | None = None
+        self.diameter: float | None = None
+        if self.requested != "auto":
+            self.diameter = self.requested  # type: ignore[assignment]
+            self.factor = _scale.scale_factor(self.diameter, self.card_diameter)
+
+    def resolve(self, normalized: np.ndarray) -> float:
+        if self.factor is None:
+            est = _scale.estimate_diameter(normalized)
+            self.diameter = est
+            self.factor = _scale.scale_factor(est, self.card_diameter) if est else 1.0
+        return self.factor
+
+    @property
+    def model_grid_diameter(self) -> float:
+        """Object diameter on the grid the network sees (for peak spacing)."""
+        if self.card_diameter:
+            return self.card_diameter
+        if isinstance(self.diameter, float):
+            return self.diameter
+        return 10.0
+
+
+# ------------------------------------------------------------------------------------------
+# count
+
+
+def count(
+    image: Any,
+    model: Any = "nuclei-count",
+    *,
+    axes: str | None = None,
+    diameter: float | str | None = None,
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
+    tile_size: int | None = None,
+    channel: int | str | None = None,
+    min_mass: float = 0.3,
+) -> CountResult:
+    """Count cells with a density-regression model.
+
+    Parameters
+    ----------
+    image
+        numpy or dask array: ``(H, W)``, stacks (``T``/``Z`` axes), channels (``C``) or RGB(A);
+        uint8/uint16/int/float. Dask arrays are read one plane at a time.
+    model
+        Model name (bundled or user), path to a model file, or a ``LoadedModel`` (task
+        ``count``).
+    axes
+        Axis letters (``"YX"``, ``"TYX"``, ``"ZYX"``, ``"YXC"``, ``"TZYX"`` ...); inferred when
+        None (see :mod:`napari_nalu_count.infer.axes`).
+    diameter
+        Typical cell diameter in pixels of ``image`` (the image is resampled so cells match the
+        model's training diameter), ``"auto"`` to estimate it, or None to use the image as is.
+    device
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    progress
+        ``progress(done, total, message)`` called after every tile (planes x tiles).
+    cancel
+        A :class:`~napari_nalu_count.errors.CancelToken`; checked between tiles, raises
+        :class:`~napari_nalu_count.errors.Cancelled`.
+    tile_size
+        Tile edge in pixels (default: chosen for the device).
+    channel
+        Channel index, or ``"mean"``/``"max"``/``"luminance"``, for images with a ``C`` axis.
+    min_mass
+        Minimum density mass (cells) around a peak for it to become a point.
+    """
+    plan = _axes.make_plan(image, axes, channel)
+    dev = _device.resolve_device(device)
+    loaded = _resolve_model(model, "count", dev)
+    card = loaded.card
+    net = prepare_net(loaded, dev)
+    density_scale = float(card.get("density_scale") or 1.0)
+    runner = _Runner(
+        net,
+        dev,
+        _forward_fn(net, "count", density_scale),
+        1,
+        tile_size,
+        plan.n_planes,
+        progress,
+        cancel,
+        "count",
+    )
+    scale = _ScaleState(diameter, card.get("diameter"))
+
+    h, w = plan.plane_shape
+    density = np.zeros(plan.stack_shape + (h, w), dtype=np.float32)
+    counts = np.zeros(plan.n_planes, dtype=np.float64)
+    all_points: list[np.ndarray] = []
+    total_set = False
+    for k, (idx, raw) in enumerate(_axes.iter_planes(image, plan)):
+        runner.check_cancel()
+        _check_finite(raw, idx)
+        if _is_constant(raw):
+            if not total_set and scale.factor is not None:
+                runner.set_total(_scale.scaled_shape((h, w), scale.factor), plan.n_planes - k)
+                total_set = True
+            shape = _scale.scaled_shape((h, w), scale.factor or 1.0)
+            runner.skip_plane(shape, k)
+            continue
+        norm = _normalize(raw, card)
+        del raw
+        s = scale.resolve(norm)
+        model_plane = _scale.rescale_plane(norm, s)
+        del norm
+        if not total_set:
+            runner.set_total(model_plane.shape, plan.n_planes - k)
+            total_set = True
+            runner.report(f"count: plane 1/{plan.n_planes}")
+        dens = runner.run(model_plane, k)[0]
+        del model_plane
+        counts[k] = float(dens.sum(dtype=np.float64))
+        pts = _post.density_peaks(dens, scale.model_grid_diameter, min_mass=min_mass)
+        pts = _scale.points_to_original(pts, dens.shape, (h, w))
+        if plan.is_stack and len(pts):
+            pts = np.hstack([np.tile(np.asarray(idx, dtype=np.float64), (len(pts), 1)), pts])
+        all_points.append(pts)
+        target = density[idx] if idx else density
+        target[...] = _scale.density_to_original(dens, (h, w))
+        del dens
+    runner.report("count: done")
+
+    ncol = len(plan.stack_shape) + 2
+    points = (
+        np.vstack([p for p in all_points if len(p)])
+        if any(len(p) for p in all_points)
+        else np.zeros((0, ncol))
+    )
+    return CountResult(
+        count=counts if plan.is_stack else float(counts[0]),
+        density=_axes.to_output_order(density, plan),
+        points=_axes.points_to_output_order(points, plan),
+        axes=plan.out_axes,
+        diameter=scale.diameter if isinstance(scale.diameter, float) else None,
+        model=str(getattr(loaded, "name", "")),
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# segment
+
+
+def segment(
+    image: Any,
+    model: Any = "nuclei-seg",
+    *,
+    axes: str | None = None,
+    diameter: float | str | None = None,
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
+    tile_size: int | None = None,
+    channel: int | str | None = None,
+    seeds: str = "interior",
+    count_model: Any = "nuclei-count",
+    min_size: int | None = None,
+) -> SegmentResult:
+    """Instance segmentation with an interior/boundary model and a seeded watershed.
+
+    Parameters are those of :func:`count`, plus:
+
+    seeds
+        ``"interior"``: watershed seeds are the connected components of the predicted interior;
+        ``"count"``: the cell centres found by ``count_model`` (count-guided segmentation).
+    count_model
+        The counting model used when ``seeds="count"`` (name, path or ``LoadedModel``).
+    min_size
+        Smallest object kept, in pixels of the model grid (default: ~1/16 of the area of a disc
+        of the card's diameter, at least 8).
+    """
+    if seeds not in _post.SEED_MODES:
+        raise InputError(f"seeds must be one of {_post.SEED_MODES}, got {seeds!r}")
+    plan = _axes.make_plan(image, axes, channel)
+    dev = _device.resolve_device(device)
+    loaded = _resolve_model(model, "segment", dev)
+    card = loaded.card
+    net = prepare_net(loaded, dev)
+    n_cls = _out_channels(loaded)
+    runner = _Runner(
+        net,
+        dev,
+        _forward_fn(net, "segment", 1.0),
+        n_cls,
+        tile_size,
+        plan.n_planes,
+        progress,
+        cancel,
+        "segment",
+    )
+    scale = _ScaleState(diameter, card.get("diameter"))
+    if min_size is None:
+        d = scale.card_diameter or 10.0
+        min_size = max(8, int(np.pi * d * d / 4.0 / 16.0))
+
+    counter = None
+    if seeds == "count":
+        counter = _resolve_model(count_model, "count", dev)
+
+    h, w = plan.plane_shape
+    labels = np.zeros(plan.stack_shape + (h, w), dtype=np.int32)
+    counts = np.zeros(plan.n_planes, dtype=np.int64)
+    total_set = False
+    for k, (idx, raw) in enumerate(_axes.iter_planes(image, plan)):
+        runner.check_cancel()
+        _check_finite(raw, idx)
+        if _is_constant(raw):
+            shape = _scale.scaled_shape((h, w), scale.factor or 1.0)
+            if not total_set:
+                runner.set_total(shape, plan.n_planes - k)
+                total_set = True
+            runner.skip_plane(shape, k)
+            continue
+        norm = _normalize(raw, card)
+        s = scale.resolve(norm)
+        model_plane = _scale.rescale_plane(norm, s)
+        del norm
+        points = None
+        if counter is not None:
+            sub = count(
+                raw,
+                counter,
+                axes="YX",
+                diameter=scale.diameter,
+                device=str(dev),
+                cancel=cancel,
+                tile_size=tile_size,
+            )
+            points = sub.points
+        del raw
+        if not total_set:
+            runner.set_total(model_plane.shape, plan.n_planes - k)
+            total_set = True
+            runner.report(f"segment: plane 1/{plan.n_planes}")
+        probs = runner.run(model_plane, k)
+        mshape = model_plane.shape
+        del model_plane
+        if points is not None and mshape != (h, w):
+            points = np.column_stack(
+                [
+                    (points[:, 0] + 0.5) * mshape[0] / h - 0.5,
+                    (points[:, 1] + 0.5) * mshape[1] / w - 0.5,
+                ]
+            )
+        lab = _post.classes_to_instances(probs, seeds=seeds, points=points, min_size=min_size)
+        del probs
+        lab = _scale.labels_to_original(lab, (h, w))
+        counts[k] = int(lab.max())
+        target = labels[idx] if idx else labels
+        target[...] = lab
+    runner.report("segment: done")
+    return SegmentResult(
+        labels=_axes.to_output_order(labels, plan),
+        count=counts if plan.is_stack else int(counts[0]),
+        axes=plan.out_axes,
+        diameter=scale.diameter if isinstance(scale.diameter, float) else None,
+        model=str(getattr(loaded, "name", "")),
+        seeds=seeds,
+    )

@@ -1,0 +1,159 @@
+"""Object size: rescale images so cells match the model's training diameter, and map back.
+
+With ``diameter=d`` (pixels of the user's image) and a model card diameter ``D``, every plane is
+resampled by ``s = D / d`` before inference (the *model grid*), and results come back to the
+original grid:
+
+- density: bilinear resampling, then renormalised so its integral (the count) is unchanged;
+- points: ``p = (p' + 0.5) / s - 0.5`` per axis (pixel-centre convention);
+- labels: nearest-neighbour (every original pixel takes the label under its centre), then
+  relabelled 1..n.
+
+``diameter="auto"`` estimates ``d`` with a scale-normalised Laplacian-of-Gaussian blob search
+(:func:`skimage.feature.blob_log`) on a central crop of the normalised plane: a bright disc of
+diameter ``d`` gives its strongest response at ``sigma = d / (2 sqrt 2)``, so the estimate is
+``2 sqrt(2) x`` the median sigma of the detected blobs. It assumes bright objects on a darker
+background (fluorescence); it returns None when no blob is found (then no rescaling happens).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_nalu_count.errors import InputError
+
+#: resampling factors outside this range are refused (the image would grow or vanish)
+MIN_SCALE, MAX_SCALE = 1.0 / 16.0, 8.0
+#: factors this close to 1 skip resampling entirely
+SCALE_TOLERANCE = 0.02
+
+
+def scale_factor(diameter: float | None, card_diameter: float | None) -> float:
+    """``card_diameter / diameter`` (1.0 when either is unknown); validates the range."""
+    if diameter is None or card_diameter is None:
+        return 1.0
+    d = float(diameter)
+    if not math.isfinite(d) or d <= 0:
+        raise InputError(f"diameter must be a positive number of pixels, got {diameter!r}")
+    s = float(card_diameter) / d
+    if not MIN_SCALE <= s <= MAX_SCALE:
+        raise InputError(
+            f"diameter={d:g} px is too far from the model's training diameter "
+            f"({float(card_diameter):g} px): the image would be resampled by {s:.3g}x"
+        )
+    return 1.0 if abs(s - 1.0) < SCALE_TOLERANCE else s
+
+
+def scaled_shape(shape: tuple[int, int], s: float) -> tuple[int, int]:
+    """Shape of a ``(H, W)`` plane on the model grid (at least 1 x 1)."""
+    return (max(1, round(shape[0] * s)), max(1, round(shape[1] * s)))
+
+
+def _zoom_to(arr: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
+    """Resample a 2-D float32 array to exactly ``shape`` (pixel-area aligned)."""
+    if tuple(arr.shape) == tuple(shape):
+        return arr
+    factors = (shape[0] / arr.shape[0], shape[1] / arr.shape[1])
+    out = ndi.zoom(arr, factors, order=order, mode="nearest", grid_mode=True, output=np.float32)
+    if out.shape != tuple(shape):  # rounding guard; zoom rounds input*factor
+        fixed = np.zeros(shape, dtype=np.float32)
+        h, w = min(shape[0], out.shape[0]), min(shape[1], out.shape[1])
+        fixed[:h, :w] = out[:h, :w]
+        out = fixed
+    return out
+
+
+def rescale_plane(plane: np.ndarray, s: float) -> np.ndarray:
+    """Resample a ``(H, W)`` plane by ``s`` (bilinear, Gaussian anti-aliasing when shrinking)."""
+    plane = np.asarray(plane, dtype=np.float32)
+    if s == 1.0:
+        return plane
+    if s < 1.0:
+        sigma = max(0.0, (1.0 / s - 1.0) / 2.0)
+        plane = ndi.gaussian_filter(plane, sigma, mode="nearest", output=np.float32)
+    return _zoom_to(plane, scaled_shape(plane.shape, s), order=1)
+
+
+def density_to_original(density: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resample a model-grid density to ``shape`` keeping its integral (float32)."""
+    if tuple(density.shape) == tuple(shape):
+        return density
+    total = float(density.sum(dtype=np.float64))
+    out = _zoom_to(np.asarray(density, dtype=np.float32), shape, order=1)
+    out *= np.float32(density.size / out.size)  # area factor keeps the integral of smooth maps
+    got = float(out.sum(dtype=np.float64))
+    if abs(got) > 1e-6 and 0.5 < total / got < 2.0:
+        out *= np.float32(total / got)  # exact integral after resampling
+    return out
+
+
+def points_to_original(
+    points: np.ndarray, model_shape: tuple[int, int], shape: tuple[int, int]
+) -> np.ndarray:
+    """Map ``(N, 2)`` (y, x) points from the model grid back to the original grid."""
+    if tuple(model_shape) == tuple(shape) or len(points) == 0:
+        return points
+    fy, fx = shape[0] / model_shape[0], shape[1] / model_shape[1]
+    out = np.empty_like(points, dtype=np.float64)
+    out[:, 0] = (points[:, 0] + 0.5) * fy - 0.5
+    out[:, 1] = (points[:, 1] + 0.5) * fx - 0.5
+    return out
+
+
+def labels_to_original(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resampling of instance labels to ``shape``, relabelled 1..n (int32)."""
+    if tuple(labels.shape) == tuple(shape):
+        return labels.astype(np.int32, copy=False)
+    mh, mw = labels.shape
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * mh / shape[0]).astype(np.intp), mh - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * mw / shape[1]).astype(np.intp), mw - 1)
+    out = labels[rows][:, cols]
+    ids = np.unique(out)
+    ids = ids[ids != 0]
+    if len(ids) and ids[-1] != len(ids):
+        lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+        lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+        out = lut[out]
+    return out.astype(np.int32, copy=False)
+
+
+def estimate_diameter(
+    plane: np.ndarray, *, crop: int = 768, min_diameter: float = 4.0, max_diameter: float = 120.0
+) -> float | None:
+    """Typical diameter (pixels) of bright round objects in a normalised ``(H, W)`` plane.
+
+    Uses a central ``crop x crop`` window (objects are assumed to look alike across the image)
+    and :func:`skimage.feature.blob_log` over 14 log-spaced sigmas; returns
+    ``2 sqrt(2) * median(sigma)``, or None when nothing blob-like is found.
+    """
+    from skimage.feature import blob_log
+
+    img = np.asarray(plane, dtype=np.float32)
+    h, w = img.shape
+    y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+    img = img[y0 : y0 + crop, x0 : x0 + crop]
+    lo, hi = np.percentile(img, [1.0, 99.8])
+    if not hi > lo:
+        return None
+    img = np.clip((img - lo) / (hi - lo), 0.0, 1.0)
+    k = 2.0 * math.sqrt(2.0)
+    max_sigma = min(max_diameter, min(img.shape) / 2.0) / k
+    min_sigma = min_diameter / k
+    if max_sigma <= min_sigma:
+        return None
+    blobs = blob_log(
+        img,
+        min_sigma=min_sigma,
+        max_sigma=max_sigma,
+        num_sigma=14,
+        log_scale=True,
+        threshold=0.05,
+        overlap=0.5,
+        exclude_border=False,
+    )
+    if len(blobs) == 0:
+        return None
+    return float(k * np.median(blobs[:, 2]))

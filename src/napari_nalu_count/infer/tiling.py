@@ -1,0 +1,140 @@
+"""Overlapping tiles with smooth blending, for images of any size at bounded memory.
+
+A plane is cut into a grid of equal tiles (the last row/column is shifted back inside the
+image, so every tile has the same shape and the network sees no padding but its own). Each
+tile's prediction is multiplied by a separable window that ramps smoothly (``sin^2``) from ~0 to
+1 across the overlap on every side that borders another tile, and stays 1 on sides that touch
+the image border. Predictions are summed into one float32 output and divided by the summed
+windows. Because the tile grid is a Cartesian product of row and column starts, the window sum is
+separable too (``Sy[:, None] * Sx[None, :]``), so no full-size weight image is ever held.
+
+Memory: the output (``C x H x W`` float32) plus one batch of tiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``[0, length)`` with >= ``overlap``."""
+    if length <= tile:
+        return [0]
+    step = max(1, tile - overlap)
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def ramp_window(size: int, overlap: int, ramp_left: bool, ramp_right: bool) -> np.ndarray:
+    """1-D float32 weights of length ``size``: ``sin^2`` ramps of width ``overlap`` where asked.
+
+    The ramps never reach 0 exactly (first weight ``sin^2(pi/4 / overlap)``), so every pixel
+    keeps a positive total weight.
+    """
+    w = np.ones(size, dtype=np.float32)
+    o = min(overlap, size // 2)
+    if o > 0:
+        t = (np.arange(o, dtype=np.float32) + 0.5) / o
+        ramp = np.sin(0.5 * np.pi * t) ** 2
+        if ramp_left:
+            w[:o] = ramp
+        if ramp_right:
+            w[size - o :] = ramp[::-1]
+    return w
+
+
+def plan_tiles(
+    shape: tuple[int, int], tile: int, overlap: int
+) -> tuple[list[tuple[int, int]], tuple[int, int], list[np.ndarray], list[np.ndarray]]:
+    """Tile grid of a ``(H, W)`` plane.
+
+    Returns ``(positions, (th, tw), y_windows, x_windows)``: top-left corners in row-major
+    order, the tile shape (``min(tile, H), min(tile, W)``) and the 1-D windows per row / column.
+    """
+    h, w = shape
+    th, tw = min(tile, h), min(tile, w)
+    ov = max(0, min(overlap, tile // 2))
+    ys, xs = tile_starts(h, th, ov), tile_starts(w, tw, ov)
+    wy = [ramp_window(th, ov, y > 0, y + th < h) for y in ys]
+    wx = [ramp_window(tw, ov, x > 0, x + tw < w) for x in xs]
+    positions = [(y, x) for y in ys for x in xs]
+    return positions, (th, tw), wy, wx
+
+
+def n_tiles(shape: tuple[int, int], tile: int, overlap: int) -> int:
+    """Number of tiles :func:`predict_tiled` runs on a plane of ``shape``."""
+    h, w = shape
+    ov = max(0, min(overlap, tile // 2))
+    return len(tile_starts(h, min(tile, h), ov)) * len(tile_starts(w, min(tile, w), ov))
+
+
+def predict_tiled(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    plane: np.ndarray,
+    out_channels: int,
+    *,
+    tile: int,
+    overlap: int,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+    on_tile: Callable[[], None] | None = None,
+) -> np.ndarray:
+    """Run ``forward`` over a ``(H, W)`` float32 plane tile by tile; return ``(C, H, W)`` float32.
+
+    ``forward`` maps a ``(B, 1, th, tw)`` float32 tensor on ``device`` to ``(B, C, th, tw)``
+    (already scaled or soft-maxed: the blend averages whatever it returns). ``on_tile`` is
+    called after every tile (progress, cancel check: it may raise to stop).
+    """
+    h, w = plane.shape
+    positions, (th, tw), wy, wx = plan_tiles((h, w), tile, overlap)
+    ys = sorted({p[0] for p in positions})
+    xs = sorted({p[1] for p in positions})
+    y_index = {y: i for i, y in enumerate(ys)}
+    x_index = {x: i for i, x in enumerate(xs)}
+    single = len(positions) == 1
+
+    out = np.zeros((out_channels, h, w), dtype=np.float32)
+    sy = np.zeros(h, dtype=np.float32)
+    sx = np.zeros(w, dtype=np.float32)
+    for y, win in zip(ys, wy, strict=True):
+        sy[y : y + th] += win
+    for x, win in zip(xs, wx, strict=True):
+        sx[x : x + tw] += win
+
+    batch_size = max(1, int(batch_size))
+    for start in range(0, len(positions), batch_size):
+        chunk = positions[start : start + batch_size]
+        tiles = np.stack([plane[y : y + th, x : x + tw] for y, x in chunk])
+        inp = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32))[:, None]
+        inp = inp.to(device)
+        if channels_last:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        pred = forward(inp)
+        pred = pred.float().cpu().numpy()
+        if pred.shape[1:] != (out_channels, th, tw):
+            raise RuntimeError(
+                f"network returned {tuple(pred.shape)} for a tile batch of {tuple(inp.shape)}; "
+                f"expected (B, {out_channels}, {th}, {tw})"
+            )
+        for k, (y, x) in enumerate(chunk):
+            if single:
+                out[:, y : y + th, x : x + tw] = pred[k]
+            else:
+                win = wy[y_index[y]][:, None] * wx[x_index[x]][None, :]
+                out[:, y : y + th, x : x + tw] += pred[k] * win
+            if on_tile is not None:
+                on_tile()
+        del pred, inp, tiles
+    if not single:
+        # divide by the separable window sum, row block by row block (no full-size temporary)
+        inv_x = (1.0 / sx).astype(np.float32)
+        for r0 in range(0, h, 256):
+            r1 = min(h, r0 + 256)
+            norm = (1.0 / sy[r0:r1])[:, None] * inv_x[None, :]
+            out[:, r0:r1] *= norm
+    return out
