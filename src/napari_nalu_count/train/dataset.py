@@ -1,0 +1,351 @@
+"""Training data: normalised images with their targets, random patches, batches.
+
+:func:`prepare` turns :class:`~napari_nalu_count.data.readers.Sample` objects into
+:class:`Prepared` items (``(C, H, W)`` float32 image normalised with ``percentile_normalize`` as
+recorded in the card, plus dots or instance labels). :class:`PatchSampler` draws batches of
+random ``patch_size`` crops, augments each crop with :class:`napari_nalu_count.data.augment.
+Augmenter` and renders its target after augmentation:
+
+- counting: the dots inside the crop -> ``dots_to_density(dots, sigma) * density_scale``;
+- segmentation: the crop's instance labels -> ``instances_to_classes`` (0/1/2).
+
+Images smaller than the patch are zero-padded (0 is the normalised background level) and a
+``valid`` mask (1 on real pixels, 0 on padding) lets the loss ignore the padding.
+
+:func:`spatial_split` cuts one annotated image into a training part and a held-out strip, for
+fine-tuning on a single image.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_nalu_count.errors import InputError
+
+__all__ = [
+    "PatchSampler",
+    "Prepared",
+    "load_folder",
+    "prepare",
+    "spatial_split",
+]
+
+
+@dataclass
+class Prepared:
+    """One training/validation image ready for the network.
+
+    ``image`` is ``(C, H, W)`` float32 (normalised); ``dots`` ``(N, 2)`` ``(y, x)`` or None;
+    ``labels`` int32 ``(H, W)`` or None; ``count`` the true number of objects.
+    """
+
+    image: np.ndarray
+    dots: np.ndarray | None
+    labels: np.ndarray | None
+    count: float
+    name: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.image.shape[-2]), int(self.image.shape[-1])
+
+
+def _to_chw(image: np.ndarray, in_channels: int, name: str) -> np.ndarray:
+    """``(H, W)``, ``(C, H, W)`` or ``(H, W, C)`` -> ``(in_channels, H, W)``."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[None]
+    elif img.ndim == 3:
+        if img.shape[-1] <= 4 and img.shape[0] > 4:
+            img = np.moveaxis(img, -1, 0)
+    else:
+        raise InputError(
+            f"training image {name!r} has shape {img.shape}; expected a 2-D image (H, W) or "
+            "(H, W, C)"
+        )
+    if img.shape[0] == in_channels:
+        return img
+    if in_channels == 1:
+        return img.astype(np.float32).mean(axis=0, keepdims=True)
+    raise InputError(
+        f"training image {name!r} has {img.shape[0]} channels but the network expects {in_channels}"
+    )
+
+
+def prepare(
+    samples: Sequence[Any],
+    task: str,
+    *,
+    normalization: dict | None = None,
+    in_channels: int = 1,
+) -> list[Prepared]:
+    """Normalise ``samples`` and check they carry what ``task`` needs.
+
+    Counting needs ``dots`` (or ``labels``, whose centroids become the dots); segmentation needs
+    ``labels``. Raises :class:`InputError` otherwise.
+    """
+    from napari_nalu_count.data import instances_to_dots, percentile_normalize
+
+    norm = normalization or {"method": "percentile", "low": 1.0, "high": 99.8}
+    low, high = float(norm.get("low", 1.0)), float(norm.get("high", 99.8))
+    out: list[Prepared] = []
+    for i, s in enumerate(samples):
+        name = getattr(s, "name", "") or f"image {i}"
+        image = getattr(s, "image", None)
+        if image is None:
+            raise InputError(f"sample {name!r} has no image")
+        chw = _to_chw(image, in_channels, name)
+        norm_img = np.stack([percentile_normalize(c, low, high) for c in chw]).astype(np.float32)
+        dots = getattr(s, "dots", None)
+        labels = getattr(s, "labels", None)
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != norm_img.shape[1:]:
+                raise InputError(
+                    f"labels of {name!r} have shape {labels.shape}, image {norm_img.shape[1:]}"
+                )
+            labels = labels.astype(np.int32, copy=False)
+        if dots is not None:
+            dots = np.asarray(dots, dtype=np.float64).reshape(-1, 2)
+        if task == "count":
+            if dots is None:
+                if labels is None:
+                    raise InputError(f"counting needs dots or labels; sample {name!r} has neither")
+                dots = instances_to_dots(labels)
+            count = float(len(dots))
+        elif task == "segment":
+            if labels is None:
+                raise InputError(
+                    f"segmentation needs instance labels; sample {name!r} has none (dots alone "
+                    "cannot train a segmenter)"
+                )
+            count = float(len(np.unique(labels[labels > 0])))
+        else:
+            raise InputError(f"unknown task {task!r}; expected 'count' or 'segment'")
+        out.append(Prepared(norm_img, dots, labels, count, name, dict(getattr(s, "meta", {}))))
+    return out
+
+
+def _make_augmenter(augment: Any) -> Any:
+    """``True`` -> a default ``data.augment.Augmenter`` (None with a warning if unavailable)."""
+    if augment is False or augment is None:
+        return None
+    if augment is not True:
+        return augment
+    try:
+        from napari_nalu_count.data.augment import Augmenter
+    except ImportError:  # pragma: no cover - data.augment ships with the package
+        warnings.warn("data.augment is unavailable: training without augmentation", stacklevel=3)
+        return None
+    return Augmenter()
+
+
+def _fit(arr: np.ndarray, size: int, fill: float = 0) -> np.ndarray:
+    """Crop (top-left anchored) / pad the last two axes of ``arr`` to ``size x size``."""
+    arr = arr[..., :size, :size]
+    h, w = arr.shape[-2:]
+    if h == size and w == size:
+        return arr
+    pad = [(0, 0)] * (arr.ndim - 2) + [(0, size - h), (0, size - w)]
+    return np.pad(arr, pad, mode="constant", constant_values=fill)
+
+
+class PatchSampler:
+    """Random ``patch_size`` crops with augmentation, batched as tensors.
+
+    ``batch()`` returns ``(x, y, valid)``: ``x`` float32 ``(B, C, P, P)``; ``y`` float32
+    ``(B, 1, P, P)`` scaled density (count) or int64 ``(B, P, P)`` classes (segment); ``valid``
+    float32 ``(B, 1, P, P)``. All randomness comes from ``rng`` (a numpy Generator).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Prepared],
+        task: str,
+        patch_size: int,
+        batch_size: int,
+        rng: np.random.Generator,
+        *,
+        sigma: float = 3.0,
+        density_scale: float = 100.0,
+        augment: Any = True,
+        boundary_width: int = 1,
+    ) -> None:
+        if not items:
+            raise InputError("no training images")
+        if patch_size < 8:
+            raise InputError(f"patch size must be at least 8 pixels, got {patch_size}")
+        if batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {batch_size}")
+        self.items = list(items)
+        self.task = task
+        self.patch = int(patch_size)
+        self.batch_size = int(batch_size)
+        self.rng = rng
+        self.sigma = float(sigma)
+        self.scale = float(density_scale)
+        self.augmenter = _make_augmenter(augment)
+        self.boundary_width = int(boundary_width)
+        areas = np.array([it.shape[0] * it.shape[1] for it in self.items], dtype=np.float64)
+        self.weights = areas / areas.sum()
+
+    def _crop(self, it: Prepared) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        h, w = it.shape
+        p = self.patch
+        y0 = int(self.rng.integers(0, h - p + 1)) if h > p else 0
+        x0 = int(self.rng.integers(0, w - p + 1)) if w > p else 0
+        y1, x1 = min(h, y0 + p), min(w, x0 + p)
+        image = it.image[:, y0:y1, x0:x1]
+        dots = None
+        if it.dots is not None:
+            d = it.dots
+            inside = (d[:, 0] >= y0 - 0.5) & (d[:, 0] < y1 - 0.5)
+            inside &= (d[:, 1] >= x0 - 0.5) & (d[:, 1] < x1 - 0.5)
+            dots = d[inside] - np.array([y0, x0], dtype=np.float64)
+        labels = None if it.labels is None else it.labels[y0:y1, x0:x1]
+        return image, dots, labels
+
+    def _augment(self, image, dots, labels):
+        if self.augmenter is None:
+            return image, dots, labels
+        img2d = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
+        a_img, a_dots, a_labels = self.augmenter(img2d, dots=dots, labels=labels, rng=self.rng)
+        a_img = np.asarray(a_img, dtype=np.float32)
+        a_img = a_img[None] if a_img.ndim == 2 else np.moveaxis(a_img, -1, 0)
+        return a_img, a_dots, a_labels
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One ``(image (C,P,P), target (P,P), valid (P,P))`` patch."""
+        from napari_nalu_count.data import dots_to_density, instances_to_classes
+
+        it = self.items[int(self.rng.choice(len(self.items), p=self.weights))]
+        image, dots, labels = self._crop(it)
+        if self.task == "segment":
+            dots = None
+        else:
+            labels = None
+        image, dots, labels = self._augment(image, dots, labels)
+        h, w = image.shape[-2:]
+        valid = np.ones((h, w), np.float32)
+        if self.task == "count":
+            d = np.zeros((0, 2)) if dots is None else np.asarray(dots, np.float64).reshape(-1, 2)
+            target = dots_to_density(d, (h, w), sigma=self.sigma, out_of_bounds="clip")
+            target = target.astype(np.float32) * np.float32(self.scale)
+        else:
+            target = instances_to_classes(labels, boundary_width=self.boundary_width)
+        p = self.patch
+        return _fit(image, p).astype(np.float32), _fit(target, p), _fit(valid, p)
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x, y, valid)`` tensors for one batch (see the class docstring)."""
+        parts = [self.sample() for _ in range(self.batch_size)]
+        x = torch.from_numpy(np.stack([p[0] for p in parts]))
+        valid = torch.from_numpy(np.stack([p[2] for p in parts]))[:, None]
+        if self.task == "count":
+            y = torch.from_numpy(np.stack([p[1] for p in parts]).astype(np.float32))[:, None]
+        else:
+            y = torch.from_numpy(np.stack([p[1] for p in parts]).astype(np.int64))
+        return x, y, valid
+
+
+def spatial_split(sample: Any, holdout: float = 0.25) -> tuple[Any, Any]:
+    """Split one annotated image into ``(train_part, held_out_strip)``.
+
+    The strip is the last ``holdout`` fraction of the image along its longer axis (at least 16
+    pixels and leaving at least 16 for training). Dots go to the part they fall in; instance
+    labels are cropped (objects cut by the split appear in both parts, partially).
+    """
+    from napari_nalu_count.data.readers import Sample
+
+    if not 0 < holdout < 1:
+        raise InputError(f"holdout must be between 0 and 1, got {holdout}")
+    image = np.asarray(sample.image)
+    channels_last = image.ndim == 3 and image.shape[-1] <= 4 and image.shape[0] > 4
+    if image.ndim == 2:
+        h, w = image.shape
+    elif image.ndim == 3:
+        h, w = image.shape[:2] if channels_last else image.shape[1:]
+    else:
+        raise InputError(f"cannot split an image of shape {image.shape}; expected 2-D")
+    axis = 0 if h >= w else 1
+    n = h if axis == 0 else w
+    cut = int(round(n * (1 - holdout)))
+    cut = min(max(cut, 16), n - 16)
+    if cut <= 0 or cut >= n:
+        raise InputError(f"image of size {h}x{w} is too small to hold out a strip for validation")
+
+    def part(lo: int, hi: int) -> Any:
+        sl = [slice(None), slice(None)]
+        sl[axis] = slice(lo, hi)
+        if image.ndim == 2:
+            img = image[tuple(sl)]
+        elif channels_last:
+            img = image[tuple(sl) + (slice(None),)]
+        else:
+            img = image[(slice(None),) + tuple(sl)]
+        dots = None
+        if sample.dots is not None:
+            d = np.asarray(sample.dots, dtype=np.float64).reshape(-1, 2)
+            keep = (d[:, axis] >= lo - 0.5) & (d[:, axis] < hi - 0.5)
+            dots = d[keep].copy()
+            dots[:, axis] -= lo
+        labels = None
+        if sample.labels is not None:
+            labels = np.asarray(sample.labels)[tuple(sl)].copy()
+        name = getattr(sample, "name", "") or "image"
+        return Sample(image=img, dots=dots, labels=labels, name=f"{name}[{lo}:{hi}]")
+
+    return part(0, cut), part(cut, n)
+
+
+_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+_LABEL_TAGS = ("_labels", "_label", "_masks", "_mask")
+
+
+def load_folder(root: str | Path) -> list[Any]:
+    """Annotated images from a folder: ``NAME.tif`` (or png/jpg) with ``NAME.csv`` points
+    and/or a label image ``NAME_labels.tif`` / ``NAME_masks.png`` (also ``labels/NAME.*`` or
+    ``masks/NAME.*``). Images without annotations are skipped; none at all raises
+    :class:`InputError`."""
+    from napari_nalu_count.data.readers import Sample, read_image, read_labels, read_points_csv
+
+    base = Path(root)
+    if not base.is_dir():
+        raise InputError(f"training data folder not found: {base}")
+    files = sorted(p for p in base.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    label_files = {p for p in files if any(p.stem.lower().endswith(t) for t in _LABEL_TAGS)}
+    samples = []
+    for img_path in files:
+        if img_path in label_files:
+            continue
+        stem = img_path.stem
+        dots = None
+        csv = img_path.with_suffix(".csv")
+        if csv.is_file():
+            dots = read_points_csv(csv, ndim=2)
+        labels = None
+        candidates = [base / f"{stem}{t}{s}" for t in _LABEL_TAGS for s in _IMAGE_SUFFIXES]
+        candidates += [
+            base / d / f"{stem}{s}" for d in ("labels", "masks") for s in _IMAGE_SUFFIXES
+        ]
+        for cand in candidates:
+            if cand.is_file():
+                labels = read_labels(cand)
+                break
+        if dots is None and labels is None:
+            continue
+        samples.append(Sample(image=read_image(img_path), dots=dots, labels=labels, name=stem))
+    if not samples:
+        raise InputError(
+            f"no annotated images in {base}: expected NAME.tif with NAME.csv points or a label "
+            "image NAME_labels.tif"
+        )
+    return samples

@@ -1,0 +1,299 @@
+"""Fine-tuning: adapt a bundled or user model to a few annotated images and save it.
+
+:func:`fine_tune` starts from any model (a bundled/user name, a path, or a ``LoadedModel``),
+holds out part of the user's annotations for validation, measures the start model on it, trains
+with Feature Random Enhancement on (FRE, the B/X module at the bottleneck; added to the config
+when the start model has none), measures again and saves the best weights as a new user model
+whose card records the data, the settings and the before/after metrics.
+
+Held-out part: with two or more images, ``holdout`` of the images (at least one) chosen with the
+seed; with a single image, a strip along its longer side (the last ``holdout`` fraction, see
+:func:`~.dataset.spatial_split`), so one image with a few dozen dots is enough.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from napari_nalu_count.errors import CancelToken, InputError
+
+from .dataset import prepare, spatial_split
+from .loop import TrainConfig, TrainResult, evaluate, train
+
+__all__ = ["FineTuneResult", "default_fre", "fine_tune", "make_trained_card", "split_holdout"]
+
+#: FRE defaults for fine-tuning: B = bottleneck channels // 4, X = 2
+DEFAULT_FRE_FRACTION = 0.25
+DEFAULT_FRE_X = 2.0
+
+
+@dataclass
+class FineTuneResult:
+    """Outcome of :func:`fine_tune`.
+
+    ``path`` is the saved card (None when cancelled: nothing is saved then); ``net`` the best
+    weights (eval mode); ``metrics_before`` / ``metrics_after`` are measured on the held-out
+    part; ``fre`` the FRE settings used (None when unavailable, see ``notes``).
+    """
+
+    path: Path | None
+    name: str
+    metrics_before: dict[str, Any]
+    metrics_after: dict[str, Any]
+    history: list[dict[str, Any]]
+    cancelled: bool
+    net: nn.Module | None = None
+    fre: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    card: dict[str, Any] | None = None
+
+
+def default_fre(config: dict, seed: int = 0) -> dict:
+    """FRE settings for ``config``: a quarter of the bottleneck channels, X = 2."""
+    widths = config.get("widths") or []
+    channels = int(widths[-1]) if widths else 0
+    return {
+        "B": max(1, int(round(channels * DEFAULT_FRE_FRACTION))),
+        "X": DEFAULT_FRE_X,
+        "seed": int(seed),
+    }
+
+
+def split_holdout(
+    samples: Sequence[Any], holdout: float = 0.25, seed: int = 0
+) -> tuple[list[Any], list[Any], str]:
+    """``(train, held_out, description)``: whole images when there are >= 2, else a strip."""
+    if not 0 < holdout < 1:
+        raise InputError(f"holdout must be between 0 and 1, got {holdout}")
+    samples = list(samples)
+    if not samples:
+        raise InputError("fine-tuning needs at least one annotated image")
+    if len(samples) == 1:
+        train_part, held = spatial_split(samples[0], holdout)
+        h = np.asarray(held.image).shape
+        return [train_part], [held], f"held-out strip of the single image ({h[0]}x{h[1]} px)"
+    n_hold = min(len(samples) - 1, max(1, int(round(holdout * len(samples)))))
+    order = np.random.default_rng(seed).permutation(len(samples))
+    held_idx = set(int(i) for i in order[:n_hold])
+    train_s = [s for i, s in enumerate(samples) if i not in held_idx]
+    held_s = [s for i, s in enumerate(samples) if i in held_idx]
+    return train_s, held_s, f"{n_hold} held-out image(s) of {len(samples)}"
+
+
+def _data_summary(samples: Sequence[Any], task: str) -> dict[str, Any]:
+    shapes, n_dots, n_objects = [], 0, 0
+    for s in samples:
+        shapes.append(list(np.asarray(s.image).shape))
+        if s.dots is not None:
+            n_dots += int(len(s.dots))
+        if s.labels is not None:
+            lab = np.asarray(s.labels)
+            n_objects += int(len(np.unique(lab[lab > 0])))
+    out: dict[str, Any] = {"n_images": len(samples), "shapes": shapes}
+    if task == "count":
+        out["n_dots"] = n_dots if n_dots else n_objects
+    out["n_objects"] = n_objects if n_objects else n_dots
+    return out
+
+
+def _measured_diameter(samples: Sequence[Any]) -> float | None:
+    from napari_nalu_count.data import typical_diameter
+
+    values = []
+    for s in samples:
+        if s.labels is not None and np.asarray(s.labels).max() > 0:
+            values.append(typical_diameter(s.labels))
+    return float(np.median(values)) if values else None
+
+
+def make_trained_card(
+    result: TrainResult,
+    name: str,
+    task: str,
+    *,
+    normalization: dict,
+    density_scale: float | None,
+    diameter: float | None,
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+    description: str | None = None,
+) -> dict[str, Any]:
+    """A model card for a trained network (see ``models.make_card``)."""
+    from napari_nalu_count.models import make_card
+
+    if result.config is None:
+        raise InputError("the trained network has no architecture config, so it cannot be saved")
+    fields: dict[str, Any] = dict(
+        normalization=dict(normalization),
+        density_scale=density_scale if task == "count" else None,
+        diameter=None if diameter is None else round(float(diameter), 2),
+        training=training,
+        metrics=metrics,
+    )
+    if description:
+        fields["description"] = description
+    return make_card(name, task, result.config, **fields)
+
+
+def _load_start(start_model: Any) -> Any:
+    from napari_nalu_count.models import load_model
+
+    if hasattr(start_model, "net") and hasattr(start_model, "card"):
+        return start_model
+    if isinstance(start_model, (str, os.PathLike)):
+        return load_model(start_model)
+    raise InputError(
+        "start_model must be a model name, a path or a loaded model, not "
+        f"{type(start_model).__name__}"
+    )
+
+
+def fine_tune(
+    start_model: Any,
+    samples: Sequence[Any] | Any,
+    *,
+    name: str,
+    task: str | None = None,
+    cfg: TrainConfig | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    cancel: CancelToken | None = None,
+    holdout: float = 0.25,
+    use_fre: bool = True,
+    diameter: float | None = None,
+    directory: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> FineTuneResult:
+    """Fine-tune ``start_model`` on ``samples`` (``Sample`` objects with dots or labels) and save
+    the result as the user model ``name`` (in ``directory``, default the user model directory).
+
+    ``cfg`` defaults to a short schedule (20 epochs x 20 steps, lr 3e-4, patience 8); its
+    normalisation, density scale and sigma are taken from the start model's card. With
+    ``use_fre`` (default) and no ``cfg.fre``, FRE is switched on with B = bottleneck // 4 and
+    X = 2 unless the start model already has FRE. ``diameter`` (pixels) is recorded in the card;
+    by default it is measured from the labels, else the start model's is kept. Returns a
+    :class:`FineTuneResult`; when cancelled nothing is saved.
+    """
+    from napari_nalu_count.models import check_name, save_model
+    from napari_nalu_count.nn import registry
+
+    check_name(name)
+    start = _load_start(start_model)
+    start_task = start.task
+    if task is not None and task != start_task:
+        raise InputError(f"model {start.name!r} is a {start_task!r} model, not {task!r}")
+    task = start_task
+    if not isinstance(samples, (list, tuple)):
+        samples = [samples]
+    samples = list(samples)
+
+    start_card = start.card
+    settings = (start_card.get("training") or {}).get("settings") or {}
+    if cfg is None:
+        cfg = TrainConfig(epochs=20, steps_per_epoch=20, lr=3e-4, patience=8, warmup_steps=0)
+        if "sigma" in settings:
+            cfg.sigma = float(settings["sigma"])
+    else:
+        cfg = copy.deepcopy(cfg)
+    cfg.normalization = dict(start_card["normalization"])
+    if task == "count":
+        cfg.density_scale = float(start_card["density_scale"])
+
+    notes: list[str] = []
+    config = dict(start.config)
+    if cfg.fre is None and use_fre:
+        if config.get("fre"):
+            notes.append(f"kept the start model's FRE {config['fre']}")
+        else:
+            fre = default_fre(config, cfg.seed)
+            try:
+                registry.validate_config({**config, "fre": fre})
+            except Exception as exc:  # noqa: BLE001 - reported, training goes on without FRE
+                notes.append(f"FRE is not available for {config.get('architecture')}: {exc}")
+            else:
+                cfg.fre = fre
+                notes.append(f"added FRE {fre} at the bottleneck")
+
+    train_s, held_s, held_desc = split_holdout(samples, holdout, cfg.seed)
+    in_ch = int(config.get("in_channels", 1))
+    held_items = prepare(held_s, task, normalization=cfg.normalization, in_channels=in_ch)
+    n_classes = int(config.get("out_channels", 3))
+    before = evaluate(
+        copy.deepcopy(start.net).float(),
+        held_items,
+        task,
+        density_scale=cfg.density_scale,
+        n_classes=n_classes,
+        boundary_width=cfg.boundary_width,
+    )
+
+    result = train(start, train_s, held_s, task, cfg, callback=callback, cancel=cancel)
+    fre_used = (result.config or {}).get("fre")
+    if result.cancelled:
+        return FineTuneResult(
+            None,
+            name,
+            before,
+            dict(result.best_metrics),
+            result.history,
+            True,
+            result.net,
+            fre_used,
+            notes,
+        )
+    after = evaluate(
+        result.net,
+        held_items,
+        task,
+        density_scale=cfg.density_scale,
+        n_classes=n_classes,
+        boundary_width=cfg.boundary_width,
+    )
+
+    diam = diameter if diameter is not None else _measured_diameter(samples)
+    if diam is None:
+        diam = start_card.get("diameter")
+    training = {
+        "start_model": start.name,
+        "data": {
+            **_data_summary(samples, task),
+            "train": _data_summary(train_s, task),
+            "held_out": {**_data_summary(held_s, task), "how": held_desc},
+        },
+        "epochs": len(result.history),
+        "best_epoch": result.best_epoch,
+        "steps": result.steps,
+        "seed": cfg.seed,
+        "fre": fre_used,
+        "settings": cfg.to_dict(),
+        "notes": notes,
+        "command": f"fine_tune({start.name!r}, name={name!r})",
+    }
+    metrics = {
+        "split": f"fine-tuning hold-out: {held_desc}",
+        **{k: v for k, v in after.items()},
+        "before": before,
+        "after": after,
+    }
+    card = make_trained_card(
+        result,
+        name,
+        task,
+        normalization=cfg.normalization,
+        density_scale=cfg.density_scale,
+        diameter=diam,
+        training=training,
+        metrics=metrics,
+        description=f"fine-tuned from {start.name}",
+    )
+    path = save_model(result.net, card, name, directory=directory, overwrite=overwrite)
+    return FineTuneResult(
+        Path(path), name, before, after, result.history, False, result.net, fre_used, notes, card
+    )

@@ -1,0 +1,555 @@
+"""One training loop for counting (density regression) and segmentation (3-class maps).
+
+:func:`train` draws random augmented patches (:class:`~.dataset.PatchSampler`), optimises with
+Adam under a learning-rate schedule, validates on *whole* validation images after every epoch,
+keeps the best weights (a state_dict copy in memory) and stops early when the monitored metric
+has not improved for ``patience`` epochs.
+
+- Counting: loss = MSE between the predicted and the target density (the target is
+  ``dots_to_density(dots, sigma) * density_scale``); validation reports the count MAE
+  ``|sum(pred) / density_scale - n_dots|`` per image (and RMSE, MAE / mean count, ...).
+- Segmentation: loss = cross-entropy (optionally + soft Dice); validation reports the mean IoU
+  over the classes and instance F1 at IoU 0.5 (instances from the class map).
+
+The arithmetic units' regularisers are added to the loss (``+ reg_weight * net.regularization()``)
+and the FRE selection is re-drawn at the start of every epoch (``net.reselect_fre(epoch)``).
+Progress goes to ``callback(dict)`` with ``kind`` ``"step"``, ``"epoch"`` or ``"done"``; a
+:class:`~napari_nalu_count.errors.CancelToken` stops the run before the next step, keeping the
+best weights so far. Nothing is written to disk here (saving is ``models.save_model``'s job).
+
+Runs are deterministic given ``TrainConfig.seed`` (weights initialised under
+``torch.manual_seed(seed)``, patches and augmentation from ``numpy.random.default_rng(seed)``),
+unless ``max_minutes`` makes the schedule depend on the wall clock.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_nalu_count.errors import Cancelled, CancelToken, InputError
+
+from .dataset import PatchSampler, Prepared, prepare
+from .metrics import classes_to_instances, confusion_matrix, count_metrics, instance_f1, mean_iou
+
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "train"]
+
+Callback = Callable[[dict[str, Any]], None]
+
+_LOWER_IS_BETTER = {"mae", "rmse", "mre", "loss"}
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (all plain values, so ``dataclasses.asdict`` goes into a card).
+
+    Sizes are in pixels, ``max_minutes`` in minutes of wall-clock time (None: no limit).
+    ``fre`` (``{"B", "X", "seed"}``) is put into the architecture config before the network is
+    built (or the given network is rebuilt with it); ``None`` keeps the network as it is.
+    ``monitor`` is the validation metric for model selection and early stopping (default:
+    ``mae`` for counting, ``f1`` for segmentation). ``schedule`` is ``"cosine"``, ``"plateau"``
+    or ``"constant"``.
+    """
+
+    epochs: int = 30
+    steps_per_epoch: int = 50
+    batch_size: int = 4
+    patch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    patience: int = 10
+    seed: int = 0
+    sigma: float = 3.0
+    density_scale: float = 100.0
+    fre: dict | None = None
+    dice: bool = False
+    dice_weight: float = 1.0
+    class_weights: list[float] | None = None
+    aux_weight: float = 0.3
+    reg_weight: float = 1e-3
+    augment: bool = True
+    boundary_width: int = 1
+    normalization: dict = field(
+        default_factory=lambda: {"method": "percentile", "low": 1.0, "high": 99.8}
+    )
+    monitor: str | None = None
+    max_minutes: float | None = None
+    grad_clip: float | None = 10.0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the settings."""
+        return dataclasses.asdict(self)
+
+    def check(self) -> None:
+        """Raise :class:`InputError` for settings that cannot work."""
+        for name in ("epochs", "steps_per_epoch", "batch_size", "patience"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.patch_size, int) or self.patch_size < 16:
+            raise InputError(f"patch_size must be an integer >= 16, got {self.patch_size!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"learning rate must be positive, got {self.lr!r}")
+        if self.schedule not in ("cosine", "plateau", "constant"):
+            raise InputError(
+                f"schedule must be 'cosine', 'plateau' or 'constant', got {self.schedule!r}"
+            )
+        if not self.density_scale > 0:
+            raise InputError(f"density_scale must be positive, got {self.density_scale!r}")
+        if self.sigma < 0:
+            raise InputError(f"sigma must be >= 0, got {self.sigma!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise InputError(f"max_minutes must be positive, got {self.max_minutes!r}")
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`.
+
+    ``net`` holds the best weights (by ``monitor`` on validation; the last weights without
+    validation data), in eval mode on the CPU. ``history`` has one dict per finished epoch
+    (``epoch``, ``step``, ``loss``, ``lr``, ``metrics``, ``seconds``). ``config`` is the network's
+    architecture config when known.
+    """
+
+    net: nn.Module
+    history: list[dict[str, Any]]
+    best_metrics: dict[str, Any]
+    best_epoch: int | None
+    cancelled: bool
+    stopped_early: bool
+    config: dict | None
+    train_config: TrainConfig
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# model set-up
+
+
+def _registry():
+    from napari_nalu_count.nn import registry
+
+    return registry
+
+
+def _resolve_model(model_or_config: Any, fre: dict | None, seed: int) -> tuple[nn.Module, dict]:
+    """Build / unwrap the network; apply ``fre`` to its config. Returns ``(net, config)``."""
+    registry = _registry()
+    config: dict | None
+    state = None
+    if isinstance(model_or_config, Mapping):
+        config = dict(model_or_config)
+    elif hasattr(model_or_config, "net") and hasattr(model_or_config, "config"):  # LoadedModel
+        config = dict(model_or_config.config)
+        state = model_or_config.net.state_dict()
+    elif isinstance(model_or_config, nn.Module):
+        config = getattr(model_or_config, "config", None)
+        if fre is None or config is None:
+            if fre is not None:
+                raise InputError("cannot add FRE to a network without a config")
+            return model_or_config, (dict(config) if config is not None else None)
+        state = model_or_config.state_dict()
+        config = dict(config)
+    else:
+        raise InputError(
+            f"train() needs a config dict, a network or a loaded model, not "
+            f"{type(model_or_config).__name__}"
+        )
+    if fre is not None:
+        config["fre"] = dict(fre)
+    config = registry.validate_config(config)
+    torch.manual_seed(seed)
+    net = registry.build_model(config)
+    if state is not None:
+        net.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+    return net, config
+
+
+def _task_of(net: nn.Module, config: dict | None) -> str:
+    if config is not None:
+        return _registry().task_of(config)
+    return (
+        "count"
+        if getattr(net, "head", None) is not None and net.head.out_channels == 1
+        else ("segment")
+    )
+
+
+def _n_classes(net: nn.Module, config: dict | None) -> int:
+    if config is not None:
+        return int(config.get("out_channels", 3))
+    return int(getattr(getattr(net, "head", None), "out_channels", 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# losses and evaluation
+
+
+def _dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Soft Dice loss averaged over classes; ``valid`` ``(B, 1, H, W)`` masks padding."""
+    prob = logits.softmax(1) * valid
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(prob.dtype) * valid
+    dims = (0, 2, 3)
+    inter = (prob * onehot).sum(dims)
+    denom = prob.sum(dims) + onehot.sum(dims)
+    return 1.0 - ((2 * inter + 1.0) / (denom + 1.0)).mean()
+
+
+def _loss(
+    net: nn.Module,
+    out: torch.Tensor,
+    y: torch.Tensor,
+    valid: torch.Tensor,
+    task: str,
+    cfg: TrainConfig,
+    class_weights: torch.Tensor | None,
+) -> torch.Tensor:
+    aux = getattr(net, "aux_logits", None)
+    if task == "count":
+        n = valid.sum().clamp_min(1.0)
+        loss = (((out - y) ** 2) * valid).sum() / n
+        if aux is not None:
+            loss = loss + cfg.aux_weight * (((aux - y) ** 2) * valid).sum() / n
+        return loss
+    v = valid[:, 0]
+    ce = F.cross_entropy(out, y, weight=class_weights, reduction="none")
+    loss = (ce * v).sum() / v.sum().clamp_min(1.0)
+    if cfg.dice:
+        loss = loss + cfg.dice_weight * _dice_loss(out, y, valid)
+    if aux is not None:
+        ce_aux = F.cross_entropy(aux, y, weight=class_weights, reduction="none")
+        loss = loss + cfg.aux_weight * (ce_aux * v).sum() / v.sum().clamp_min(1.0)
+    return loss
+
+
+@torch.no_grad()
+def _predict(net: nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
+    x = torch.from_numpy(np.ascontiguousarray(image[None])).to(device)
+    return net(x)[0].float().cpu().numpy()
+
+
+def evaluate(
+    net: nn.Module,
+    items: Sequence[Prepared],
+    task: str,
+    *,
+    density_scale: float = 100.0,
+    n_classes: int = 3,
+    device: str | torch.device = "cpu",
+    boundary_width: int = 1,
+    cancel: CancelToken | None = None,
+) -> dict[str, Any]:
+    """Validation metrics of ``net`` on whole images (``items`` from :func:`~.dataset.prepare`).
+
+    Counting: ``mae``, ``rmse``, ``mre`` (MAE / mean true count), ``bias``, ``mean_true``,
+    ``n_images``. Segmentation: ``miou``, ``iou_per_class``, ``f1`` (instance F1 at IoU 0.5),
+    ``precision``, ``recall``, ``f1_75`` (IoU 0.75), ``mae`` (instance count error per image),
+    ``n_images``. The network is put in eval mode (and left so).
+    """
+    dev = torch.device(device)
+    net.eval()
+    if task == "count":
+        pred, true = [], []
+        for it in items:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            density = _predict(net, it.image, dev)
+            pred.append(float(density.sum()) / density_scale)
+            true.append(it.count)
+        return count_metrics(pred, true)
+    from napari_nalu_count.data import instances_to_classes
+
+    cm = np.zeros((n_classes, n_classes), np.int64)
+    pairs = []
+    pred_counts, true_counts = [], []
+    for it in items:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        classes = _predict(net, it.image, dev).argmax(0).astype(np.uint8)
+        target = instances_to_classes(it.labels, boundary_width=boundary_width)
+        cm += confusion_matrix(target, classes, n_classes)
+        inst = classes_to_instances(classes)
+        pairs.append((it.labels, inst))
+        pred_counts.append(float(len(np.unique(inst[inst > 0]))))
+        true_counts.append(it.count)
+    miou, per_class = mean_iou(cm)
+    matches = instance_f1(pairs, (0.5, 0.75))
+    m50 = matches[0.5]
+    return {
+        "miou": miou,
+        "iou_per_class": per_class,
+        "f1": m50.f1,
+        "precision": m50.precision,
+        "recall": m50.recall,
+        "f1_75": matches[0.75].f1,
+        "mae": count_metrics(pred_counts, true_counts)["mae"],
+        "n_images": len(items),
+    }
+
+
+def _better(a: float, b: float | None, monitor: str) -> bool:
+    if b is None or not math.isfinite(b):
+        return math.isfinite(a)
+    return a < b if monitor in _LOWER_IS_BETTER else a > b
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def _emit(callback: Callback | None, event: dict[str, Any]) -> None:
+    if callback is not None:
+        callback(event)
+
+
+def train(
+    model_or_config: Any,
+    train_samples: Sequence[Any],
+    val_samples: Sequence[Any] | None = None,
+    task: str | None = None,
+    cfg: TrainConfig | None = None,
+    *,
+    callback: Callback | None = None,
+    cancel: CancelToken | None = None,
+) -> TrainResult:
+    """Train a counting or segmentation network; return the best weights and the history.
+
+    ``model_or_config`` is an architecture config dict (built under ``torch.manual_seed(seed)``),
+    a network (trained in place) or a ``LoadedModel`` (its weights are copied). ``train_samples``
+    and ``val_samples`` are ``data.readers.Sample`` objects (dots for counting, labels for
+    segmentation); ``task`` defaults to the config's. Events sent to ``callback``::
+
+        {"kind": "step", "epoch", "step", "loss", "lr", "metrics": None}
+        {"kind": "epoch", "epoch", "step", "loss" (epoch mean), "lr", "metrics", "best",
+         "seconds"}
+        {"kind": "done", "epoch", "step", "loss", "metrics" (best), "best_epoch", "cancelled",
+         "stopped_early", "seconds"}
+
+    Epochs and steps count from 1 in events. A set ``cancel`` token stops the run before the
+    next step; the result then holds the best weights so far and ``cancelled=True``.
+    """
+    cfg = cfg or TrainConfig()
+    cfg.check()
+    net, config = _resolve_model(model_or_config, cfg.fre, cfg.seed)
+    inferred = _task_of(net, config)
+    task = task or inferred
+    if task != inferred:
+        raise InputError(f"task {task!r} does not match the network, which is a {inferred!r} model")
+    n_classes = _n_classes(net, config)
+    monitor = cfg.monitor or ("mae" if task == "count" else "f1")
+    device = torch.device(cfg.device)
+    in_ch = int((config or {}).get("in_channels", 1))
+
+    train_items = prepare(train_samples, task, normalization=cfg.normalization, in_channels=in_ch)
+    val_items = prepare(val_samples or [], task, normalization=cfg.normalization, in_channels=in_ch)
+    rng = np.random.default_rng(cfg.seed)
+    sampler = PatchSampler(
+        train_items,
+        task,
+        cfg.patch_size,
+        cfg.batch_size,
+        rng,
+        sigma=cfg.sigma,
+        density_scale=cfg.density_scale,
+        augment=cfg.augment,
+        boundary_width=cfg.boundary_width,
+    )
+    net.to(device)
+    net.requires_grad_(True)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    plateau = None
+    if cfg.schedule == "plateau":
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt,
+            mode="min" if monitor in _LOWER_IS_BETTER else "max",
+            factor=0.5,
+            patience=max(1, cfg.patience // 3),
+            min_lr=cfg.min_lr,
+        )
+    class_weights = None
+    if task == "segment" and cfg.class_weights is not None:
+        class_weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
+    total_steps = cfg.epochs * cfg.steps_per_epoch
+    budget_s = None if cfg.max_minutes is None else cfg.max_minutes * 60.0
+
+    def lr_at(step: int, elapsed: float) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.schedule != "cosine":
+            return opt.param_groups[0]["lr"]
+        progress = step / max(1, total_steps)
+        if budget_s is not None:
+            progress = max(progress, elapsed / budget_s)
+        progress = min(1.0, progress)
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    history: list[dict[str, Any]] = []
+    losses: list[float] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_metrics: dict[str, Any] = {}
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_epochs = 0
+    cancelled = stopped_early = out_of_time = False
+    step = 0
+    epoch = 0
+    t0 = time.perf_counter()
+
+    def is_cancelled() -> bool:
+        return cancel is not None and cancel.cancelled
+
+    for epoch in range(1, cfg.epochs + 1):
+        if is_cancelled():
+            cancelled = True
+            break
+        if hasattr(net, "reselect_fre"):
+            net.reselect_fre(epoch - 1)
+        net.train()
+        epoch_losses: list[float] = []
+        te = time.perf_counter()
+        for _ in range(cfg.steps_per_epoch):
+            if is_cancelled():
+                cancelled = True
+                break
+            lr = lr_at(step, time.perf_counter() - t0)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y, valid = sampler.batch()
+            x, y, valid = x.to(device), y.to(device), valid.to(device)
+            out = net(x)
+            loss = _loss(net, out, y, valid, task, cfg, class_weights)
+            if cfg.reg_weight and hasattr(net, "regularization"):
+                loss = loss + cfg.reg_weight * net.regularization()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"training diverged (loss {value}) at epoch {epoch}, step {step}; try a "
+                    "lower learning rate"
+                )
+            losses.append(value)
+            epoch_losses.append(value)
+            _emit(
+                callback,
+                {
+                    "kind": "step",
+                    "epoch": epoch,
+                    "step": step,
+                    "loss": value,
+                    "lr": lr,
+                    "metrics": None,
+                },
+            )
+            if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                out_of_time = True
+                break
+        if cancelled and not epoch_losses:
+            break
+        # validation (skipped when cancelled: the run must stop within one step)
+        metrics: dict[str, Any] = {}
+        improved = False
+        if not cancelled:
+            if val_items:
+                try:
+                    metrics = evaluate(
+                        net,
+                        val_items,
+                        task,
+                        density_scale=cfg.density_scale,
+                        n_classes=n_classes,
+                        device=device,
+                        boundary_width=cfg.boundary_width,
+                        cancel=cancel,
+                    )
+                except Cancelled:
+                    cancelled = True
+        if not cancelled:
+            if val_items:
+                value = float(metrics.get(monitor, float("nan")))
+                improved = _better(value, best_value, monitor)
+                if improved:
+                    best_value = value
+            else:
+                improved = True  # no validation data: keep the latest weights
+            if improved:
+                best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                best_metrics = dict(metrics)
+                best_epoch = epoch
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            if plateau is not None and metrics:
+                plateau.step(float(metrics.get(monitor, float("nan"))))
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
+            "lr": opt.param_groups[0]["lr"],
+            "metrics": metrics,
+            "best": improved,
+            "seconds": time.perf_counter() - te,
+        }
+        if not cancelled:
+            history.append(record)
+            _emit(callback, {"kind": "epoch", **record})
+        if cancelled or out_of_time:
+            break
+        if val_items and bad_epochs >= cfg.patience:
+            stopped_early = True
+            break
+
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.to("cpu")
+    net.eval()
+    seconds = time.perf_counter() - t0
+    _emit(
+        callback,
+        {
+            "kind": "done",
+            "epoch": epoch,
+            "step": step,
+            "loss": losses[-1] if losses else float("nan"),
+            "metrics": dict(best_metrics),
+            "best_epoch": best_epoch,
+            "cancelled": cancelled,
+            "stopped_early": stopped_early,
+            "seconds": seconds,
+        },
+    )
+    return TrainResult(
+        net=net,
+        history=history,
+        best_metrics=best_metrics,
+        best_epoch=best_epoch,
+        cancelled=cancelled,
+        stopped_early=stopped_early,
+        config=config,
+        train_config=copy.deepcopy(cfg),
+        steps=step,
+        seconds=seconds,
+        losses=losses,
+    )

@@ -1,0 +1,77 @@
+"""Fine-tuning on one small annotated image produces a loadable user model with a full card."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_nalu_count.data.synthetic import synthetic_cells
+from napari_nalu_count.errors import CancelToken, InputError
+from napari_nalu_count.models import load_model, make_card, save_model, user_model_dir
+from napari_nalu_count.nn.registry import build_model
+from napari_nalu_count.train import TrainConfig, fine_tune
+from napari_nalu_count.train.finetune import split_holdout
+
+
+@pytest.fixture
+def start_model(tmp_path):
+    """A tiny counting model without FRE, saved as a file (stands in for a bundled one)."""
+    torch.manual_seed(0)
+    config = {"architecture": "unet_count", "widths": [4, 8], "unit": "nac"}
+    net = build_model(config)
+    card = make_card("tiny-start", "count", net.config, diameter=9.0, metrics={"split": "none"})
+    return save_model(net, card, tmp_path / "start" / "tiny-start")
+
+
+def _cfg(**kw):
+    return TrainConfig(
+        **{"epochs": 2, "steps_per_epoch": 3, "batch_size": 2, "patch_size": 32, "lr": 3e-3, **kw}
+    )
+
+
+def test_fine_tune_one_image_with_dots(start_model):
+    image = synthetic_cells((64, 96), n_cells=30, diameter=9.0, seed=5)
+    dots_only = image.__class__(image=image.image, dots=image.dots, name="user")
+    events = []
+    res = fine_tune(start_model, dots_only, name="my-counter", cfg=_cfg(), callback=events.append)
+    assert not res.cancelled and res.path is not None
+    assert res.path.parent == user_model_dir()
+    assert res.fre is not None and res.fre["B"] == 2  # FRE added: a quarter of 8 channels
+    assert {"mae", "mre"} <= set(res.metrics_before) and {"mae"} <= set(res.metrics_after)
+    loaded = load_model("my-counter")
+    card = loaded.card
+    assert card["metrics"]["before"]["mae"] == pytest.approx(res.metrics_before["mae"])
+    assert card["metrics"]["after"]["mae"] == pytest.approx(res.metrics_after["mae"])
+    assert "strip" in card["metrics"]["split"]
+    data = card["training"]["data"]
+    assert data["n_images"] == 1 and data["n_dots"] == 30 and data["shapes"] == [[64, 96]]
+    assert card["training"]["start_model"] == "tiny-start"
+    assert card["training"]["settings"]["epochs"] == 2
+    assert card["diameter"] == 9.0  # no labels: the start model's diameter is kept
+    assert events[-1]["kind"] == "done"
+    # the saved weights are the returned best weights
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.net(x), res.net(x), atol=1e-5)
+
+
+def test_fine_tune_cancelled_saves_nothing(start_model):
+    token = CancelToken()
+    token.cancel()
+    s = synthetic_cells((64, 64), n_cells=20, diameter=9.0, seed=1)
+    res = fine_tune(start_model, [s], name="never-saved", cfg=_cfg(), cancel=token)
+    assert res.cancelled and res.path is None
+    assert not user_model_dir().exists() or not any(user_model_dir().iterdir())
+
+
+def test_fine_tune_rejects_wrong_task_and_split_of_several_images(start_model):
+    s = synthetic_cells((48, 48), n_cells=10, diameter=8.0, seed=2)
+    with pytest.raises(InputError):
+        fine_tune(start_model, [s], name="x", task="segment")
+    with pytest.raises(InputError):
+        fine_tune(start_model, [s], name="bad name!")
+    samples = [synthetic_cells((48, 48), n_cells=10, diameter=8.0, seed=i) for i in range(4)]
+    tr, held, how = split_holdout(samples, 0.25, seed=0)
+    assert len(tr) == 3 and len(held) == 1 and "held-out image" in how
+    assert np.isfinite(float(np.asarray(held[0].image).mean()))
