@@ -1,0 +1,176 @@
+"""Screenshots of the napari widgets for the docs (``docs/screenshots/*.png``).
+
+    xvfb-run -a python scripts/screenshots.py [--count-model M] [--segment-model M]
+
+Opens napari with the bundled samples, runs each dock widget the way a user would (pick, click
+Run, wait) and saves the whole window: ``count.png`` (BBBC039 crop, density, cells and two
+regions), ``segment.png``, ``stack.png`` (time-lapse with the per-frame table),
+``finetune.png`` (fine-tuning on dots, live curves, before/after) and ``count_finetuned.png``
+(the same image counted again with the new model). Models default to the bundled ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "screenshots"
+PLUGIN = "napari-nalu-count"
+
+
+def wait_for(widget, timeout: float = 900.0) -> None:
+    """Let Qt run until the widget's job finished."""
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.monotonic()
+    while widget.running:
+        QApplication.processEvents()
+        time.sleep(0.02)
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError("widget did not finish in time")
+    settle()
+
+
+def settle(seconds: float = 0.5) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def shoot(viewer, name: str) -> Path:
+    import imageio.v3 as iio
+
+    settle()
+    image = viewer.screenshot(canvas_only=False, flash=False)
+    path = OUT / name
+    iio.imwrite(path, np.asarray(image))
+    print(f"wrote {path} {image.shape}")
+    return path
+
+
+def dock(viewer, title: str, tabify: bool = False):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, title, tabify=tabify)
+    settle()
+    return widget
+
+
+def choose(combo, data) -> None:
+    index = combo.findData(data)
+    if index < 0:
+        raise SystemExit(
+            f"{data!r} is not offered; have {[combo.itemText(i) for i in range(combo.count())]}"
+        )
+    combo.setCurrentIndex(index)
+
+
+def close_docks(viewer) -> None:
+    viewer.window.remove_dock_widget("all")
+    settle()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count-model", default="nuclei-count")
+    parser.add_argument("--segment-model", default="nuclei-seg")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--only", nargs="*", default=None, help="subset of the shots")
+    args = parser.parse_args(argv)
+    want = set(args.only or ["count", "segment", "stack", "finetune"])
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    import napari
+    from napari.settings import get_settings
+
+    # no toasts over the canvas (they would cover the pictures)
+    get_settings().application.gui_notification_level = "error"
+    viewer = napari.Viewer(title="napari-nalu-count")
+    viewer.window.resize(1500, 950)
+    viewer.theme = "dark"
+
+    if "count" in want:
+        viewer.open_sample(PLUGIN, "bbbc039_crop")
+        viewer.add_shapes(
+            [[[16, 16], [120, 120]], [[140, 120], [240, 240]]],
+            shape_type="rectangle",
+            name="regions",
+            edge_color="cyan",
+            face_color="transparent",
+            edge_width=2,
+        )
+        count = dock(viewer, "Count cells")
+        choose(count.model_combo, args.count_model)
+        count.regions_combo.setCurrentIndex(count.regions_combo.findText("regions"))
+        count.image_combo.setCurrentIndex(count.image_combo.findText("BBBC039 crop"))
+        count.run()
+        wait_for(count)
+        viewer.layers.selection.active = viewer.layers["BBBC039 crop cells"]
+        shoot(viewer, "count.png")
+        close_docks(viewer)
+        viewer.layers.clear()
+
+    if "segment" in want:
+        viewer.open_sample(PLUGIN, "bbbc039_crop")
+        segment = dock(viewer, "Segment cells")
+        choose(segment.model_combo, args.segment_model)
+        segment.run()
+        wait_for(segment)
+        shoot(viewer, "segment.png")
+        close_docks(viewer)
+        viewer.layers.clear()
+
+    if "stack" in want:
+        viewer.open_sample(PLUGIN, "synthetic_timelapse")
+        count = dock(viewer, "Count cells")
+        choose(count.model_combo, args.count_model)
+        count.diameter_edit.setText("estimate")  # synthetic cells are smaller than BBBC039's
+        count.run()
+        wait_for(count)
+        viewer.dims.set_current_step(0, 3)
+        shoot(viewer, "stack.png")
+        close_docks(viewer)
+        viewer.layers.clear()
+
+    if "finetune" in want:
+        viewer.open_sample(PLUGIN, "synthetic_high")
+        truth = viewer.layers["synthetic high true cells"]
+        truth.visible = True
+        truth.name = "my dots"
+        finetune = dock(viewer, "Fine-tune model")
+        row = finetune.rows[0]
+        row.image_combo.setCurrentIndex(row.image_combo.findText("synthetic high"))
+        row.annotation_combo.setCurrentIndex(row.annotation_combo.findText("my dots (dots)"))
+        choose(finetune.model_combo, args.count_model)
+        finetune.name_edit.setText("my-nuclei-count")
+        finetune.diameter_edit.setText("estimate")
+        finetune.epochs_spin.setValue(args.epochs)
+        finetune.steps_spin.setValue(args.steps)
+        finetune.run()
+        wait_for(finetune, timeout=1800)
+        if finetune.result is None:
+            print("fine-tuning saved no model:", finetune.status_label.text(), file=sys.stderr)
+            return 1
+        shoot(viewer, "finetune.png")
+
+        count = dock(viewer, "Count cells", tabify=True)
+        choose(count.model_combo, "my-nuclei-count")
+        count.image_combo.setCurrentIndex(count.image_combo.findText("synthetic high"))
+        count.run()
+        wait_for(count)
+        viewer.layers["my dots"].visible = False
+        shoot(viewer, "count_finetuned.png")
+
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
