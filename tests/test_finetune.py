@@ -48,7 +48,9 @@ def test_fine_tune_one_image_with_dots(start_model):
     assert data["n_images"] == 1 and data["n_dots"] == 30 and data["shapes"] == [[64, 96]]
     assert card["training"]["start_model"] == "tiny-start"
     assert card["training"]["settings"]["epochs"] == 2
-    assert card["diameter"] == 9.0  # no labels: the start model's diameter is kept
+    # no labels, no diameter given: estimated from the image (cells of 9 px), on the model grid
+    assert card["diameter"] == pytest.approx(9.0, rel=0.3)
+    assert "input_scale" not in card and not card["training"]["cancelled"]
     assert events[-1]["kind"] == "done"
     # the saved weights are the returned best weights
     x = torch.rand(1, 1, 32, 32)
@@ -62,7 +64,57 @@ def test_fine_tune_cancelled_saves_nothing(start_model):
     s = synthetic_cells((64, 64), n_cells=20, diameter=9.0, seed=1)
     res = fine_tune(start_model, [s], name="never-saved", cfg=_cfg(), cancel=token)
     assert res.cancelled and res.path is None
+    assert any("no model was saved" in n for n in res.notes)
     assert not user_model_dir().exists() or not any(user_model_dir().iterdir())
+
+
+def test_fine_tune_cancelled_after_an_epoch_keeps_the_best(start_model):
+    token = CancelToken()
+
+    def stop_after_first_epoch(ev):
+        if ev["kind"] == "epoch":
+            token.cancel()
+
+    s = synthetic_cells((64, 96), n_cells=30, diameter=9.0, seed=5)
+    res = fine_tune(
+        start_model,
+        [s],
+        name="stopped-early",
+        cfg=_cfg(epochs=5),
+        cancel=token,
+        callback=stop_after_first_epoch,
+    )
+    assert res.cancelled and res.path is not None and res.path.exists()
+    assert len(res.history) == 1
+    card = load_model("stopped-early").card
+    assert card["training"]["cancelled"] is True and card["training"]["epochs"] == 1
+    assert card["training"]["best_epoch"] == 1
+    assert any("saved the best so far" in n for n in card["training"]["notes"])
+
+
+def test_fine_tune_resamples_by_start_input_scale_and_diameter(tmp_path):
+    """A start model trained at half resolution (input_scale 0.5, diameter 9 on its grid):
+    user images of 18-px cells are resampled by 0.5; a given diameter overrides that."""
+    torch.manual_seed(0)
+    config = {"architecture": "unet_count", "widths": [4, 8], "unit": "nac"}
+    net = build_model(config)
+    card = make_card(
+        "half-start", "count", net.config, diameter=9.0, input_scale=0.5, metrics={"split": "-"}
+    )
+    start = save_model(net, card, tmp_path / "start" / "half-start")
+    s = synthetic_cells((128, 160), n_cells=30, diameter=18.0, seed=5)
+    s = s.__class__(image=s.image, dots=s.dots, name="user")
+    res = fine_tune(start, [s], name="half-tuned", cfg=_cfg(epochs=1))
+    card = load_model("half-tuned").card
+    assert card["input_scale"] == 0.5
+    assert card["diameter"] == pytest.approx(9.0, rel=0.3)  # estimated 18 px x 0.5
+    assert card["training"]["data"]["shapes"] == [[64, 80]]
+    assert any("resampled by 0.5" in n for n in res.notes)
+    # a given diameter: factor = start diameter / d, recorded as input_scale
+    fine_tune(start, [s], name="given-d", cfg=_cfg(epochs=1), diameter=27.0)
+    card = load_model("given-d").card
+    assert card["input_scale"] == pytest.approx(1 / 3, rel=1e-3)
+    assert card["diameter"] == pytest.approx(9.0)
 
 
 def test_fine_tune_rejects_wrong_task_and_split_of_several_images(start_model):

@@ -431,6 +431,36 @@ def test_diameter_rescaling_keeps_count(counter):
     assert abs(count(up, counter, device="cpu").count - base.count) > 0.1 * base.count
 
 
+def test_card_input_scale_resamples_without_diameter(counter):
+    """A card with input_scale=0.5 (trained at half resolution; its diameter on the model grid)
+    counts a full-resolution image like an explicit diameter does, results on the image grid."""
+    from napari_nalu_count.models import load_model, make_card, save_model
+
+    loaded = load_model(counter)
+    card = make_card(
+        "half-count",
+        "count",
+        loaded.config,
+        density_scale=100.0,
+        diameter=CARD_DIAMETER,  # cells on the model grid
+        input_scale=0.5,
+        metrics={"split": "synthetic"},
+    )
+    save_model(loaded.net, card, "half-count")
+    s = cells((160, 160), n=20, seed=7)
+    up = ndi.zoom(s.image.astype(np.float32), 2.0, order=1, grid_mode=True, mode="nearest")
+    explicit = count(up, counter, diameter=2 * CARD_DIAMETER, device="cpu")
+    implied = count(up, "half-count", device="cpu")
+    assert implied.density.shape == up.shape
+    assert implied.count == pytest.approx(explicit.count, rel=0.03)
+    assert float(implied.density.sum()) == pytest.approx(implied.count, rel=1e-4)
+    _, _, f1 = match_points(implied.points, (s.dots + 0.5) * 2 - 0.5, radius=CARD_DIAMETER)
+    assert f1 > 0.7
+    # an explicit diameter still means "my cells are d px": factor card diameter / d
+    same = count(up, "half-count", diameter=2 * CARD_DIAMETER, device="cpu")
+    assert same.count == pytest.approx(explicit.count, rel=1e-4)
+
+
 def test_diameter_auto_estimates_size(counter):
     s = cells((160, 160), n=20, seed=7)
     up = ndi.zoom(s.image.astype(np.float32), 2.0, order=1, grid_mode=True, mode="nearest")

@@ -437,3 +437,35 @@ def test_no_pickle_in_weights(no_bundled):
     with safe_open(str(card_path.with_suffix(".safetensors")), "pt") as fh:
         assert fh.metadata()["name"] == "safe"
     assert os.path.getsize(card_path.with_suffix(".safetensors")) > 0
+
+
+# ------------------------------------------------------------------------------- input_scale
+
+
+def test_card_input_scale_round_trip_and_validation(no_bundled):
+    net, config = tiny_model()
+    card = models.make_card("half", "count", config, input_scale=0.5, diameter=14.0)
+    path = models.save_model(net, card, "half")
+    loaded = models.load_model("half")
+    assert loaded.card["input_scale"] == 0.5 and loaded.card["diameter"] == 14.0
+    assert "input_scale" not in models.make_card("full", "count", config)  # 1.0 when absent
+    for bad in (0, -0.5, 8.5, "0.5", True, float("nan"), None):
+        _rewrite_card(path, lambda c, bad=bad: c.update(input_scale=bad))
+        models.clear_model_cache()
+        with pytest.raises(ModelFileError, match="input_scale"):
+            models.load_model("half")
+    _rewrite_card(path, lambda c: c.update(input_scale=8))
+    models.clear_model_cache()
+    assert models.load_model("half").card["input_scale"] == 8
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_saved_files_are_world_readable(no_bundled):
+    old = os.umask(0o022)
+    try:
+        _, card_path = save_tiny("modes")
+    finally:
+        os.umask(old)
+    weights = card_path.with_name(card_path.stem + ".safetensors")
+    assert card_path.stat().st_mode & 0o777 == 0o644
+    assert weights.stat().st_mode & 0o777 == 0o644

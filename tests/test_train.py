@@ -185,3 +185,55 @@ def test_metrics():
     classes[3:7, 3:7] = 1
     inst = classes_to_instances(classes)
     assert inst.max() == 1 and (inst > 0).sum() == 36
+
+
+# ------------------------------------------------------------------------------- BN / tune
+
+
+def test_recalibrate_bn_matches_whole_image_statistics(data):
+    from napari_nalu_count.nn.registry import build_model
+    from napari_nalu_count.train import recalibrate_bn
+
+    tr, _ = data
+    items = prepare(tr, "count")
+    torch.manual_seed(0)
+    net = build_model(dict(COUNT_CONFIG))
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:  # stale statistics, as after patch training
+        m.running_mean.fill_(5.0)
+        m.running_var.fill_(9.0)
+    assert recalibrate_bn(net, items, 2) == 2
+    assert not net.training and all(m.momentum == 0.1 for m in bns)
+    first = bns[0]
+    # the first BN sees conv(image): its running mean is the per-channel mean over both images
+    conv = net.encoders[0][0][0]
+    assert isinstance(conv, torch.nn.Conv2d) and net.encoders[0][0][1] is first
+    assert first.num_batches_tracked.item() == 2
+    with torch.no_grad():
+        means = [conv(torch.from_numpy(it.image[None])).mean((0, 2, 3)) for it in items[:2]]
+    assert torch.allclose(first.running_mean, (means[0] + means[1]) / 2, atol=1e-5)
+    assert recalibrate_bn(net, [], 3) == 0
+
+
+def test_train_with_bn_recalibration(data):
+    tr, va = data
+    res = train(COUNT_CONFIG, tr, va, "count", small_cfg(bn_recalibrate=2))
+    assert res.best_epoch is not None and np.isfinite(res.best_metrics["mae"])
+    with pytest.raises(InputError, match="bn_recalibrate"):
+        train(COUNT_CONFIG, tr, va, "count", small_cfg(bn_recalibrate=-1))
+
+
+def test_tune_is_the_function_and_the_submodule_still_imports():
+    import importlib
+
+    import napari_nalu_count.train as tr_pkg
+    from napari_nalu_count.train import TuneResult, run_tune, tune
+
+    assert callable(tune) and tune is tr_pkg.tune and run_tune is tune
+    assert tune.__module__ == "napari_nalu_count.train.tune"
+    mod = importlib.import_module("napari_nalu_count.train.tune")
+    assert mod.tune is tune and mod.TuneResult is TuneResult
+    from napari_nalu_count.train.tune import tune as tune2
+
+    assert tune2 is tune
+    assert tr_pkg.fine_tune.__name__ == "fine_tune"

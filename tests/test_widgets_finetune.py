@@ -187,7 +187,11 @@ def test_finetune_widget_end_to_end(make_napari_viewer, qtbot, no_bundled):
     assert "before" in widget.result_label.text()
     assert widget.plot.loss_ax.lines  # loss curve drawn
     assert models.load_model("mine").task == "count"
-    assert models.load_model("mine").card["diameter"] == 9.5
+    card = models.load_model("mine").card
+    # the user's cells are 9.5 px: images are resampled onto the start model's grid (10 px), so
+    # the card keeps the grid diameter and records the resampling factor as input_scale
+    assert card["diameter"] == 10.0
+    assert abs(card["input_scale"] - 10.0 / 9.5) < 1e-5  # stored to 6 decimals
     assert count.model_combo.findData("mine") >= 0  # offered right away
 
     # Stop right away: the run ends cleanly and the dock is usable again

@@ -92,7 +92,12 @@ def _model_diameter(model: Any) -> float | None:
 
     card = model_card(model) if isinstance(model, str) else getattr(model, "card", None)
     value = (card or {}).get("diameter")
-    return float(value) if isinstance(value, int | float) and value > 0 else None
+    if not (isinstance(value, int | float) and value > 0):
+        return None
+    # the card's diameter is on the model grid; a model run at input_scale s sees the image
+    # resampled by s, so its cells are diameter / s pixels of the image
+    s = (card or {}).get("input_scale") or 1.0
+    return float(value) / float(s) if isinstance(s, int | float) and s > 0 else float(value)
 
 
 def per_plane(count: Any, stack_shape: tuple[int, ...]) -> np.ndarray:

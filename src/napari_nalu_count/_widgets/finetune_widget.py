@@ -743,8 +743,8 @@ class FineTuneWidget(QWidget):
             return
         result = outcome.value
         if result is None or getattr(result, "path", None) is None:
-            self.status_label.setText("stopped; no model was saved")
-            notify_info("Fine-tuning stopped; no model was saved")
+            self.status_label.setText("stopped before the first epoch finished; no model was saved")
+            notify_info("Fine-tuning stopped before the first epoch finished; no model was saved")
             return
         self.result = result
         self.progress_bar.setValue(1000)

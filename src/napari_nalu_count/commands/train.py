@@ -272,8 +272,10 @@ def run(args: argparse.Namespace) -> int:
 
     result = train(start, tr, va, task, cfg, callback=progress)
     diameter = _measured_diameter(tr)
-    if diameter is None and start_card is not None:
-        diameter = start_card.get("diameter")
+    if diameter is None and start_card is not None and start_card.get("diameter"):
+        # the start card's diameter is on its model grid (resampled by its input_scale); this
+        # model is trained on the images as they are
+        diameter = float(start_card["diameter"]) / float(start_card.get("input_scale") or 1.0)
     command = "nalu-count train " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "train()"
     card = make_trained_card(
         result,

@@ -7,7 +7,8 @@ Pipeline per plane (stacks are walked plane by plane, dask arrays computed one p
 2. normalise as the model card says (percentile, :func:`~napari_nalu_count.data.normalize.
    percentile_normalize`);
 3. resample by ``card diameter / diameter`` when ``diameter`` is given (``"auto"``: estimated
-   once, from the first non-empty plane, see :mod:`.scale`);
+   once, from the first non-empty plane, see :mod:`.scale`), else by the card's
+   ``input_scale`` (1.0 when absent: models trained at a reduced resolution say so there);
 4. predict tile by tile with overlap and smooth blending (:mod:`.tiling`) under
    ``torch.inference_mode`` with batch norm folded into the convolutions; CUDA out-of-memory
    errors halve the batch, then the tile, and retry the plane;
@@ -354,6 +355,19 @@ def _forward_fn(net: nn.Module, task: str, density_scale: float) -> Callable:
     return forward
 
 
+def _input_scale(value: Any) -> float:
+    """The card's ``input_scale`` as a resampling factor (1.0 when absent or ~1)."""
+    if value is None:
+        return 1.0
+    s = float(value)
+    if not (np.isfinite(s) and _scale.MIN_SCALE <= s <= _scale.MAX_SCALE):
+        raise InputError(
+            f"the model card's input_scale {value!r} is outside "
+            f"[{_scale.MIN_SCALE:g}, {_scale.MAX_SCALE:g}]"
+        )
+    return 1.0 if abs(s - 1.0) < _scale.SCALE_TOLERANCE else s
+
+
 def _parse_diameter(diameter: Any) -> float | str | None:
     if diameter is None:
         return None
@@ -373,14 +387,24 @@ def _parse_diameter(diameter: Any) -> float | str | None:
 
 
 class _ScaleState:
-    """Resolves the rescaling factor once per call (``auto`` from the first non-empty plane)."""
+    """Resolves the rescaling factor once per call (``auto`` from the first non-empty plane).
 
-    def __init__(self, diameter: Any, card_diameter: float | None) -> None:
+    ``diameter=d``: factor ``card_diameter / d`` (the card's diameter is on the model grid);
+    ``diameter=None``: the card's ``input_scale`` (1.0 when absent), i.e. the resolution the
+    model was trained at relative to its training images.
+    """
+
+    def __init__(
+        self, diameter: Any, card_diameter: float | None, input_scale: float | None = None
+    ) -> None:
         self.requested = _parse_diameter(diameter)
         self.card_diameter = float(card_diameter) if card_diameter else None
+        self.input_scale = _input_scale(input_scale)
         self.factor: float | None = None
         self.diameter: float | None = None
-        if self.requested != "auto":
+        if self.requested is None:
+            self.factor = self.input_scale
+        elif self.requested != "auto":
             self.diameter = self.requested  # type: ignore[assignment]
             self.factor = _scale.scale_factor(self.diameter, self.card_diameter)
 
@@ -433,7 +457,8 @@ def count(
         None (see :mod:`napari_nalu_count.infer.axes`).
     diameter
         Typical cell diameter in pixels of ``image`` (the image is resampled so cells match the
-        model's training diameter), ``"auto"`` to estimate it, or None to use the image as is.
+        model's training diameter), ``"auto"`` to estimate it, or None to use the image at the
+        model's own resolution (resampled by the card's ``input_scale``, 1.0 when absent).
     device
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"``.
     progress
@@ -465,7 +490,7 @@ def count(
         cancel,
         "count",
     )
-    scale = _ScaleState(diameter, card.get("diameter"))
+    scale = _ScaleState(diameter, card.get("diameter"), card.get("input_scale"))
 
     h, w = plan.plane_shape
     density = np.zeros(plan.stack_shape + (h, w), dtype=np.float32)
@@ -571,7 +596,7 @@ def segment(
         cancel,
         "segment",
     )
-    scale = _ScaleState(diameter, card.get("diameter"))
+    scale = _ScaleState(diameter, card.get("diameter"), card.get("input_scale"))
     if min_size is None:
         d = scale.card_diameter or 10.0
         min_size = max(8, int(np.pi * d * d / 4.0 / 16.0))

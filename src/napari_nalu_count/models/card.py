@@ -39,7 +39,13 @@ CARD_KEYS: tuple[str, ...] = (
 )
 
 #: optional keys a card may carry in addition
-OPTIONAL_KEYS: tuple[str, ...] = ("description",)
+#: ``input_scale`` (float, 1.0 when absent): the factor by which a user's image is resampled
+#: before the network when the caller gives no diameter (the model was trained on images
+#: resampled by it); the card's ``diameter`` is always measured on the model grid
+OPTIONAL_KEYS: tuple[str, ...] = ("description", "input_scale")
+
+#: allowed range of ``input_scale`` (exclusive lower bound, inclusive upper bound)
+MAX_INPUT_SCALE = 8.0
 
 TASKS: tuple[str, ...] = ("count", "segment")
 
@@ -208,6 +214,12 @@ def validate_card(card: object, source: str | Path, *, check_weight_fields: bool
     diameter = card["diameter"]
     if diameter is not None and not (_is_number(diameter) and diameter > 0):
         raise ModelFileError(f"{where}: 'diameter' must be a positive number of pixels or null")
+    if "input_scale" in card:
+        s = card["input_scale"]
+        if not (_is_number(s) and 0 < s <= MAX_INPUT_SCALE):
+            raise ModelFileError(
+                f"{where}: 'input_scale' must be a number in (0, {MAX_INPUT_SCALE:g}], got {s!r}"
+            )
     if not isinstance(card["training"], Mapping):
         raise ModelFileError(f"{where}: 'training' must be an object")
     metrics = card["metrics"]

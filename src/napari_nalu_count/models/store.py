@@ -230,9 +230,30 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _file_mode() -> int:
+    """Mode for saved model files: ``0o666`` minus the process umask (so ``0o644`` under the
+    usual 022), as ``open()`` would give; ``tempfile.mkstemp`` alone would leave ``0o600``."""
+    umask = None
+    try:  # Linux: read the umask without changing it (os.umask is process-wide, not atomic)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    umask = int(line.split()[1], 8)
+                    break
+    except (OSError, ValueError):
+        umask = None
+    if umask is None:
+        return 0o644
+    return 0o666 & ~umask
+
+
 def _temp_path(directory: Path, name: str, suffix: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{name}.", suffix=suffix, dir=directory)
-    os.close(fd)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, _file_mode())
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 

@@ -2,24 +2,41 @@
 
 - :func:`train` / :class:`TrainConfig` / :class:`TrainResult` (:mod:`.loop`)
 - :func:`fine_tune` / :class:`FineTuneResult` (:mod:`.finetune`)
-- :func:`tune` / :class:`TuneResult` (:mod:`.tune`, needs Optuna)
+- :func:`tune` / :class:`TuneResult` (the search lives in the submodule of the same name; Optuna
+  is imported only when a search runs). ``napari_nalu_count.train.tune`` is the *function*; the
+  submodule stays importable (``from napari_nalu_count.train.tune import TuneResult`` or
+  ``importlib.import_module("napari_nalu_count.train.tune")``). ``run_tune`` is an alias.
 - metrics in :mod:`.metrics` (count MAE, mIoU, instance F1), patches in :mod:`.dataset`.
 """
 
 from __future__ import annotations
 
-from napari_nalu_count.train.loop import TrainConfig, TrainResult, evaluate, train
+from napari_nalu_count.train.loop import TrainConfig, TrainResult, evaluate, recalibrate_bn, train
 
-__all__ = ["FineTuneResult", "TrainConfig", "TrainResult", "evaluate", "fine_tune", "train"]
+# Importing the submodule binds the package attribute ``tune`` to the module; the from-import
+# then rebinds it to the function (cheap: optuna is imported inside ``tune()``).
+from napari_nalu_count.train.tune import TuneResult, tune
+
+run_tune = tune
+
+__all__ = [
+    "FineTuneResult",
+    "TrainConfig",
+    "TrainResult",
+    "TuneResult",
+    "evaluate",
+    "fine_tune",
+    "recalibrate_bn",
+    "run_tune",
+    "train",
+    "tune",
+]
 
 
 def __getattr__(name: str):
     if name in ("fine_tune", "FineTuneResult"):
-        from napari_nalu_count.train import finetune
+        import importlib
 
+        finetune = importlib.import_module("napari_nalu_count.train.finetune")
         return getattr(finetune, name)
-    if name in ("tune", "TuneResult"):
-        from napari_nalu_count.train import tune as _tune
-
-        return getattr(_tune, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

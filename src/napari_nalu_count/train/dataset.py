@@ -34,6 +34,7 @@ __all__ = [
     "Prepared",
     "load_folder",
     "prepare",
+    "rescale_samples",
     "spatial_split",
 ]
 
@@ -254,6 +255,61 @@ class PatchSampler:
         else:
             y = torch.from_numpy(np.stack([p[1] for p in parts]).astype(np.int64))
         return x, y, valid
+
+
+def rescale_samples(samples: Sequence[Any], s: float, task: str = "count") -> list[Any]:
+    """Resample annotated 2-D samples by ``s`` the way inference resamples images.
+
+    Images go through :func:`napari_nalu_count.infer.scale.rescale_plane` (per channel for
+    channel-first / channel-last images), dots map with the pixel-centre convention
+    ``p' = (p + 0.5) s - 0.5``, labels are resampled nearest-neighbour. For counting, samples
+    with labels but no dots get their dots (instance centroids) computed *before* resampling,
+    so small objects are not lost. ``s == 1`` returns the samples unchanged.
+    """
+    from napari_nalu_count.data import instances_to_dots
+    from napari_nalu_count.data.readers import Sample
+    from napari_nalu_count.infer.scale import rescale_plane, scaled_shape
+
+    s = float(s)
+    if not (np.isfinite(s) and s > 0):
+        raise InputError(f"scale must be a positive number, got {s!r}")
+    if s == 1.0:
+        return list(samples)
+    out: list[Any] = []
+    for sample in samples:
+        image = np.asarray(sample.image)
+        if image.ndim == 2:
+            img = rescale_plane(image, s)
+            hw = image.shape
+        elif image.ndim == 3 and image.shape[-1] <= 4 and image.shape[0] > 4:
+            img = np.stack([rescale_plane(image[..., c], s) for c in range(image.shape[-1])], -1)
+            hw = image.shape[:2]
+        elif image.ndim == 3:
+            img = np.stack([rescale_plane(c, s) for c in image])
+            hw = image.shape[1:]
+        else:
+            raise InputError(f"cannot rescale an image of shape {image.shape}; expected 2-D")
+        new_hw = scaled_shape(tuple(hw), s)
+        fy, fx = new_hw[0] / hw[0], new_hw[1] / hw[1]
+        dots = sample.dots
+        labels = sample.labels
+        if dots is None and labels is not None and task == "count":
+            dots = instances_to_dots(labels)
+        if dots is not None:
+            d = np.asarray(dots, dtype=np.float64).reshape(-1, 2).copy()
+            d[:, 0] = (d[:, 0] + 0.5) * fy - 0.5
+            d[:, 1] = (d[:, 1] + 0.5) * fx - 0.5
+            dots = d
+        if labels is not None:
+            lab = np.asarray(labels)
+            rows = np.minimum(((np.arange(new_hw[0]) + 0.5) / fy).astype(np.intp), hw[0] - 1)
+            cols = np.minimum(((np.arange(new_hw[1]) + 0.5) / fx).astype(np.intp), hw[1] - 1)
+            labels = lab[rows][:, cols]
+        meta = {**dict(getattr(sample, "meta", {}) or {}), "scale": s}
+        out.append(
+            Sample(image=img, dots=dots, labels=labels, name=getattr(sample, "name", ""), meta=meta)
+        )
+    return out
 
 
 def spatial_split(sample: Any, holdout: float = 0.25) -> tuple[Any, Any]:

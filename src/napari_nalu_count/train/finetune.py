@@ -39,7 +39,8 @@ DEFAULT_FRE_X = 2.0
 class FineTuneResult:
     """Outcome of :func:`fine_tune`.
 
-    ``path`` is the saved card (None when cancelled: nothing is saved then); ``net`` the best
+    ``path`` is the saved card (None when cancelled before the first epoch finished: nothing
+    is saved then; a run cancelled later saves its best epoch, ``cancelled`` True); ``net`` the best
     weights (eval mode); ``metrics_before`` / ``metrics_after`` are measured on the held-out
     part; ``fre`` the FRE settings used (None when unavailable, see ``notes``).
     """
@@ -114,6 +115,19 @@ def _measured_diameter(samples: Sequence[Any]) -> float | None:
     return float(np.median(values)) if values else None
 
 
+def _estimated_diameter(samples: Sequence[Any], task: str, normalization: dict) -> float | None:
+    """Median of :func:`~napari_nalu_count.infer.scale.estimate_diameter` over the samples'
+    normalised images (first channel), None when no blobs are found."""
+    from napari_nalu_count.infer.scale import estimate_diameter
+
+    values = []
+    for item in prepare(samples, task, normalization=normalization):
+        est = estimate_diameter(item.image[0])
+        if est:
+            values.append(est)
+    return float(np.median(values)) if values else None
+
+
 def make_trained_card(
     result: TrainResult,
     name: str,
@@ -125,8 +139,10 @@ def make_trained_card(
     training: dict[str, Any],
     metrics: dict[str, Any],
     description: str | None = None,
+    input_scale: float | None = None,
 ) -> dict[str, Any]:
-    """A model card for a trained network (see ``models.make_card``)."""
+    """A model card for a trained network (see ``models.make_card``); ``input_scale`` (the
+    factor the training images were resampled by) is stored when it is not 1."""
     from napari_nalu_count.models import make_card
 
     if result.config is None:
@@ -140,6 +156,8 @@ def make_trained_card(
     )
     if description:
         fields["description"] = description
+    if input_scale is not None and float(input_scale) != 1.0:
+        fields["input_scale"] = round(float(input_scale), 6)
     return make_card(name, task, result.config, **fields)
 
 
@@ -177,9 +195,21 @@ def fine_tune(
     ``cfg`` defaults to a short schedule (20 epochs x 20 steps, lr 3e-4, patience 8); its
     normalisation, density scale and sigma are taken from the start model's card. With
     ``use_fre`` (default) and no ``cfg.fre``, FRE is switched on with B = bottleneck // 4 and
-    X = 2 unless the start model already has FRE. ``diameter`` (pixels) is recorded in the card;
-    by default it is measured from the labels, else the start model's is kept. Returns a
-    :class:`FineTuneResult`; when cancelled nothing is saved.
+    X = 2 unless the start model already has FRE.
+
+    Object size: with ``diameter=d`` (pixels of the user's images) the samples are resampled by
+    ``start card diameter / d`` so the cells match the start model's grid; without it, by the
+    start model's ``input_scale`` (1.0 when absent), as inference does with ``diameter=None``.
+    That factor becomes the new card's ``input_scale``; the card's ``diameter`` is the object
+    diameter on the model grid: ``d x factor`` when given, else measured from the labels, else
+    estimated from the images (:func:`~napari_nalu_count.infer.scale.estimate_diameter` on the
+    normalised images), times the factor, falling back to the start model's.
+
+    Returns a :class:`FineTuneResult`. A set ``cancel`` token stops within one step: when at
+    least one epoch finished (trained and validated), the best weights so far are saved as usual
+    (the card's ``training`` says ``"cancelled": true`` and how many epochs were done) and
+    ``path`` points to them; when cancelled before that, nothing is saved (``path`` None and a
+    note says so).
     """
     from napari_nalu_count.models import check_name, save_model
     from napari_nalu_count.nn import registry
@@ -221,6 +251,39 @@ def fine_tune(
                 cfg.fre = fre
                 notes.append(f"added FRE {fre} at the bottleneck")
 
+    from napari_nalu_count.infer.scale import scale_factor
+
+    start_diam = start_card.get("diameter")
+    start_scale = float(start_card.get("input_scale") or 1.0)
+    if diameter is not None:
+        d = float(diameter)
+        if not (np.isfinite(d) and d > 0):
+            raise InputError(f"diameter must be a positive number of pixels, got {diameter!r}")
+        factor = scale_factor(d, start_diam) if start_diam else start_scale
+        diam = d * factor
+        diam_how = f"given ({d:g} px)"
+    else:
+        factor = start_scale
+        measured = _measured_diameter(samples)
+        diam_how = "measured from the labels"
+        if measured is None:
+            measured = _estimated_diameter(samples, task, cfg.normalization)
+            diam_how = "estimated from the images (LoG blobs)"
+        if measured is not None:
+            diam = measured * factor
+        else:
+            diam = start_diam
+            diam_how = "the start model's"
+    if factor != 1.0:
+        from .dataset import rescale_samples
+
+        samples = rescale_samples(samples, factor, task)
+        notes.append(f"images resampled by {factor:.4g} to the model grid")
+    notes.append(
+        f"diameter {diam_how}"
+        + ("" if diam is None else f": {float(diam):.1f} px on the model grid")
+    )
+
     train_s, held_s, held_desc = split_holdout(samples, holdout, cfg.seed)
     in_ch = int(config.get("in_channels", 1))
     held_items = prepare(held_s, task, normalization=cfg.normalization, in_channels=in_ch)
@@ -236,7 +299,8 @@ def fine_tune(
 
     result = train(start, train_s, held_s, task, cfg, callback=callback, cancel=cancel)
     fre_used = (result.config or {}).get("fre")
-    if result.cancelled:
+    if result.cancelled and (result.best_epoch is None or not result.history):
+        notes.append("stopped before the first epoch finished; no model was saved")
         return FineTuneResult(
             None,
             name,
@@ -248,6 +312,11 @@ def fine_tune(
             fre_used,
             notes,
         )
+    if result.cancelled:
+        notes.append(
+            f"stopped after {len(result.history)} epoch(s); saved the best so far "
+            f"(epoch {result.best_epoch})"
+        )
     after = evaluate(
         result.net,
         held_items,
@@ -257,9 +326,6 @@ def fine_tune(
         boundary_width=cfg.boundary_width,
     )
 
-    diam = diameter if diameter is not None else _measured_diameter(samples)
-    if diam is None:
-        diam = start_card.get("diameter")
     training = {
         "start_model": start.name,
         "data": {
@@ -270,6 +336,7 @@ def fine_tune(
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
         "steps": result.steps,
+        "cancelled": bool(result.cancelled),
         "seed": cfg.seed,
         "fre": fre_used,
         "settings": cfg.to_dict(),
@@ -292,8 +359,18 @@ def fine_tune(
         training=training,
         metrics=metrics,
         description=f"fine-tuned from {start.name}",
+        input_scale=factor,
     )
     path = save_model(result.net, card, name, directory=directory, overwrite=overwrite)
     return FineTuneResult(
-        Path(path), name, before, after, result.history, False, result.net, fre_used, notes, card
+        Path(path),
+        name,
+        before,
+        after,
+        result.history,
+        bool(result.cancelled),
+        result.net,
+        fre_used,
+        notes,
+        card,
     )

@@ -42,7 +42,7 @@ from napari_nalu_count.errors import Cancelled, CancelToken, InputError
 from .dataset import PatchSampler, Prepared, prepare
 from .metrics import classes_to_instances, confusion_matrix, count_metrics, instance_f1, mean_iou
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "train"]
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "recalibrate_bn", "train"]
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -58,7 +58,10 @@ class TrainConfig:
     built (or the given network is rebuilt with it); ``None`` keeps the network as it is.
     ``monitor`` is the validation metric for model selection and early stopping (default:
     ``mae`` for counting, ``f1`` for segmentation). ``schedule`` is ``"cosine"``, ``"plateau"``
-    or ``"constant"``.
+    or ``"constant"``. ``bn_recalibrate`` > 0 re-estimates the BatchNorm running statistics on
+    up to that many *whole* training images (cumulative average, see :func:`recalibrate_bn`)
+    before every validation, so the eval-mode statistics match whole-image inference rather
+    than the last training patches; 0 keeps the running averages of the patches.
     """
 
     epochs: int = 30
@@ -89,6 +92,7 @@ class TrainConfig:
     max_minutes: float | None = None
     grad_clip: float | None = 10.0
     device: str = "cpu"
+    bn_recalibrate: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the settings."""
@@ -112,6 +116,10 @@ class TrainConfig:
             raise InputError(f"density_scale must be positive, got {self.density_scale!r}")
         if self.sigma < 0:
             raise InputError(f"sigma must be >= 0, got {self.sigma!r}")
+        if not isinstance(self.bn_recalibrate, int) or self.bn_recalibrate < 0:
+            raise InputError(
+                f"bn_recalibrate must be a non-negative integer, got {self.bn_recalibrate!r}"
+            )
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise InputError(f"max_minutes must be positive, got {self.max_minutes!r}")
 
@@ -304,6 +312,47 @@ def evaluate(
     }
 
 
+@torch.no_grad()
+def recalibrate_bn(
+    net: nn.Module,
+    items: Sequence[Prepared],
+    max_images: int | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    cancel: CancelToken | None = None,
+) -> int:
+    """Re-estimate every BatchNorm's running statistics on whole images (in place).
+
+    The statistics are reset and recomputed as the cumulative average (``momentum=None``) over
+    the first ``max_images`` of ``items`` (all when None), one image per forward pass; the rest
+    of the network runs in eval mode (FRE off, no auxiliary heads). Patch-trained networks then
+    see the same statistics at inference as on whole images. Returns the number of images used
+    (0: nothing changed, e.g. no BatchNorm or no images). The network is left in eval mode.
+    """
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    use = list(items)[: max_images if max_images is not None else len(items)]
+    net.eval()
+    if not bns or not use:
+        return 0
+    dev = torch.device(device)
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        if m.track_running_stats:
+            m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for it in use:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            net(torch.from_numpy(np.ascontiguousarray(it.image[None])).to(dev))
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        net.eval()
+    return len(use)
+
+
 def _better(a: float, b: float | None, monitor: str) -> bool:
     if b is None or not math.isfinite(b):
         return math.isfinite(a)
@@ -471,6 +520,14 @@ def train(
         # validation (skipped when cancelled: the run must stop within one step)
         metrics: dict[str, Any] = {}
         improved = False
+        if not cancelled:
+            if cfg.bn_recalibrate:
+                try:
+                    recalibrate_bn(
+                        net, train_items, cfg.bn_recalibrate, device=device, cancel=cancel
+                    )
+                except Cancelled:
+                    cancelled = True
         if not cancelled:
             if val_items:
                 try:
