@@ -6,8 +6,12 @@ In one run on one machine: megapixels per second of :func:`~napari_nalu_count.in
 FLOPs per pixel (``torch.utils.flop_counter``, FLOPs = 2 x multiply-accumulates, the convention
 of ``nalu-count bench flops``) divided into the machine's measured float32 matmul GFLOP/s gives
 the roofline in Mpx/s and the fraction achieved; scikit-image ``blob_log`` counting on the same
-image is the classical baseline. ``--variants`` also times the engine switches (BN folding,
-channels_last, tile size, torch.compile) one at a time on the counting model.
+image is the classical baseline. ``--variants`` also times, one at a time on the counting model
+(1024 px crop) and against the baseline of the same run: the CPU thread count (1 vs 2), BN
+folding, channels_last, the tile size (the baseline uses the engine's automatic tile size),
+the batch size, ``torch.inference_mode`` against ``torch.no_grad`` / plain autograd, and
+torch.compile. A counting model whose card has ``input_scale`` (e.g. 0.5: the network sees the
+image at half resolution) costs ``input_scale**2`` times its FLOPs per image pixel.
 
 Models: the bundled ``nuclei-count``/``nuclei-seg`` (or ``--count-model``/``--seg-model``);
 when absent, the architectures' default configs with untrained weights are timed instead (speed
@@ -108,6 +112,27 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
+def _forward_with(grad_mode: str):
+    """A replacement for ``engine._forward_fn`` running under another autograd mode."""
+    import contextlib
+
+    def make(net, task, density_scale):
+        inv = 1.0 / float(density_scale)
+        ctx = torch.no_grad if grad_mode == "no_grad" else contextlib.nullcontext
+
+        def forward(x):
+            with ctx():
+                y = net(x)
+                if isinstance(y, (tuple, list)):
+                    y = y[0]
+                y = y[:, :1] * inv if task == "count" else torch.softmax(y.float(), dim=1)
+                return y.detach()
+
+        return forward
+
+    return make
+
+
 def _network_only(net: torch.nn.Module, tile: int, device: torch.device, n: int = 2) -> float:
     """Seconds per pixel of the bare forward pass on ``tile x tile`` inputs (no tiling)."""
     x = torch.randn(1, 1, tile, tile, device=device)
@@ -135,14 +160,20 @@ def _blob_log_count(image: np.ndarray, diameter: float) -> int:
 def run(args: argparse.Namespace) -> int:
     from napari_nalu_count.data.synthetic import synthetic_cells
     from napari_nalu_count.infer import count, engine, segment
-    from napari_nalu_count.infer.device import resolve_device
+    from napari_nalu_count.infer.device import auto_tile_size, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     device = resolve_device(args.device)
     size = int(args.size)
     counter, count_source = _model(args.count_model, "count", device)
-    diameter = float(counter.card.get("diameter") or 16.0)
+    input_scale = float(counter.card.get("input_scale") or 1.0)
+    if input_scale != 1.0:
+        count_source += f" (input_scale {input_scale:g})"
+    tile = auto_tile_size(device, stride=max(int(getattr(counter.net, "stride", 1) or 1), 8))
+    # the card's diameter is on the model grid; the image's nuclei are 1 / input_scale larger
+    diameter = float(counter.card.get("diameter") or 16.0) / input_scale
     n_cells = int(size * size / (diameter * diameter * 4))
     image = synthetic_cells((size, size), n_cells=n_cells, diameter=diameter, seed=0).image
     mpx = size * size / 1e6
@@ -154,15 +185,19 @@ def run(args: argparse.Namespace) -> int:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "device": str(device),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "auto_tile_size": tile,
     }
     gflops = matmul_gflops(device)
-    fpp_count = flops_per_pixel(counter.net)
+    # FLOPs per pixel of the *image*: a model run at input_scale sees input_scale**2 the pixels
+    fpp_count = flops_per_pixel(counter.net) * input_scale**2
     roof_count = gflops * 1e9 / fpp_count / 1e6  # Mpx/s if every FLOP ran at matmul speed
 
     count(image[:256, :256], counter, device=str(device))  # warm up (allocator, BN folding)
     t_count = _best(lambda: count(image, counter, device=str(device)), args.repeats)
     res = count(image, counter, device=str(device))
-    net_s_per_px = _network_only(engine.prepare_net(counter, device), 512, device)
+    net_s_per_px = _network_only(engine.prepare_net(counter, device), tile, device)
+    net_s_per_px *= input_scale**2  # per image pixel
 
     t0 = time.perf_counter()
     n_blob = _blob_log_count(image, diameter)
@@ -180,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
             "result": float(res.count),
         },
         {
-            "what": "count network only (512 px tile)",
+            "what": f"count network only ({tile} px tile)",
             "model": count_source,
             "seconds": net_s_per_px * size * size,
             "mpx_per_s": 1e-6 / net_s_per_px,
@@ -206,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
         roof_seg = gflops * 1e9 / fpp_seg / 1e6
         segment(image[:256, :256], seg, device=str(device))
         t_seg = _best(lambda: segment(image, seg, device=str(device)), args.repeats)
+        seg_res = segment(image, seg, device=str(device)) if args.repeats > 1 else None
         rows.insert(
             2,
             {
@@ -216,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
                 "flops_per_px": fpp_seg,
                 "roofline_mpx_per_s": roof_seg,
                 "roofline_fraction": (mpx / t_seg) / roof_seg,
-                "result": None,
+                "result": None if seg_res is None else int(seg_res.count),
             },
         )
 
@@ -225,31 +261,55 @@ def run(args: argparse.Namespace) -> int:
         saved = dict(engine.OPTIONS)
         crop = image[: min(size, 1024), : min(size, 1024)]
         cmpx = crop.size / 1e6
-        trials: list[tuple[str, dict, int | None]] = [
-            ("baseline: fused BN, NCHW, tile auto", {}, None),
-            ("no BN folding", {"fuse_bn": False}, None),
-            ("channels_last", {"channels_last": True}, None),
-            ("tile 256", {}, 256),
-            ("tile 1024", {}, 1024),
-            ("batch 1", {"batch_size": 1}, None),
-            ("torch.compile", {"compile": True}, None),
+        other = 2 if threads == 1 else 1
+        # (label, engine options, tile size, threads, autograd mode)
+        trials: list[tuple[str, dict, int | None, int, str]] = [
+            (
+                f"baseline: fused BN, NCHW, tile auto ({tile}), {threads} thr, inference_mode",
+                {},
+                None,
+                threads,
+                "inference_mode",
+            ),
+            (f"{other} thread(s)", {}, None, other, "inference_mode"),
+            ("no BN folding", {"fuse_bn": False}, None, threads, "inference_mode"),
+            ("channels_last", {"channels_last": True}, None, threads, "inference_mode"),
+            ("torch.no_grad instead of inference_mode", {}, None, threads, "no_grad"),
+            ("autograd on (no grad context)", {}, None, threads, "grad"),
+            ("tile 256", {}, 256, threads, "inference_mode"),
+            ("tile 512", {}, 512, threads, "inference_mode"),
+            ("batch 1", {"batch_size": 1}, None, threads, "inference_mode"),
+            ("torch.compile", {"compile": True}, None, threads, "inference_mode"),
+            ("baseline again (last: order / drift check)", {}, None, threads, "inference_mode"),
         ]
+        saved_fwd = engine._forward_fn
         try:
-            for label, opts, tile in trials:
+            for label, opts, tile_v, n_thr, grad_mode in trials:
                 engine.OPTIONS.update(saved)
                 engine.OPTIONS.update(opts)
+                torch.set_num_threads(n_thr)
+                if grad_mode != "inference_mode":
+                    engine._forward_fn = _forward_with(grad_mode)
                 try:
-                    count(crop[:256, :256], counter, device=str(device), tile_size=tile)
+                    # warm up on the whole crop: allocator, BN folding, compilation
+                    count(crop, counter, device=str(device), tile_size=tile_v)
                     t = _best(
-                        lambda tile=tile: count(crop, counter, device=str(device), tile_size=tile),
+                        lambda t_=tile_v: count(crop, counter, device=str(device), tile_size=t_),
                         args.repeats,
                     )
                     variants.append({"variant": label, "seconds": t, "mpx_per_s": cmpx / t})
                 except Exception as exc:  # e.g. torch.compile without a compiler
                     variants.append({"variant": label, "error": f"{type(exc).__name__}: {exc}"})
+                finally:
+                    engine._forward_fn = saved_fwd
         finally:
             engine.OPTIONS.clear()
             engine.OPTIONS.update(saved)
+            torch.set_num_threads(threads)
+        base = variants[0].get("seconds")
+        for v in variants:
+            if base and "seconds" in v:
+                v["speed_vs_baseline"] = base / v["seconds"]
 
     _print(machine, gflops, size, rows, variants, count_source)
     ratio = rows[0]["mpx_per_s"] / rows[-1]["mpx_per_s"]
@@ -268,7 +328,9 @@ def run(args: argparse.Namespace) -> int:
                         f"--{k.replace('_', '-')} {v}"
                         for k, v in vars(args).items()
                         if k in ("size", "device", "threads", "repeats") and v is not None
-                    ),
+                    )
+                    + (" --variants" if args.variants else "")
+                    + (" --no-segment" if args.no_segment else ""),
                     "machine": machine,
                     "image": {"size": size, "n_cells": n_cells, "diameter": diameter, "seed": 0},
                     "matmul_gflops": gflops,
@@ -304,9 +366,12 @@ def _print(machine, gflops, size, rows, variants, source) -> None:
         )
     print("models: " + "; ".join(sorted({str(r["model"]) for r in rows})))
     if variants:
-        print(f"\n{'variant (1024 px crop, count)':40s} {'s':>8s} {'Mpx/s':>8s}")
+        print(f"\n{'variant (1024 px crop, count)':64s} {'s':>8s} {'Mpx/s':>8s} {'x base':>7s}")
         for v in variants:
             if "error" in v:
-                print(f"{v['variant']:40s} failed: {v['error'][:60]}")
+                print(f"{v['variant']:64s} failed: {v['error'][:60]}")
             else:
-                print(f"{v['variant']:40s} {v['seconds']:8.2f} {v['mpx_per_s']:8.3f}")
+                print(
+                    f"{v['variant']:64s} {v['seconds']:8.2f} {v['mpx_per_s']:8.3f} "
+                    f"{_fmt(v.get('speed_vs_baseline'), '7.2f')}"
+                )

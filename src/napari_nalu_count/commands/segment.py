@@ -4,8 +4,9 @@
 Inputs, table (``file,frame,count``, the count being the number of instances per plane),
 progress bar and error handling are those of ``nalu-count count``. ``--labels-dir`` writes each
 image's instance labels as ``DIR/<name>_labels.tif`` (int32, 0 = background, same shape as the
-image without its channel axis). ``--seeds count`` seeds the watershed with a counting model's
-cell centres (``--count-model``) instead of the predicted nucleus interiors.
+image without its channel axis). ``--seeds count`` (the default) seeds the watershed with a
+counting model's cell centres (``--count-model``); ``--seeds interior`` uses the predicted nucleus
+interiors instead.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds",
         choices=("interior", "count"),
-        default="interior",
-        help="watershed seeds: predicted interiors (default) or a counting model's peaks",
+        default="count",
+        help="watershed seeds: a counting model's peaks (default; better on BBBC039 val, see "
+        "docs/benchmarks/segmentation_seeds.md) or the predicted interiors",
     )
     parser.add_argument(
         "--count-model",

@@ -84,7 +84,7 @@ class SegmentResult:
     axes: str
     diameter: float | None = None
     model: str = ""
-    seeds: str = "interior"
+    seeds: str = "count"
 
 
 # ------------------------------------------------------------------------------------------
@@ -560,7 +560,7 @@ def segment(
     cancel: CancelToken | None = None,
     tile_size: int | None = None,
     channel: int | str | None = None,
-    seeds: str = "interior",
+    seeds: str = "count",
     count_model: Any = "nuclei-count",
     min_size: int | None = None,
 ) -> SegmentResult:

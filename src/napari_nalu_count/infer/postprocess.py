@@ -132,12 +132,18 @@ def classes_to_instances(
     points: np.ndarray | None = None,
     min_size: int = 8,
     min_seed_size: int = 4,
+    interior_threshold: float | None = None,
+    smooth: float = 1.0,
 ) -> np.ndarray:
     """Instance labels (int32, 0 = background, 1..n) from a class map or class probabilities.
 
     ``classes`` is either a ``(H, W)`` integer map (0 background, 1 interior, 2 boundary) or
     ``(3, H, W)`` float probabilities in that order. ``seeds="count"`` needs ``points``
     (``(N, 2)`` (y, x) cell centres on the same grid, e.g. from :func:`density_peaks`).
+
+    For probabilities, ``interior_threshold`` (None: the arg-max class) makes the interior seeds
+    the pixels with interior probability above it, and ``smooth`` is the Gaussian sigma applied
+    to the interior probability before it becomes the watershed elevation (0: none).
     """
     from skimage.segmentation import watershed
 
@@ -150,9 +156,10 @@ def classes_to_instances(
         probs = arr.astype(np.float32, copy=False)
         cls = np.argmax(probs, axis=0)
         foreground = cls != 0
-        interior = cls == 1
         p_in = probs[1]
-        elevation = -ndi.gaussian_filter(p_in, 1.0)
+        interior = cls == 1 if interior_threshold is None else p_in > float(interior_threshold)
+        interior &= foreground
+        elevation = -(ndi.gaussian_filter(p_in, float(smooth)) if smooth > 0 else p_in)
     elif arr.ndim == 2:
         cls = arr.astype(np.int64, copy=False)
         foreground = cls != 0
