@@ -137,6 +137,19 @@ def check_axes(axes: str, ndim: int) -> str:
     return axes
 
 
+def result_axes(result: Any, requested: str | None) -> str:
+    """Axes of an engine result without the channel axis (the result's own, else the request)."""
+    return str(getattr(result, "axes", None) or requested or "YX").replace("C", "") or "YX"
+
+
+def show_hint(hint_label: Any, run_button: Any, hint: str, busy: bool) -> str:
+    """Show ``hint`` (why Run is disabled) and enable Run only without a hint and when idle."""
+    hint_label.setText(hint)
+    hint_label.setVisible(bool(hint))
+    run_button.setEnabled(not hint and not busy)
+    return hint
+
+
 def check_image_layer(layer: Any) -> None:
     """Reject layers the engine cannot take (missing, multiscale, empty)."""
     if layer is None:
@@ -611,10 +624,7 @@ class InferenceWidget(QWidget):
             hint = ""
         except InputError as exc:
             hint = str(exc)
-        self.hint_label.setText(hint)
-        self.hint_label.setVisible(bool(hint))
-        self.run_button.setEnabled(not hint and self._worker is None)
-        return hint
+        return show_hint(self.hint_label, self.run_button, hint, self._worker is not None)
 
     # ----------------------------------------------------------------- running
     @property

@@ -19,6 +19,7 @@ from napari_nalu_count._widgets._common import (
     layers_of,
     pump,
     replace_result_layer,
+    result_axes,
     set_combo_items,
     transform_points,
 )
@@ -67,8 +68,7 @@ def run_count(
         cancel=cancel,
     )
     density = np.asarray(result.density, dtype=np.float32)
-    out_axes = str(getattr(result, "axes", None) or (axes or "").replace("C", "") or "YX")
-    out_axes = out_axes.replace("C", "")
+    out_axes = result_axes(result, axes)
     counts = per_plane(result.count, density.shape[:-2])
     if counts.ndim == 0 and density.ndim > 2:
         counts = density.sum(axis=(-2, -1), dtype=np.float64)

@@ -45,6 +45,7 @@ from napari_nalu_count._widgets._common import (
     parse_diameter,
     pump,
     set_combo_items,
+    show_hint,
     start_job,
     transform_points,
 )
@@ -678,10 +679,7 @@ class FineTuneWidget(QWidget):
                 hint = f"'{params.name}' is a bundled model's name; choose another"
         except InputError as exc:
             hint = str(exc)
-        self.hint_label.setText(hint)
-        self.hint_label.setVisible(bool(hint))
-        self.run_button.setEnabled(not hint and self._worker is None)
-        return hint
+        return show_hint(self.hint_label, self.run_button, hint, self._worker is not None)
 
     # --------------------------------------------------------------------- running
     @property

@@ -15,6 +15,7 @@ from napari_nalu_count._widgets._common import (
     layer_file_label,
     pump,
     replace_result_layer,
+    result_axes,
 )
 from napari_nalu_count._widgets.count_widget import _layer_geometry, per_plane
 from napari_nalu_count.errors import CancelToken
@@ -54,7 +55,7 @@ def run_segment(
         cancel=cancel,
     )
     labels = np.asarray(result.labels)
-    out_axes = str(getattr(result, "axes", None) or (axes or "YX")).replace("C", "")
+    out_axes = result_axes(result, axes)
     counts = per_plane(result.count, labels.shape[:-2])
     if counts.ndim == 0 and labels.ndim > 2:
         planes = labels.reshape(-1, *labels.shape[-2:])
