@@ -217,6 +217,12 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return k, n
 
 
+def _existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return text
+
+
 def add_common_args(p: argparse.ArgumentParser, default_json: str, default_doc: str) -> None:
     p.add_argument(
         "--data",
@@ -227,6 +233,13 @@ def add_common_args(p: argparse.ArgumentParser, default_json: str, default_doc: 
     p.add_argument("--json", nargs="+", default=[default_json], help="raw results (resumable)")
     p.add_argument("--out-doc", default=default_doc, help="markdown report (+ PNG plots beside)")
     p.add_argument("--report-only", action="store_true", help="only regenerate the report")
+    p.add_argument(
+        "--notes",
+        default=None,
+        type=_existing_file,
+        help="hand-written markdown (the findings, written after reading the tables) placed "
+        "under a 'Findings' heading at the top of the report",
+    )
     p.add_argument("--no-report", action="store_true", help="only run, do not write the report")
     p.add_argument(
         "--budget",
@@ -350,6 +363,29 @@ def provenance(data: dict[str, Any], report_command: str) -> str:
             f"{max(secs):.0f}), {len(runs)} runs, {sum(secs) / 3600:.2f} h in all."
         )
     return "\n".join(lines)
+
+
+def report_command(script: str, args: argparse.Namespace) -> str:
+    """The command line that regenerates the report alone from the JSON (and the notes)."""
+    cmd = f"python benchmarks/{script} --report-only --json {' '.join(args.json)}"
+    if args.notes:
+        cmd += f" --notes {args.notes}"
+    return cmd + f" --out-doc {args.out_doc}"
+
+
+def notes_block(path: str | Path | None) -> list[str]:
+    """The hand-written findings as markdown lines ('' when no notes are given).
+
+    Raises ``SystemExit`` with the path when the notes file is missing, so a report is never
+    silently written without the findings it was asked to carry.
+    """
+    if not path:
+        return []
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"--notes {p}: no such file")
+    text = p.read_text().strip()
+    return ["## Findings", "", text, ""] if text else []
 
 
 def log(quiet: bool, *parts: Any) -> None:

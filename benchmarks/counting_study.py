@@ -454,7 +454,9 @@ def _bar_plot(path: Path, runs, exp, tests, archs, variants, ylabel, rip=False) 
     return True
 
 
-def report(data: dict[str, Any], out_doc: Path, report_cmd: str) -> None:
+def report(
+    data: dict[str, Any], out_doc: Path, report_cmd: str, notes: str | Path | None = None
+) -> None:
     runs = list(data["runs"].values())
     archs = [a for a in ARCHS if any(r["arch"] == a for r in runs)]
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in runs)]
@@ -477,6 +479,9 @@ def report(data: dict[str, Any], out_doc: Path, report_cmd: str) -> None:
         f"Data: **{s['data']}**. Budget per run: **{s['budget']}** (batch {s['batch']}, "
         f"{s['patch']} px patches, Adam lr {s['lr']}, width factor {s['width_factor']}).",
         "",
+    ]
+    parts += sc.notes_block(notes)
+    parts += [
         sc.provenance(data, report_cmd),
         "",
     ]
@@ -585,11 +590,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_of(args)
-    report_cmd = (
-        "python benchmarks/counting_study.py --report-only --json "
-        + " ".join(args.json)
-        + f" --out-doc {args.out_doc}"
-    )
+    report_cmd = sc.report_command("counting_study.py", args)
     if not args.report_only:
         import torch
 
@@ -621,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_report:
         return 0
     merged = sc.load_merged(args.json, "counting")
-    report(merged, Path(args.out_doc), report_cmd)
+    report(merged, Path(args.out_doc), report_cmd, args.notes)
     sc.log(args.quiet, f"wrote {args.out_doc}")
     return 0
 

@@ -503,7 +503,9 @@ def _tuning_md(extra: dict[str, Any]) -> list[str]:
     return out
 
 
-def report(data: dict[str, Any], out_doc: Path, report_cmd: str) -> None:
+def report(
+    data: dict[str, Any], out_doc: Path, report_cmd: str, notes: str | Path | None = None
+) -> None:
     runs = list(data["runs"].values())
     s = data["settings"]
     rows = _rows(runs)
@@ -523,6 +525,9 @@ def report(data: dict[str, Any], out_doc: Path, report_cmd: str) -> None:
         f"{s['patch']} px patches, Adam lr {s['lr']}, cross-entropy 1/1/2 + soft Dice, width "
         f"factor {s['width_factor']}); TPE trials {s['tune_fraction']:g} x that budget.",
         "",
+    ]
+    parts += sc.notes_block(notes)
+    parts += [
         sc.provenance(data, report_cmd),
         "",
     ]
@@ -626,11 +631,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report_cmd = (
-        "python benchmarks/segmentation_study.py --report-only --json "
-        + " ".join(args.json)
-        + f" --out-doc {args.out_doc}"
-    )
+    report_cmd = sc.report_command("segmentation_study.py", args)
     if not args.report_only:
         import torch
 
@@ -685,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
             sc.log(args.quiet, "stopped early (time or run limit): call again to resume")
     if args.no_report:
         return 0
-    report(sc.load_merged(args.json, "segmentation"), Path(args.out_doc), report_cmd)
+    report(sc.load_merged(args.json, "segmentation"), Path(args.out_doc), report_cmd, args.notes)
     sc.log(args.quiet, f"wrote {args.out_doc}")
     return 0
 

@@ -42,7 +42,7 @@ def test_budget_parsing():
     assert c["n"] == 3 and c["diff"] == pytest.approx(-1.0333, abs=1e-3)
 
 
-def test_counting_study_end_to_end(tmp_path):
+def test_counting_study_end_to_end(tmp_path, capsys):
     cs = _study("counting_study")
     js, doc = tmp_path / "c.json", tmp_path / "doc" / "counting.md"
     argv = TINY + [
@@ -72,7 +72,18 @@ def test_counting_study_end_to_end(tmp_path):
     assert js.stat().st_mtime_ns == mtime
     doc.unlink()
     assert cs.main(["--report-only", "--json", str(js), "--out-doc", str(doc), "--quiet"]) == 0
-    assert "RIP % vs ReLU" in doc.read_text()
+    assert "RIP % vs ReLU" in doc.read_text() and "## Findings" not in doc.read_text()
+    # hand-written findings go on top, and the regenerating command names the notes file
+    notes = tmp_path / "notes.md"
+    notes.write_text("NAC does not beat ReLU here.\n")
+    report = ["--report-only", "--json", str(js), "--out-doc", str(doc), "--quiet"]
+    assert cs.main(report + ["--notes", str(notes)]) == 0
+    text = doc.read_text()
+    assert text.index("## Findings") < text.index("NAC does not beat") < text.index("## VGG")
+    assert f"--notes {notes}" in text
+    with pytest.raises(SystemExit):  # refused before any run starts
+        cs.main(report + ["--notes", str(tmp_path / "missing.md")])
+    assert "missing.md: no such file" in capsys.readouterr().err
 
 
 def test_tiling_keeps_dots_on_cells():
