@@ -59,9 +59,12 @@ def parse_budget(text: str) -> dict[str, Any]:
 def budget_fields(budget: dict[str, Any], steps_per_epoch: int) -> dict[str, Any]:
     """``TrainConfig`` fields (epochs, steps_per_epoch, max_minutes) for a budget."""
     if budget["kind"] == "steps":
+        # whole epochs of at most ``steps_per_epoch`` steps that add up to the budget (exactly
+        # when it divides evenly, otherwise at most epochs - 1 steps more)
         n = int(budget["value"])
-        spe = max(1, min(steps_per_epoch, n))
-        return {"epochs": max(1, math.ceil(n / spe)), "steps_per_epoch": spe, "max_minutes": None}
+        epochs = max(1, math.ceil(n / max(1, steps_per_epoch)))
+        spe = max(1, math.ceil(n / epochs))
+        return {"epochs": epochs, "steps_per_epoch": spe, "max_minutes": None}
     return {"epochs": 100_000, "steps_per_epoch": steps_per_epoch, "max_minutes": budget["value"]}
 
 
@@ -356,6 +359,11 @@ def provenance(data: dict[str, Any], report_command: str) -> str:
     lines += [f"    {c}" for c in cmds] or ["    (no runs yet)"]
     lines += ["", f"Report: `{report_command}`", "", "Machine(s): " + "; ".join(machines)]
     lines.append(f"Settings: `{json.dumps(s, sort_keys=True)}`")
+    steps = sorted({int(r["steps"]) for r in runs if r.get("steps")})
+    if steps:
+        lines.append(
+            "Steps trained per run (from the run records): " + ", ".join(map(str, steps)) + "."
+        )
     secs = finite(r.get("seconds") for r in runs)
     if secs:
         lines.append(

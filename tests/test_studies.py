@@ -35,9 +35,16 @@ def test_budget_parsing():
     assert sc.parse_budget("5min")["kind"] == "minutes"
     assert sc.budget_fields(sc.parse_budget("300"), 250) == {
         "epochs": 2,
-        "steps_per_epoch": 250,
+        "steps_per_epoch": 150,
         "max_minutes": None,
     }
+    # a budget that is not a multiple of the epoch length is split evenly, not rounded up
+    f = sc.budget_fields(sc.parse_budget("300"), 250)
+    assert (f["epochs"], f["steps_per_epoch"]) == (2, 150)
+    f = sc.budget_fields(sc.parse_budget("2000"), 250)
+    assert (f["epochs"], f["steps_per_epoch"]) == (8, 250)
+    f = sc.budget_fields(sc.parse_budget("1001"), 250)
+    assert f["epochs"] == 5 and 1001 <= f["epochs"] * f["steps_per_epoch"] < 1001 + 5
     c = sc.paired({0: 1.0, 1: 2.0, 2: 3.0}, {0: 2.0, 1: 3.1, 2: 4.0})
     assert c["n"] == 3 and c["diff"] == pytest.approx(-1.0333, abs=1e-3)
 
