@@ -299,7 +299,7 @@ def search_lambda(args, data: Data, device: str) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0,
         "n_inner_train": len(tr),
         "n_inner_holdout": len(ho),
-        "trial_budget": budget["text"],
+        "trial_budget": sc.budget_fields(budget, args.steps_per_epoch),
         "machine": sc.machine(device, args.threads),
         "command": sc.command_line(),
     }
