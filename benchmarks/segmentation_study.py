@@ -448,6 +448,42 @@ def _plots(rows: dict[str, dict[int, dict]], out_doc: Path) -> list[str]:
     return md
 
 
+def _tpe_plot(extra: dict[str, Any], out_doc: Path) -> list[str]:
+    """Scatter of the FRE search's trials (B, X coloured by the held-out score), as the FRE
+    paper's Figs. 7-8, plus the λ trials; shows how flat or peaked the searched surface is."""
+    fre = [t for t in extra.get("tune_fre", {}).get("trials", []) if t.get("value") is not None]
+    lam = [t for t in extra.get("tune_lambda", {}).get("trials", []) if t.get("value") is not None]
+    if not fre and not lam:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    monitor = extra.get("tune_fre", extra.get("tune_lambda", {})).get("monitor", "score")
+    if fre:
+        sc_ = axes[0].scatter(
+            [t["B"] for t in fre], [t["X"] for t in fre], c=[t["value"] for t in fre],
+            cmap="coolwarm", s=40, edgecolors="k",
+        )  # fmt: skip
+        axes[0].set_yscale("log")
+        fig.colorbar(sc_, ax=axes[0], label=f"held-out {monitor}")
+    axes[0].set_xlabel("B (enhanced channels)")
+    axes[0].set_ylabel("X (factor)")
+    axes[0].set_title("FRE search (TPE trials)", fontsize=9)
+    if lam:
+        axes[1].scatter([t["lambda"] for t in lam], [t["value"] for t in lam], edgecolors="k")
+    axes[1].set_xlabel("λ")
+    axes[1].set_ylabel(f"held-out {monitor}")
+    axes[1].set_title("deep supervision search (TPE trials)", fontsize=9)
+    fig.tight_layout()
+    path = out_doc.parent / f"{out_doc.stem}_tpe.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [f"![TPE trials]({path.name})", ""]
+
+
 def _tuning_md(extra: dict[str, Any]) -> list[str]:
     out = []
     rows = []
@@ -602,6 +638,7 @@ def report(
                 "",
             ]
     parts += _tuning_md(data.get("extra", {}))
+    parts += _tpe_plot(data.get("extra", {}), out_doc)
     parts += _plots(rows, out_doc)
     out_doc.write_text("\n".join(parts).rstrip() + "\n")
 
