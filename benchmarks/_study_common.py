@@ -381,6 +381,15 @@ def report_command(script: str, args: argparse.Namespace) -> str:
     return cmd + f" --out-doc {args.out_doc}"
 
 
+def budget_text(settings: dict[str, Any], runs: Iterable[dict[str, Any]]) -> str:
+    """The budget as requested, plus the steps actually trained when the records disagree."""
+    text = str(settings["budget"])
+    steps = sorted({int(r["steps"]) for r in runs if r.get("steps")})
+    if text.endswith(" steps") and steps and steps != [int(text.split()[0])]:
+        return f"{text} requested, {', '.join(map(str, steps))} steps trained"
+    return text
+
+
 def notes_block(path: str | Path | None) -> list[str]:
     """The hand-written findings as markdown lines ('' when no notes are given).
 

@@ -531,7 +531,8 @@ def report(
         f"{s['unit_activation']} network plus the unit's residual branches. Every run keeps "
         "its last weights (cosine schedule, no validation-based selection).",
         "",
-        f"Data: **{s['data']}**. Budget per run: **{s['budget']}** (batch {s['batch']}, "
+        f"Data: **{s['data']}**. Budget per run: **{sc.budget_text(s, runs)}** "
+        f"(batch {s['batch']}, "
         f"{s['patch']} px patches, Adam lr {s['lr']}, width factor {s['width_factor']}).",
         "",
     ]

@@ -557,7 +557,8 @@ def report(
         "exceeds t; TP / FP / FN summed over images). Mean F1 averages t = 0.5 ... 0.9. "
         f"Objects under {s['min_size']} px are dropped from targets and truth.",
         "",
-        f"Data: **{s['data']}**. Budget per final run: **{s['budget']}** (batch {s['batch']}, "
+        f"Data: **{s['data']}**. Budget per final run: **{sc.budget_text(s, runs)}** "
+        f"(batch {s['batch']}, "
         f"{s['patch']} px patches, Adam lr {s['lr']}, cross-entropy 1/1/2 + soft Dice, width "
         f"factor {s['width_factor']}); TPE trials {s['tune_fraction']:g} x that budget.",
         "",
