@@ -497,7 +497,11 @@ def _bar_plot(path: Path, runs, exp, tests, archs, variants, ylabel, rip=False) 
             ms.append(m)
             ss.append(0.0 if not math.isfinite(s) else s)
             labels.append(VARIANT_NAMES[v])
-        ax.bar(xs, ms, yerr=ss, capsize=3, color="tab:blue" if not rip else "tab:green")
+        if rip:  # better than ReLU in green, worse in red
+            colors = ["tab:green" if m >= 0 else "tab:red" for m in ms]
+        else:
+            colors = ["tab:blue"] * len(ms)
+        ax.bar(xs, ms, yerr=ss, capsize=3, color=colors)
         ax.set_xticks(xs, labels, rotation=45, ha="right")
         ax.set_title(f"{ARCH_NAMES[arch]}: {SET_NAMES[test]}", fontsize=8)
         ax.set_ylabel(ylabel)
@@ -558,7 +562,12 @@ def report(
         ]
         png = plots / f"{stem}_vgg_mae.png"
         if _bar_plot(png, runs, "vgg", ["test"], archs, variants, "MAE (cells / image)"):
-            parts += [f"![VGG MAE]({png.name})", ""]
+            parts += [
+                f"![VGG MAE]({png.name})",
+                "",
+                "Bars: mean MAE over draws; error bars: sd.",
+                "",
+            ]
     if runs:
         parts += [
             "## Relative improvement over ReLU: the counting paper's figures and ours",
@@ -604,6 +613,12 @@ def report(
         ok2 = has_synth and _bar_plot(
             png2, runs, "synthetic", ["synth_5x", "synth_10x"], archs, variants, "RIP %", rip=True
         )
+        if ok or ok2:
+            parts += [
+                "RIP plots: bar = RIP of the variant's mean MAE (green: better than ReLU, red:"
+                " worse); error bar = the variant's run-to-run sd of MAE as a % of ReLU's mean.",
+                "",
+            ]
         if ok:
             parts += [f"![RIP on tiled VGG]({png.name})", ""]
         if ok2:
@@ -620,7 +635,12 @@ def report(
         ]
         png = plots / f"{stem}_bbbc039_mae.png"
         if _bar_plot(png, runs, "bbbc039", ["val"], archs, variants, "MAE (nuclei / image)"):
-            parts += [f"![BBBC039 MAE]({png.name})", ""]
+            parts += [
+                f"![BBBC039 MAE]({png.name})",
+                "",
+                "Bars: mean MAE over seeds; error bars: sd.",
+                "",
+            ]
     out_doc.write_text("\n".join(parts).rstrip() + "\n")
 
 
