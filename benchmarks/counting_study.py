@@ -585,16 +585,19 @@ def report(
     ext = [t for t in ("tiled_256", "tiled_full") if any(t in r["results"] for r in runs)]
     has_synth = any(r["exp"] == "synthetic" for r in runs)
     if ext or has_synth:
-        parts += [
-            "## Extrapolation to higher counts",
-            "",
-            "Tiled sets: every VGG test image (first "
-            f"{s['n_tiled']}) tiled 4 x 4 with random flips (16x the cells), at full size "
-            "and resized to 256 x 256; tested with the networks of the VGG runs above. "
-            "Synthetic: separate runs trained on generated images with 5-20 cells "
-            "(`data.synthetic`, diameter 12 px).",
-            "",
-        ]
+        intro = []
+        if ext:
+            intro.append(
+                "Tiled sets: every VGG test image (first "
+                f"{s['n_tiled']}) tiled 4 x 4 with random flips (16x the cells), at full size "
+                "and resized to 256 x 256; tested with the networks of the VGG runs above."
+            )
+        if has_synth:
+            intro.append(
+                "Synthetic: separate runs trained on generated images with 5-20 cells "
+                "(`data.synthetic`, diameter 12 px)."
+            )
+        parts += ["## Extrapolation to higher counts", "", " ".join(intro), ""]
         for t in ext:
             parts += [f"### {SET_NAMES[t]}", "", _table(runs, "vgg", t, archs, variants), ""]
         for t in TEST_SETS["synthetic"]:
