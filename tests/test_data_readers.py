@@ -278,3 +278,40 @@ def test_read_tiff_single_series_stack(tmp_path):
     stack = np.arange(4 * 3 * 2, dtype=np.float32).reshape(4, 3, 2)
     tifffile.imwrite(tmp_path / "one.tif", stack, imagej=True)
     np.testing.assert_array_equal(read_image(tmp_path / "one.tif"), stack)
+
+
+def test_load_label_folder_layout(tmp_path):
+    """images/NAME.png + labels/NAME.tif + split files (the DSB 2018 / Aitslab layout)."""
+    import tifffile
+    from skimage import io as skio
+
+    from napari_nalu_count.data import load_aitslab, load_dsb2018, load_label_folder
+
+    root = tmp_path / "dsb2018_train"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("a", 3), ("b", 1)):
+        lab = np.zeros((40, 50), np.uint16)
+        for k in range(n):
+            lab[5 + 10 * k : 11 + 10 * k, 5:11] = 7 * (k + 1)  # non-sequential ids
+        lab[30, 40] = 99  # a 1-pixel fragment
+        img = (rng.random((40, 50)) * 50 + (lab > 0) * 150).astype(np.uint8)
+        skio.imsave(root / "images" / f"{name}.png", np.dstack([img] * 3), check_contrast=False)
+        tifffile.imwrite(root / "labels" / f"{name}.tif", lab)
+    (root / "train.txt").write_text("a\n")
+    (root / "val.txt").write_text("b\n")
+
+    tr = load_dsb2018(tmp_path, "train")
+    assert [s.name for s in tr] == ["a"]
+    assert tr[0].image.shape == (40, 50)  # grey stored as RGB comes back 2-D
+    assert tr[0].labels.max() == 4 and len(tr[0].dots) == 4
+    big = load_label_folder(root, "train", min_size=4)
+    assert big[0].labels.max() == 3 and big[0].meta["diameter"] == pytest.approx(
+        np.sqrt(4 * 36 / np.pi)
+    )
+    assert [s.name for s in load_label_folder(root, "all")] == ["a", "b"]
+    with pytest.raises(InputError, match="split file missing"):
+        load_label_folder(root, "test")
+    with pytest.raises(InputError, match="not found"):
+        load_aitslab(tmp_path / "nowhere")

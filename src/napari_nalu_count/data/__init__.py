@@ -22,7 +22,10 @@ from napari_nalu_count.data.masks import (
 from napari_nalu_count.data.normalize import percentile_normalize
 from napari_nalu_count.data.readers import (
     Sample,
+    load_aitslab,
     load_bbbc039,
+    load_dsb2018,
+    load_label_folder,
     load_labels_sample,
     load_points_sample,
     load_vgg,
@@ -49,7 +52,10 @@ __all__ = [
     "instance_sizes",
     "instances_to_classes",
     "instances_to_dots",
+    "load_aitslab",
     "load_bbbc039",
+    "load_dsb2018",
+    "load_label_folder",
     "load_labels_sample",
     "load_points_sample",
     "load_vgg",

@@ -35,7 +35,10 @@ from napari_nalu_count.errors import InputError
 __all__ = [
     "IMAGE_SUFFIXES",
     "Sample",
+    "load_aitslab",
     "load_bbbc039",
+    "load_dsb2018",
+    "load_label_folder",
     "load_labels_sample",
     "load_points_sample",
     "load_vgg",
@@ -379,6 +382,113 @@ def load_bbbc039(
             )
         )
     return samples
+
+
+# ---------------------------------------------------------------------------------------------
+# image + label-image folders (DSB 2018, Aitslab, and the same layout of a user's own data)
+
+
+def _split_names(base: Path, split: str, images: Path) -> list[str]:
+    if split == "all":
+        return sorted(p.stem for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    split_file = base / f"{split}.txt"
+    if not split_file.is_file():
+        raise InputError(
+            f"split file missing: {split_file} (expected one image name per line; "
+            "use split='all' to load every image)"
+        )
+    return [Path(n.strip()).stem for n in split_file.read_text().split() if n.strip()]
+
+
+def _find_file(folder: Path, stem: str, what: str) -> Path:
+    for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
+        cand = folder / f"{stem}{suffix}"
+        if cand.is_file():
+            return cand
+    tried = ", ".join(IMAGE_SUFFIXES)
+    raise InputError(f"{what} for {stem!r} not found in {folder} (tried {tried})")
+
+
+def load_label_folder(
+    root: str | Path,
+    split: str = "train",
+    min_size: int = 0,
+    *,
+    images: str = "images",
+    labels: str = "labels",
+    names: Sequence[str] | None = None,
+    limit: int | None = None,
+    dataset: str = "",
+) -> list[Sample]:
+    """Load a folder laid out as ``images/NAME.(png|tif)`` + ``labels/NAME.(tif|png)``.
+
+    The label images hold instance ids (0 = background, any integer dtype); ids are made
+    sequential and instances under ``min_size`` pixels are dropped. ``split`` names a
+    ``SPLIT.txt`` file beside the two folders (one image name per line) or is ``"all"``.
+    Every sample gets its instance-centroid ``dots``; ``meta`` records the data set, split and
+    the median equivalent diameter of its objects (``diameter``, pixels; None when empty).
+    """
+    base = Path(root)
+    img_dir, lab_dir = base / images, base / labels
+    for d in (img_dir, lab_dir):
+        if not d.is_dir():
+            raise InputError(f"folder {d} not found: expected {images}/ and {labels}/ in {base}")
+    if names is None:
+        names = _split_names(base, split, img_dir)
+    names = [Path(n).stem for n in names]
+    if limit is not None:
+        names = names[: int(limit)]
+    samples = []
+    for name in names:
+        img_path = _find_file(img_dir, name, "image")
+        lab_path = _find_file(lab_dir, name, "label image")
+        image = read_image(img_path)
+        if image.ndim == 3 and image.shape[-1] in (3, 4):
+            colour = image[..., :3]
+            if np.all(colour == colour[..., :1]):  # grey stored as RGB(A)
+                image = np.ascontiguousarray(colour[..., 0])
+        lab = read_labels(lab_path, min_size=min_size)
+        if _spatial_shape(image, 2) != lab.shape:
+            raise InputError(
+                f"label image {lab_path.name} has shape {lab.shape}, but the image "
+                f"{img_path.name} has shape {image.shape}"
+            )
+        sizes = np.bincount(lab.ravel())[1:]
+        sizes = sizes[sizes > 0]
+        diameter = float(np.median(np.sqrt(4.0 * sizes / np.pi))) if len(sizes) else None
+        samples.append(
+            Sample(
+                image=image,
+                dots=instances_to_dots(lab),
+                labels=lab,
+                name=name,
+                meta={
+                    "dataset": dataset or base.name,
+                    "split": split,
+                    "min_size": min_size,
+                    "diameter": diameter,
+                },
+            )
+        )
+    return samples
+
+
+def load_dsb2018(
+    root: str | Path, split: str = "train", min_size: int = 0, *, limit: int | None = None
+) -> list[Sample]:
+    """DSB 2018 stage-1 fluorescence nuclei (``dsb2018_train/``: 420 train + 74 val, uint8
+    grey, 7-94 px nuclei) with instance labels; ``root`` is that folder or its parent."""
+    base = _dataset_dir(root, "dsb2018_train", "labels")
+    return load_label_folder(base, split, min_size, limit=limit, dataset="dsb2018")
+
+
+def load_aitslab(
+    root: str | Path, split: str = "train", min_size: int = 0, *, limit: int | None = None
+) -> list[Sample]:
+    """Aitslab-bioimaging1 U2OS nuclei (``aitslab/``: 30 train + 10 val, 1104 x 1104 uint8,
+    ~44 px nuclei) with instance labels; ``root`` is that folder or its parent."""
+    base = _dataset_dir(root, "aitslab", "labels")
+    return load_label_folder(base, split, min_size, limit=limit, dataset="aitslab")
 
 
 # ---------------------------------------------------------------------------------------------
