@@ -65,7 +65,7 @@ def test_float_output_and_noise_free_option():
     assert s.image.dtype == np.float32
     assert s.image.min() >= 0
     with pytest.raises(InputError, match="dtype"):
-        synthetic_cells(dtype="uint8")
+        synthetic_cells(dtype="int8")
 
 
 def test_overlap_and_clumping_make_closer_neighbours():

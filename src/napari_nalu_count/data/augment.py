@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 from napari_nalu_count.data.density import as_points, points_inside
 from napari_nalu_count.errors import InputError
 
-__all__ = ["Augmenter", "ElasticField"]
+__all__ = ["Appearance", "Augmenter", "ElasticField"]
 
 _MAX_GRADIENT = 0.5
 
@@ -344,3 +344,114 @@ class Augmenter:
             ops["noise_sd"] = sd
             img = img + gen.normal(0.0, sd, size=img.shape).astype(np.float32)
         return img.astype(np.float32, copy=False)
+
+
+@dataclass
+class Appearance:
+    """Random microscope appearance on a *normalised* image (background ~0, nuclei ~1).
+
+    Simulates what other labs' microscopes do to the same nuclei, each effect drawn with its
+    own probability ``p``: a smooth uneven background (additive, up to ``background`` of the
+    nucleus level) and uneven illumination (multiplicative, +-``illumination``), a nonlinear
+    response (gamma in ``gamma``), optical blur (Gaussian sigma up to ``blur`` px), camera
+    noise (Poisson-like signal-dependent plus Gaussian read noise, sd up to ``noise``),
+    saturation (clipping at a level in ``saturate``) and coarse quantisation (an 8-bit camera
+    whose signal spans only ``levels`` grey values). The result is renormalised the way
+    inference normalises a whole image (the transformed background and nucleus levels map back
+    to 0 and 1), so the network sees what ``percentile_normalize`` would give it.
+
+    Geometry is untouched: dots, labels and counts stay exact.
+    """
+
+    p: float = 0.5
+    background: float = 0.4
+    illumination: float = 0.5
+    gamma: tuple[float, float] = (0.5, 2.0)
+    blur: float = 1.5
+    noise: float = 0.12
+    saturate: tuple[float, float] = (0.35, 0.9)
+    levels: tuple[int, int] = (6, 64)
+    last_ops: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p <= 1.0:
+            raise InputError(f"p must be a probability in [0, 1], got {self.p}")
+        for name in ("background", "illumination", "blur", "noise"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("gamma", "saturate", "levels"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise InputError(f"{name} must be a range (lo, hi) with 0 < lo <= hi")
+
+    @staticmethod
+    def _smooth_field(shape: tuple[int, int], gen: np.random.Generator) -> np.ndarray:
+        """A smooth random field in [0, 1]: a tilted plane plus a few broad Gaussian bumps."""
+        h, w = shape
+        yy = np.linspace(-0.5, 0.5, h, dtype=np.float32)[:, None]
+        xx = np.linspace(-0.5, 0.5, w, dtype=np.float32)[None, :]
+        ang = gen.uniform(0, 2 * np.pi)
+        f = np.cos(ang) * xx + np.sin(ang) * yy
+        for _ in range(int(gen.integers(0, 3))):
+            cy, cx = gen.uniform(-0.6, 0.6, 2)
+            r = gen.uniform(0.2, 0.8)
+            f = f + gen.uniform(-1, 1) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        f = f - f.min()
+        top = float(f.max())
+        return (f / top if top > 0 else f).astype(np.float32)
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator | int | None = None):
+        """Augment a normalised ``(H, W)`` float image; returns float32 of the same shape."""
+        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        img = np.asarray(image, dtype=np.float32)
+        if img.ndim != 2:
+            raise InputError(f"Appearance expects a 2-D image, got shape {img.shape}")
+        ops: dict[str, Any] = {}
+        x = np.clip(img, 0.0, None)
+        lo_ref, hi_ref = 0.0, 1.0  # where background and nuclei sit before the transforms
+
+        def draw() -> bool:
+            return bool(gen.random() < self.p)
+
+        if draw():
+            g = float(np.exp(gen.uniform(np.log(self.gamma[0]), np.log(self.gamma[1]))))
+            ops["gamma"] = g
+            x = x**g
+        if self.illumination > 0 and draw():
+            a = float(gen.uniform(-self.illumination, self.illumination))
+            ops["illumination"] = a
+            fld = self._smooth_field(x.shape, gen)
+            gain = (1.0 + a * (fld - 0.5) * 2.0).clip(0.2, None)
+            x = x * gain
+            hi_ref *= float(gain.mean())
+        if self.background > 0 and draw():
+            b = float(gen.uniform(0.0, self.background))
+            ops["background"] = b
+            fld = self._smooth_field(x.shape, gen)
+            x = x + b * fld
+            hi_ref += b * float(fld.mean())
+        if self.blur > 0 and draw():
+            s = float(gen.uniform(0.3, self.blur))
+            ops["blur"] = s
+            x = ndi.gaussian_filter(x, s, mode="reflect")
+        if self.noise > 0 and draw():
+            sd = float(gen.uniform(0.01, self.noise))
+            shot = float(gen.uniform(0.0, 1.0))
+            ops["noise"] = (sd, shot)
+            scale = np.sqrt(shot * np.clip(x, 0, None) + (1.0 - shot) * 0.05)
+            x = x + gen.normal(0.0, 1.0, x.shape).astype(np.float32) * (sd * scale)
+        if draw():  # 8-bit camera: offset, gain, few grey levels, saturation
+            top = float(gen.uniform(*self.saturate)) if gen.random() < 0.5 else 2.0
+            n = int(gen.integers(self.levels[0], self.levels[1] + 1))
+            ops["quantise"] = (n, top)
+            x = np.clip(x, 0.0, top)
+            x = np.round(x * (n / max(top, 1.0))) * (max(top, 1.0) / n)
+            hi_ref = min(hi_ref, top)
+        x = x.astype(np.float32)
+        # renormalise like inference's whole-image normalisation: the transformed background
+        # and nucleus levels (tracked, not measured on this patch, which may hold no nucleus)
+        # map back to 0 and 1
+        if hi_ref - lo_ref > 1e-3 and (lo_ref, hi_ref) != (0.0, 1.0):
+            x = (x - np.float32(lo_ref)) / np.float32(hi_ref - lo_ref)
+        self.last_ops = ops
+        return np.ascontiguousarray(x, dtype=np.float32)

@@ -28,12 +28,13 @@ from napari_nalu_count.errors import InputError
 
 __all__ = [
     "extrapolation_split",
+    "synthetic_varied",
     "synthetic_cells",
     "synthetic_dataset",
     "synthetic_timelapse",
 ]
 
-OutputDtype = Literal["uint16", "float32"]
+OutputDtype = Literal["uint16", "uint8", "float32"]
 
 
 @dataclass
@@ -255,6 +256,8 @@ def _acquire(
     counts += dark
     if dtype == "uint16":
         return np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
+    if dtype == "uint8":  # an 8-bit camera: counts beyond 255 saturate
+        return np.clip(np.rint(counts), 0, 255).astype(np.uint8)
     scale = photons if photons > 0 else 1.0
     return ((counts - dark) / scale).astype(np.float32)
 
@@ -316,8 +319,8 @@ def synthetic_cells(
     read_noise, dark
         Camera read noise (sd) and dark offset, in counts.
     dtype
-        ``"uint16"`` (camera counts, default) or ``"float32"`` (intensity units, dark offset
-        removed, noise included).
+        ``"uint16"`` (camera counts, default), ``"uint8"`` (an 8-bit camera: counts above 255
+        saturate) or ``"float32"`` (intensity units, dark offset removed, noise included).
 
     Returns
     -------
@@ -325,8 +328,8 @@ def synthetic_cells(
     ``labels`` int32 (H, W) with ids 1..N in the order of ``dots``, ``meta`` the parameters.
     """
     shp, n = _check(shape, n_cells, diameter, overlap)
-    if dtype not in ("uint16", "float32"):
-        raise InputError(f"dtype must be 'uint16' or 'float32', got {dtype!r}")
+    if dtype not in ("uint16", "uint8", "float32"):
+        raise InputError(f"dtype must be 'uint16', 'uint8' or 'float32', got {dtype!r}")
     if not 0.0 <= clumping <= 1.0:
         raise InputError(f"clumping must be in [0, 1], got {clumping}")
     if not (elongation[0] >= 1.0 and elongation[1] >= elongation[0]):
@@ -495,3 +498,93 @@ def extrapolation_split(
     train = synthetic_dataset(n_train, low, shape, diameter, seed, **kwargs)
     test = synthetic_dataset(n_test, high, shape, diameter, seed + 1_000_003, **kwargs)
     return train, test
+
+
+def synthetic_varied(
+    shape: Sequence[int] = (256, 256),
+    seed: int | None = 0,
+    *,
+    diameter: float | tuple[float, float] = (5.0, 120.0),
+    coverage: tuple[float, float] = (0.03, 0.45),
+    max_cells: int = 400,
+) -> Sample:
+    """One synthetic image whose microscope and nuclei are drawn at random, widely.
+
+    For training models that must work on any fluorescence microscope: the nucleus diameter
+    (log-uniform in ``diameter`` px, at most the image size / 2.5, or fixed), the fraction of
+    the image the nuclei cover (``coverage``, which sets the count, at most ``max_cells``),
+    elongation, brightness spread,
+    clumping, chromatin texture (0-0.7), optical blur (up to an eighth of the diameter), an
+    uneven background (linear gradient plus broad bumps, up to 0.6 of a nucleus' brightness),
+    shot noise (5-3000 photons per unit), read noise, and the camera: 16-bit, or an 8-bit one
+    whose nuclei span 12-250 grey levels, saturating the brightest. Exact dots and labels as
+    :func:`synthetic_cells`; ``meta`` records every drawn parameter.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in shape)
+    if isinstance(diameter, (int, float)):
+        d = float(diameter)
+    else:
+        lo, hi = (float(v) for v in diameter)
+        if not 0 < lo <= hi:
+            raise InputError(f"diameter range must be (lo, hi) with 0 < lo <= hi, got {diameter}")
+        hi = min(hi, max(lo, min(h, w) / 2.5))  # a few nuclei must fit in the image
+        d = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    cov = float(rng.uniform(*coverage))
+    n = int(np.clip(round(cov * h * w / (np.pi * d * d / 4.0)), 1, max_cells))
+    params = dict(
+        diameter_sd=float(rng.uniform(0.05, 0.35)),
+        elongation=(1.0, float(rng.uniform(1.05, 2.2))),
+        brightness_sd=float(rng.uniform(0.1, 0.6)),
+        overlap=float(rng.uniform(0.0, 0.3)),
+        clumping=float(rng.uniform(0.0, 0.6)),
+        softness=float(rng.uniform(0.5, 1.0 + d / 15.0)),
+        texture=float(rng.uniform(0.0, 0.7)),
+        blur=float(rng.uniform(0.0, max(0.5, d / 8.0))),
+        background=float(rng.uniform(0.0, 0.3)),
+        gradient=float(rng.uniform(0.0, 0.3)),
+        photons=float(np.exp(rng.uniform(np.log(5.0), np.log(3000.0)))),
+        read_noise=float(rng.uniform(0.0, 4.0)),
+    )
+    base = synthetic_cells(
+        (h, w), n, d, int(rng.integers(0, 2**31 - 1)), dtype="float32", dark=0.0, **params
+    )
+    img = base.image.astype(np.float64)
+    # broad bumps of uneven background (cytoplasm glow, vignetting, out-of-focus haze)
+    bumps = float(rng.uniform(0.0, 0.6)) if rng.random() < 0.6 else 0.0
+    if bumps > 0:
+        yy = np.linspace(-0.5, 0.5, h)[:, None]
+        xx = np.linspace(-0.5, 0.5, w)[None, :]
+        field = np.zeros((h, w))
+        for _ in range(int(rng.integers(1, 4))):
+            cy, cx = rng.uniform(-0.6, 0.6, 2)
+            r = rng.uniform(0.15, 0.7)
+            field += rng.uniform(0.3, 1.0) * np.exp(
+                -((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r)
+            )
+        img += bumps * field / max(field.max(), 1e-12)
+    if rng.random() < 0.5:
+        camera = "uint8"
+        level = float(np.exp(rng.uniform(np.log(12.0), np.log(250.0))))  # grey value of a nucleus
+        offset = float(rng.uniform(0.0, 20.0))
+        image = np.clip(np.rint(img * level + offset), 0, 255).astype(np.uint8)
+    else:
+        camera = "uint16"
+        level = float(np.exp(rng.uniform(np.log(200.0), np.log(20000.0))))
+        offset = float(rng.uniform(0.0, 500.0))
+        image = np.clip(np.rint(img * level + offset), 0, 65535).astype(np.uint16)
+    meta = {
+        **base.meta,
+        "generator": "synthetic_varied",
+        "seed": seed,
+        "coverage": cov,
+        "bumps": bumps,
+        "camera": camera,
+        "level": level,
+        "offset": offset,
+        **{k: v for k, v in params.items() if k not in ("elongation",)},
+        "elongation": list(params["elongation"]),
+    }
+    return Sample(
+        image=image, dots=base.dots, labels=base.labels, name=f"varied-seed{seed}", meta=meta
+    )
