@@ -42,7 +42,14 @@ CARD_KEYS: tuple[str, ...] = (
 #: ``input_scale`` (float, 1.0 when absent): the factor by which a user's image is resampled
 #: before the network when the caller gives no diameter (the model was trained on images
 #: resampled by it); the card's ``diameter`` is always measured on the model grid
-OPTIONAL_KEYS: tuple[str, ...] = ("description", "input_scale")
+#: ``diameter_mode`` (``"fixed"`` when absent): ``"estimate"`` means that when the caller gives no
+#: diameter, inference estimates the nucleus diameter of the image and resamples it by
+#: ``diameter / estimate`` (models trained on many object sizes brought to one grid diameter);
+#: ``"fixed"`` resamples by ``input_scale`` only (models trained on one microscope's images)
+#: ``scale_jitter`` ([lo, hi]): the range of object scale around ``diameter`` seen in training
+OPTIONAL_KEYS: tuple[str, ...] = ("description", "input_scale", "diameter_mode", "scale_jitter")
+
+DIAMETER_MODES: tuple[str, ...] = ("fixed", "estimate")
 
 #: allowed range of ``input_scale`` (exclusive lower bound, inclusive upper bound)
 MAX_INPUT_SCALE = 8.0
@@ -220,6 +227,22 @@ def validate_card(card: object, source: str | Path, *, check_weight_fields: bool
             raise ModelFileError(
                 f"{where}: 'input_scale' must be a number in (0, {MAX_INPUT_SCALE:g}], got {s!r}"
             )
+    mode = card.get("diameter_mode", "fixed")
+    if mode not in DIAMETER_MODES:
+        raise ModelFileError(
+            f"{where}: 'diameter_mode' must be one of {', '.join(DIAMETER_MODES)}, got {mode!r}"
+        )
+    if mode == "estimate" and diameter is None:
+        raise ModelFileError(f"{where}: diameter_mode 'estimate' needs the card's 'diameter'")
+    if "scale_jitter" in card:
+        sj = card["scale_jitter"]
+        if not (
+            isinstance(sj, (list, tuple))
+            and len(sj) == 2
+            and all(_is_number(v) for v in sj)
+            and 0 < sj[0] <= sj[1]
+        ):
+            raise ModelFileError(f"{where}: 'scale_jitter' must be [lo, hi] with 0 < lo <= hi")
     if not isinstance(card["training"], Mapping):
         raise ModelFileError(f"{where}: 'training' must be an object")
     metrics = card["metrics"]

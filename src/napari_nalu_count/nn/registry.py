@@ -9,7 +9,8 @@ A config is a dict with exactly these keys (see ``docs/internals.md``)::
      "unit": null | one of UNIT_KINDS,
      "widths": [int, ...]   # fcrn_a: 4 (3 scales + 1/8 bottleneck); U-Nets: >= 2, last = bottleneck
      "fre": null | {"B": int, "X": float, "seed": int},
-     "deep_supervision": bool}   # U-Nets only
+     "deep_supervision": bool,   # U-Nets only
+     "size_head": bool}          # unet_count only: a second output, log object size
 
 Only ``architecture`` is required; missing keys take the architecture's defaults
 (:func:`default_config`), unknown keys are rejected. The network's ``state_dict`` keys are a
@@ -40,6 +41,7 @@ CONFIG_KEYS: tuple[str, ...] = (
     "widths",
     "fre",
     "deep_supervision",
+    "size_head",
 )
 FRE_KEYS: tuple[str, ...] = ("B", "X", "seed")
 MAX_UNET_DEPTH = 6
@@ -73,6 +75,7 @@ def default_config(architecture: str) -> dict:
         "widths": list(_DEFAULT_WIDTHS[architecture]),
         "fre": None,
         "deep_supervision": False,
+        "size_head": False,
     }
 
 
@@ -156,6 +159,11 @@ def validate_config(config: dict) -> dict:
         raise _bad("deep_supervision", ds, "true or false")
     if ds and arch == "fcrn_a":
         raise _bad("deep_supervision", ds, "false for fcrn_a (only the U-Nets have an aux head)")
+    sh = cfg["size_head"]
+    if not isinstance(sh, bool):
+        raise _bad("size_head", sh, "true or false")
+    if sh and arch != "unet_count":
+        raise _bad("size_head", sh, "false for " + arch + " (only unet_count has a size head)")
     return cfg
 
 
@@ -183,7 +191,9 @@ def build_model(config: dict) -> nn.Module:
     if arch == "fcrn_a":
         net: nn.Module = FCRNA(**kwargs)
     elif arch == "unet_count":
-        net = CountUNet(**kwargs, deep_supervision=cfg["deep_supervision"])
+        net = CountUNet(
+            **kwargs, deep_supervision=cfg["deep_supervision"], size_head=cfg["size_head"]
+        )
     else:
         net = SEUNet(**kwargs, deep_supervision=cfg["deep_supervision"])
     net.config = cfg

@@ -5,12 +5,18 @@ For ``widths = (w_0, ..., w_D)`` the network has ``D`` pooling steps (``stride =
     level i < D:  e_i = DoubleConv(w_i) [+ SE]            at 1 / 2**i, then 2x2 max-pool
     bottleneck:   b   = DoubleConv(w_D) [+ SE] -> [FRE]   at 1 / 2**D   (-> [aux 1x1 head])
     level i < D:  d_i = DoubleConv(w_i)(cat(up(d_{i+1}), e_i)) [+ SE] [+ residual(e_i)]
-    output:       1x1 conv(w_0 -> out_channels)
+    output:       1x1 conv(w_0 -> out_channels)  [+ 1x1 conv(w_0 -> 1): the size head]
 
 ``DoubleConv`` is two 3x3 ConvBNAct, ``up`` a 2x2 transposed convolution (stride 2) to ``w_i``
 channels. ``[+ residual(e_i)]`` is an :class:`~.blocks.ArithmeticResidual` (the encoder map
 ``e_i`` through a per-pixel arithmetic unit and BN, concatenated with ``d_i``, squeezed back to
 ``w_i`` by 1x1 conv + BN + activation). The FRE module acts on the bottleneck output.
+
+Size head (counting U-Net, ``size_head=True``): a second 1x1 convolution on the last decoder
+features predicts, at every pixel of an object, ``log(object diameter / model diameter)``: how
+much larger or smaller than the training grid's nuclei the objects in view are. The output then
+has one extra channel (``[density, log size]``); the engine uses it to check and correct its
+object-size estimate.
 
 Deep supervision (the FRE paper's "SuperVision" baseline): a 1x1 convolution maps the bottleneck
 (before FRE) to ``out_channels``; in training mode ``forward`` stores it, bilinearly upsampled and
@@ -66,6 +72,7 @@ class _UNet(PaddedNet):
         fre: dict | None,
         deep_supervision: bool,
         se: bool,
+        size_head: bool = False,
     ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
@@ -97,6 +104,7 @@ class _UNet(PaddedNet):
                 for i in range(depth)
             )
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
+        self.size_head = nn.Conv2d(widths[0], 1, kernel_size=1) if size_head else None
         self.aux_logits = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,6 +138,8 @@ class _UNet(PaddedNet):
             h = self.decoders[i](torch.cat([self.ups[i](h), skips[i]], dim=1))
             if self.residuals is not None:
                 h = self.residuals[i](h, skips[i])
+        if self.size_head is not None:
+            return torch.cat([self.head(h), self.size_head(h)], dim=1)
         return self.head(h)
 
     def __getstate__(self) -> dict:
@@ -140,7 +150,8 @@ class _UNet(PaddedNet):
 
 
 class CountUNet(_UNet):
-    """Counting U-Net (no SE blocks), density output; default widths ``(64, 128, 256)``."""
+    """Counting U-Net (no SE blocks), density output (plus the log-size channel with
+    ``size_head``); default widths ``(64, 128, 256)``."""
 
     def __init__(
         self,
@@ -151,9 +162,18 @@ class CountUNet(_UNet):
         unit: str | None = None,
         fre: dict | None = None,
         deep_supervision: bool = False,
+        size_head: bool = False,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, widths, activation, unit, fre, deep_supervision, se=False
+            in_channels,
+            out_channels,
+            widths,
+            activation,
+            unit,
+            fre,
+            deep_supervision,
+            se=False,
+            size_head=size_head,
         )
 
 

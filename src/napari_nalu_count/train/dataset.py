@@ -179,6 +179,11 @@ class PatchSampler:
         density_scale: float = 100.0,
         augment: Any = True,
         boundary_width: int = 1,
+        scale_jitter: Sequence[float] | None = None,
+        appearance: Any = None,
+        source_weights: dict[str, float] | None = None,
+        wide_jitter: Sequence[float] | None = None,
+        wide_prob: float = 0.0,
     ) -> None:
         if not items:
             raise InputError("no training images")
@@ -195,12 +200,52 @@ class PatchSampler:
         self.scale = float(density_scale)
         self.augmenter = _make_augmenter(augment)
         self.boundary_width = int(boundary_width)
+        self.scale_jitter = None
+        if scale_jitter is not None:
+            lo, hi = (float(v) for v in scale_jitter)
+            if not 0 < lo <= hi:
+                raise InputError(
+                    f"scale_jitter must be (lo, hi) with 0 < lo <= hi, got {scale_jitter}"
+                )
+            self.scale_jitter = (lo, hi) if (lo, hi) != (1.0, 1.0) else None
+        self.wide_jitter = None
+        self.wide_prob = float(wide_prob)
+        if wide_jitter is not None and self.wide_prob > 0:
+            lo, hi = (float(v) for v in wide_jitter)
+            if not 0 < lo <= hi:
+                raise InputError(
+                    f"wide_jitter must be (lo, hi) with 0 < lo <= hi, got {wide_jitter}"
+                )
+            self.wide_jitter = (lo, hi)
+        self.appearance = _make_appearance(appearance)
+        #: per-sample ``(log object size relative to the model diameter, in the narrow range)``
+        #: of the last :meth:`batch` (tensors ``(B,)``), for a size head's loss
+        self.batch_info: dict[str, torch.Tensor] = {}
+        self._info: list[tuple[float, bool]] = []
         areas = np.array([it.shape[0] * it.shape[1] for it in self.items], dtype=np.float64)
-        self.weights = areas / areas.sum()
+        self.weights = _sampling_weights(self.items, areas, source_weights)
 
     def _crop(self, it: Prepared) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        ratio = float(it.meta.get("size_ratio", 1.0) or 1.0)
+        narrow = True
+        if self.wide_jitter is not None and self.rng.random() < self.wide_prob:
+            bounds, narrow = self.wide_jitter, False
+        elif self.scale_jitter is not None:
+            bounds = self.scale_jitter
+        else:
+            self._info.append((float(np.log(ratio)), True))
+            return self._crop_at(it, self.patch)
+        lo, hi = np.log(bounds[0]), np.log(bounds[1])
+        j = float(np.exp(self.rng.uniform(lo, hi)))
+        self._info.append((float(np.log(ratio * j)), narrow))
+        q = max(8, int(round(self.patch / j)))
+        image, dots, labels = self._crop_at(it, q)
+        return _resample_patch(image, dots, labels, j)
+
+    def _crop_at(
+        self, it: Prepared, p: int
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         h, w = it.shape
-        p = self.patch
         y0 = int(self.rng.integers(0, h - p + 1)) if h > p else 0
         x0 = int(self.rng.integers(0, w - p + 1)) if w > p else 0
         y1, x1 = min(h, y0 + p), min(w, x0 + p)
@@ -234,6 +279,8 @@ class PatchSampler:
         else:
             labels = None
         image, dots, labels = self._augment(image, dots, labels)
+        if self.appearance is not None:
+            image = np.stack([self.appearance(c, self.rng) for c in image])
         h, w = image.shape[-2:]
         valid = np.ones((h, w), np.float32)
         if self.task == "count":
@@ -247,7 +294,12 @@ class PatchSampler:
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x, y, valid)`` tensors for one batch (see the class docstring)."""
+        self._info = []
         parts = [self.sample() for _ in range(self.batch_size)]
+        self.batch_info = {
+            "log_size": torch.tensor([i[0] for i in self._info], dtype=torch.float32),
+            "narrow": torch.tensor([float(i[1]) for i in self._info], dtype=torch.float32),
+        }
         x = torch.from_numpy(np.stack([p[0] for p in parts]))
         valid = torch.from_numpy(np.stack([p[2] for p in parts]))[:, None]
         if self.task == "count":
@@ -255,6 +307,73 @@ class PatchSampler:
         else:
             y = torch.from_numpy(np.stack([p[1] for p in parts]).astype(np.int64))
         return x, y, valid
+
+
+def _make_appearance(appearance: Any) -> Any:
+    """``True`` -> a default :class:`~napari_nalu_count.data.augment.Appearance`; a dict ->
+    ``Appearance(**dict)``; None/False -> None; anything callable is used as is."""
+    if appearance is None or appearance is False:
+        return None
+    from napari_nalu_count.data.augment import Appearance
+
+    if appearance is True:
+        return Appearance()
+    if isinstance(appearance, dict):
+        return Appearance(**appearance)
+    if callable(appearance):
+        return appearance
+    raise InputError(
+        f"appearance must be True, a dict of Appearance settings or None, got {appearance!r}"
+    )
+
+
+def _sampling_weights(
+    items: Sequence[Prepared], areas: np.ndarray, source_weights: dict[str, float] | None
+) -> np.ndarray:
+    """Per-image sampling probabilities: proportional to area, or, with ``source_weights``,
+    ``source_weights[source]`` shared among that source's images by area (``meta['source']``;
+    sources missing from the dict get weight 0, and an unknown-only mix is refused)."""
+    if not source_weights:
+        return areas / areas.sum()
+    sources = [str(it.meta.get("source", "")) for it in items]
+    w = np.zeros(len(items), dtype=np.float64)
+    for src in set(sources):
+        share = float(source_weights.get(src, 0.0))
+        if share < 0:
+            raise InputError(f"source weight of {src!r} must be >= 0, got {share}")
+        idx = [i for i, s in enumerate(sources) if s == src]
+        w[idx] = share * areas[idx] / areas[idx].sum()
+    if not w.sum() > 0:
+        raise InputError(
+            f"source_weights {source_weights} give no weight to the training images' sources "
+            f"{sorted(set(sources))}"
+        )
+    return w / w.sum()
+
+
+def _resample_patch(
+    image: np.ndarray, dots: np.ndarray | None, labels: np.ndarray | None, s: float
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Resample a ``(C, h, w)`` patch by ``s`` (objects get ``s`` times larger), with its dots
+    (pixel-centre convention) and labels (nearest neighbour), as inference resamples planes."""
+    from napari_nalu_count.infer.scale import rescale_plane, scaled_shape
+
+    h, w = image.shape[-2:]
+    new = scaled_shape((h, w), s)
+    img = np.stack([rescale_plane(c, s) for c in image])
+    fy, fx = new[0] / h, new[1] / w
+    if dots is not None and len(dots):
+        d = np.asarray(dots, dtype=np.float64).copy()
+        d[:, 0] = (d[:, 0] + 0.5) * fy - 0.5
+        d[:, 1] = (d[:, 1] + 0.5) * fx - 0.5
+        inside = (d[:, 0] >= -0.5) & (d[:, 0] < new[0] - 0.5)
+        inside &= (d[:, 1] >= -0.5) & (d[:, 1] < new[1] - 0.5)
+        dots = d[inside]
+    if labels is not None:
+        rows = np.minimum(((np.arange(new[0]) + 0.5) / fy).astype(np.intp), h - 1)
+        cols = np.minimum(((np.arange(new[1]) + 0.5) / fx).astype(np.intp), w - 1)
+        labels = labels[rows][:, cols]
+    return img, dots, labels
 
 
 def rescale_samples(samples: Sequence[Any], s: float, task: str = "count") -> list[Any]:

@@ -46,7 +46,7 @@ __all__ = ["TrainConfig", "TrainResult", "evaluate", "recalibrate_bn", "train"]
 
 Callback = Callable[[dict[str, Any]], None]
 
-_LOWER_IS_BETTER = {"mae", "rmse", "mre", "loss"}
+_LOWER_IS_BETTER = {"mae", "rmse", "mre", "loss", "mre_mean", "mae_mean"}
 
 
 @dataclass
@@ -62,6 +62,20 @@ class TrainConfig:
     up to that many *whole* training images (cumulative average, see :func:`recalibrate_bn`)
     before every validation, so the eval-mode statistics match whole-image inference rather
     than the last training patches; 0 keeps the running averages of the patches.
+
+    Generalisation settings: ``count_weight`` adds ``count_weight x smooth-L1(predicted patch
+    count - true patch count)`` (cells) to the counting loss, so density mass is learned as a
+    count and not only pixel by pixel; ``scale_jitter`` ``[lo, hi]`` resamples every patch by a
+    log-uniform factor (objects ``lo``-``hi`` times their size on the model grid), so an object
+    size estimate that is off by that much costs little; ``appearance`` (True or a dict of
+    :class:`~napari_nalu_count.data.augment.Appearance` settings) simulates other microscopes;
+    ``wide_jitter``/``wide_prob``: that fraction of the patches is resampled in the wider range
+    instead; they train only a size head (``size_weight`` x the density-weighted MSE of the
+    predicted log object size), so the network can tell how far off a size estimate is;
+    ``source_weights`` (``{source: weight}``, sources from ``Sample.meta["source"]``) balances
+    data sets of different sizes. With several sources, validation also reports every metric per
+    source (``mre@SOURCE``, ``f1@SOURCE``) and their means (``mre_mean``, ``f1_mean``), which
+    ``monitor`` may select.
     """
 
     epochs: int = 30
@@ -93,6 +107,13 @@ class TrainConfig:
     grad_clip: float | None = 10.0
     device: str = "cpu"
     bn_recalibrate: int = 0
+    count_weight: float = 0.0
+    size_weight: float = 0.1
+    scale_jitter: list[float] | None = None
+    wide_jitter: list[float] | None = None
+    wide_prob: float = 0.0
+    appearance: bool | dict | None = None
+    source_weights: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the settings."""
@@ -122,6 +143,14 @@ class TrainConfig:
             )
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise InputError(f"max_minutes must be positive, got {self.max_minutes!r}")
+        if not (self.count_weight >= 0 and math.isfinite(self.count_weight)):
+            raise InputError(f"count_weight must be >= 0, got {self.count_weight!r}")
+        if self.scale_jitter is not None:
+            sj = list(self.scale_jitter)
+            if len(sj) != 2 or not 0 < float(sj[0]) <= float(sj[1]):
+                raise InputError(
+                    f"scale_jitter must be [lo, hi] with 0 < lo <= hi, got {self.scale_jitter!r}"
+                )
 
 
 @dataclass
@@ -228,11 +257,33 @@ def _loss(
     task: str,
     cfg: TrainConfig,
     class_weights: torch.Tensor | None,
+    info: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     aux = getattr(net, "aux_logits", None)
     if task == "count":
-        n = valid.sum().clamp_min(1.0)
-        loss = (((out - y) ** 2) * valid).sum() / n
+        size = out[:, 1:2] if out.shape[1] > 1 else None
+        out = out[:, :1]
+        narrow = None
+        if info and "narrow" in info:
+            narrow = info["narrow"].to(out.device).reshape(-1, 1, 1, 1)
+        dvalid = valid if narrow is None else valid * narrow
+        n = dvalid.sum().clamp_min(1.0)
+        loss = (((out - y) ** 2) * dvalid).sum() / n
+        if cfg.count_weight:
+            pred_n = (out * valid).sum(dim=(1, 2, 3)) / cfg.density_scale
+            true_n = (y * valid).sum(dim=(1, 2, 3)) / cfg.density_scale
+            per = F.smooth_l1_loss(pred_n, true_n, beta=1.0, reduction="none")
+            if narrow is not None:
+                per = per * narrow.reshape(-1)
+                loss = loss + cfg.count_weight * per.sum() / narrow.sum().clamp_min(1.0)
+            else:
+                loss = loss + cfg.count_weight * per.mean()
+        if size is not None and info and "log_size" in info and cfg.size_weight:
+            target = info["log_size"].to(out.device).reshape(-1, 1, 1, 1)
+            w = y * valid
+            loss = loss + cfg.size_weight * (w * (size - target) ** 2).sum() / w.sum().clamp_min(
+                1e-6
+            )
         if aux is not None:
             loss = loss + cfg.aux_weight * (((aux - y) ** 2) * valid).sum() / n
         return loss
@@ -273,15 +324,30 @@ def evaluate(
     """
     dev = torch.device(device)
     net.eval()
+    sources = [str(it.meta.get("source", "")) for it in items]
     if task == "count":
-        pred, true = [], []
+        pred, true, size_err = [], [], []
         for it in items:
             if cancel is not None:
                 cancel.raise_if_cancelled()
             density = _predict(net, it.image, dev)
-            pred.append(float(density.sum()) / density_scale)
+            pred.append(float(density[0].sum()) / density_scale)
             true.append(it.count)
-        return count_metrics(pred, true)
+            if density.shape[0] > 1:  # size head: density-weighted mean log size vs the truth
+                w = np.clip(density[0], 0, None)
+                if w.sum() > 0:
+                    est = float((w * density[1]).sum() / w.sum())
+                    ratio = float(it.meta.get("size_ratio", 1.0) or 1.0)
+                    size_err.append(abs(est - np.log(ratio)))
+        out = count_metrics(pred, true)
+        if size_err:
+            out["size_log_err"] = float(np.mean(size_err))
+        return _per_source(
+            out,
+            sources,
+            lambda idx: count_metrics([pred[i] for i in idx], [true[i] for i in idx]),
+            ("mre", "mae"),
+        )
     from napari_nalu_count.data import instances_to_classes
 
     cm = np.zeros((n_classes, n_classes), np.int64)
@@ -300,7 +366,13 @@ def evaluate(
     miou, per_class = mean_iou(cm)
     matches = instance_f1(pairs, (0.5, 0.75))
     m50 = matches[0.5]
-    return {
+
+    def f1_of(idx: list[int]) -> dict[str, Any]:
+        sub = instance_f1([pairs[i] for i in idx], (0.5,))
+        return {"f1": sub[0.5].f1}
+
+    extra = _per_source({}, sources, f1_of, ("f1",))
+    return extra | {
         "miou": miou,
         "iou_per_class": per_class,
         "f1": m50.f1,
@@ -310,6 +382,27 @@ def evaluate(
         "mae": count_metrics(pred_counts, true_counts)["mae"],
         "n_images": len(items),
     }
+
+
+def _per_source(
+    metrics: dict[str, Any], sources: list[str], compute: Callable, keys: tuple[str, ...]
+) -> dict[str, Any]:
+    """Add ``KEY@SOURCE`` and ``KEY_mean`` (mean over sources) when items come from several
+    sources (``Prepared.meta['source']``); unchanged for a single source."""
+    names = sorted(set(sources))
+    if len(names) < 2:
+        return metrics
+    out = dict(metrics)
+    per: dict[str, list[float]] = {k: [] for k in keys}
+    for src in names:
+        sub = compute([i for i, s in enumerate(sources) if s == src])
+        for k in keys:
+            v = float(sub[k])
+            out[f"{k}@{src or '?'}"] = v
+            per[k].append(v)
+    for k in keys:
+        out[f"{k}_mean"] = float(np.mean(per[k]))
+    return out
 
 
 @torch.no_grad()
@@ -419,6 +512,11 @@ def train(
         density_scale=cfg.density_scale,
         augment=cfg.augment,
         boundary_width=cfg.boundary_width,
+        scale_jitter=cfg.scale_jitter,
+        appearance=cfg.appearance,
+        source_weights=cfg.source_weights,
+        wide_jitter=cfg.wide_jitter,
+        wide_prob=cfg.wide_prob,
     )
     net.to(device)
     net.requires_grad_(True)
@@ -484,7 +582,7 @@ def train(
             x, y, valid = sampler.batch()
             x, y, valid = x.to(device), y.to(device), valid.to(device)
             out = net(x)
-            loss = _loss(net, out, y, valid, task, cfg, class_weights)
+            loss = _loss(net, out, y, valid, task, cfg, class_weights, sampler.batch_info)
             if cfg.reg_weight and hasattr(net, "regularization"):
                 loss = loss + cfg.reg_weight * net.regularization()
             opt.zero_grad(set_to_none=True)
