@@ -97,7 +97,8 @@ def device_names() -> list[str]:
 
 # --------------------------------------------------------------------------- input checks
 def parse_diameter(text: str) -> float | str | None:
-    """Diameter field: blank = the model's own (None), ``auto``/``estimate`` = "auto"."""
+    """Diameter field: blank = automatic (None: the engine finds the nucleus size for models
+    that can, else uses the model's own resolution), ``auto``/``estimate`` = "auto"."""
     text = text.strip().lower()
     if not text:
         return None
@@ -107,8 +108,8 @@ def parse_diameter(text: str) -> float | str | None:
         value = float(text)
     except ValueError:
         raise InputError(
-            f"cell diameter {text!r} is not a number (leave blank for the model's own, "
-            "or type 'estimate')"
+            f"cell diameter {text!r} is not a number of pixels (leave it blank to find the "
+            "size automatically)"
         ) from None
     if not np.isfinite(value) or value <= 0:
         raise InputError(f"cell diameter must be a positive number of pixels, got {text!r}")
@@ -299,6 +300,14 @@ def error_message(exc: BaseException, what: str) -> str:
 # --------------------------------------------------------------------------- result layers
 def result_metadata(source: Any, kind: str, **extra: Any) -> dict[str, Any]:
     return {META_KEY: {"source_id": str(source.unique_id), "kind": kind, **extra}}
+
+
+def record_result_info(layers: Iterable[Any], **info: Any) -> None:
+    """Store run facts (e.g. the nucleus diameter used) in result layers' plugin metadata."""
+    for layer in layers:
+        meta = layer.metadata.get(META_KEY)
+        if isinstance(meta, dict):
+            meta.update({k: v for k, v in info.items() if v is not None})
 
 
 def find_result_layer(viewer: Any, source: Any, kind: str) -> Any | None:
@@ -496,10 +505,10 @@ class InferenceWidget(QWidget):
         for name in device_names():
             self.device_combo.addItem(name, name)
         self.diameter_edit = QLineEdit()
-        self.diameter_edit.setPlaceholderText("model's own; or 'estimate'")
+        self.diameter_edit.setPlaceholderText("automatic; or pixels")
         self.diameter_edit.setToolTip(
-            "typical cell diameter in pixels; blank uses the model's training diameter, "
-            "'estimate' measures it from the image"
+            "typical nucleus diameter in pixels of this image; blank finds it automatically "
+            "(the result shows the diameter used); a number you type always wins"
         )
         self.axes_edit = QLineEdit()
         self.axes_edit.setToolTip("one letter per data axis: T time, Z depth, C channel, Y, X")
@@ -709,10 +718,16 @@ class InferenceWidget(QWidget):
         counts = np.atleast_1d(np.asarray(result["counts"], dtype=float))
         extra: dict[str, np.ndarray] = result.get("extra", {})
         self.total_label.setText(f"{_fmt_total(counts.sum())} {result['unit']}")
-        self.detail_label.setText(
-            f"sum over {counts.size} planes: {_fmt_total(counts.sum())}" if counts.size > 1 else ""
-        )
-        self.detail_label.setVisible(counts.size > 1)
+        details = []
+        if counts.size > 1:
+            details.append(f"sum over {counts.size} planes: {_fmt_total(counts.sum())}")
+        if result.get("diameter"):
+            how = {"estimated": "found automatically", "given": "as given"}.get(
+                result.get("diameter_source", ""), "the model's own"
+            )
+            details.append(f"nucleus diameter {float(result['diameter']):.1f} px ({how})")
+        self.detail_label.setText("\n".join(details))
+        self.detail_label.setVisible(bool(details))
         labels = frame_labels(counts)
         headers = ["frame", "count", *extra]
         self.table.clear()

@@ -18,6 +18,7 @@ from napari_nalu_count._widgets._common import (
     layer_file_label,
     layers_of,
     pump,
+    record_result_info,
     replace_result_layer,
     result_axes,
     set_combo_items,
@@ -36,6 +37,7 @@ class CountOutput:
     out_axes: str
     regions: dict[str, np.ndarray] = field(default_factory=dict)  # name -> per-plane counts
     diameter: float | None = None  # the cell diameter the engine used, when it rescaled
+    diameter_source: str = "model"  # "given", "estimated" or "model" (see infer.CountResult)
 
     @property
     def total(self) -> float:
@@ -80,6 +82,7 @@ def run_count(
         counts=counts,
         out_axes=out_axes,
         diameter=float(diameter) if diameter else None,
+        diameter_source=str(getattr(result, "diameter_source", "model")),
     )
     if region_masks is not None and len(region_masks):
         output.regions = region_counts(density, region_masks)
@@ -196,6 +199,11 @@ def apply_count_results(
         border_width_is_relative=True,
         **geometry,
     )
+    record_result_info(
+        (density_layer, points_layer),
+        diameter=output.diameter,
+        diameter_source=output.diameter_source,
+    )
     return {
         "name": source.name,
         "file": layer_file_label(source),
@@ -205,6 +213,8 @@ def apply_count_results(
         "model": params.get("model"),
         "layers": (density_layer, points_layer),
         "frame_layer": density_layer,
+        "diameter": output.diameter,
+        "diameter_source": output.diameter_source,
     }
 
 

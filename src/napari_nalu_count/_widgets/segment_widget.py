@@ -14,6 +14,7 @@ from napari_nalu_count._widgets._common import (
     InferenceWidget,
     layer_file_label,
     pump,
+    record_result_info,
     replace_result_layer,
     result_axes,
 )
@@ -28,6 +29,8 @@ class SegmentOutput:
     labels: np.ndarray
     counts: np.ndarray  # per plane (0-d for a 2-D image)
     out_axes: str
+    diameter: float | None = None  # the nucleus diameter used (pixels), when rescaled
+    diameter_source: str = "model"
 
     @property
     def total(self) -> int:
@@ -61,7 +64,13 @@ def run_segment(
         planes = labels.reshape(-1, *labels.shape[-2:])
         counts = np.array([len(np.unique(p[p > 0])) for p in planes], dtype=float)
         counts = counts.reshape(labels.shape[:-2])
-    return SegmentOutput(labels=labels, counts=counts, out_axes=out_axes)
+    return SegmentOutput(
+        labels=labels,
+        counts=counts,
+        out_axes=out_axes,
+        diameter=getattr(result, "diameter", None),
+        diameter_source=str(getattr(result, "diameter_source", "model")),
+    )
 
 
 def apply_segment_results(
@@ -79,6 +88,7 @@ def apply_segment_results(
         opacity=0.6,
         **_layer_geometry(source, axes, output.out_axes),
     )
+    record_result_info((layer,), diameter=output.diameter, diameter_source=output.diameter_source)
     return {
         "name": source.name,
         "file": layer_file_label(source),
@@ -88,6 +98,8 @@ def apply_segment_results(
         "model": params.get("model"),
         "layers": (layer,),
         "frame_layer": layer,
+        "diameter": output.diameter,
+        "diameter_source": output.diameter_source,
     }
 
 

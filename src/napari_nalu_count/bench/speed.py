@@ -43,6 +43,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--variants", action="store_true", help="also time each engine switch separately"
     )
     parser.add_argument("--no-segment", action="store_true", help="skip the segmentation model")
+    parser.add_argument(
+        "--diameter",
+        type=float,
+        default=28.66,
+        help="nucleus diameter of the synthetic image in pixels (28.66: BBBC039's)",
+    )
+    parser.add_argument(
+        "--compare-model",
+        metavar="NAME|PATH",
+        default=None,
+        help="also time this counting model end to end on the same image (e.g. a previous "
+        "bundled model) and report the speed ratio",
+    )
 
 
 def _model(spec: str, task: str, device: torch.device) -> tuple[Any, str]:
@@ -69,6 +82,15 @@ def _model(spec: str, task: str, device: torch.device) -> tuple[Any, str]:
             net=net, card=card, config=net.config, task=task, name=f"default {arch}"
         )
         return stand_in, f"default_config({arch!r}), untrained ({spec!r} not installed)"
+
+
+def _grid_scale(counter: Any, res: Any) -> float:
+    """Resampling factor the engine applied to the image (``card diameter / diameter`` or the
+    card's ``input_scale``)."""
+    card = counter.card
+    if res.diameter and card.get("diameter"):
+        return float(card["diameter"]) / float(res.diameter)
+    return float(card.get("input_scale") or 1.0)
 
 
 def flops_per_pixel(net: torch.nn.Module, in_channels: int = 1, size: int = 256) -> float:
@@ -168,12 +190,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     size = int(args.size)
     counter, count_source = _model(args.count_model, "count", device)
-    input_scale = float(counter.card.get("input_scale") or 1.0)
-    if input_scale != 1.0:
-        count_source += f" (input_scale {input_scale:g})"
     tile = auto_tile_size(device, stride=max(int(getattr(counter.net, "stride", 1) or 1), 8))
-    # the card's diameter is on the model grid; the image's nuclei are 1 / input_scale larger
-    diameter = float(counter.card.get("diameter") or 16.0) / input_scale
+    diameter = float(args.diameter)
     n_cells = int(size * size / (diameter * diameter * 4))
     image = synthetic_cells((size, size), n_cells=n_cells, diameter=diameter, seed=0).image
     mpx = size * size / 1e6
@@ -189,15 +207,34 @@ def run(args: argparse.Namespace) -> int:
         "auto_tile_size": tile,
     }
     gflops = matmul_gflops(device)
-    # FLOPs per pixel of the *image*: a model run at input_scale sees input_scale**2 the pixels
-    fpp_count = flops_per_pixel(counter.net) * input_scale**2
-    roof_count = gflops * 1e9 / fpp_count / 1e6  # Mpx/s if every FLOP ran at matmul speed
-
     count(image[:256, :256], counter, device=str(device))  # warm up (allocator, BN folding)
     t_count = _best(lambda: count(image, counter, device=str(device)), args.repeats)
     res = count(image, counter, device=str(device))
+    grid = _grid_scale(counter, res)
+    if res.diameter_source != "model" or grid != 1.0:
+        count_source += (
+            f" (nuclei {res.diameter:.1f} px, {res.diameter_source}; grid x{grid:.3g})"
+            if res.diameter
+            else f" (grid x{grid:.3g})"
+        )
+    size_estimate = None
+    if res.diameter_source == "estimated":
+        # the same count with the estimated diameter given: the difference is the estimate
+        t_given = _best(
+            lambda: count(image, counter, device=str(device), diameter=res.diameter),
+            args.repeats,
+        )
+        size_estimate = {
+            "diameter_px": res.diameter,
+            "true_diameter_px": diameter,
+            "seconds": t_count - t_given,
+            "share_of_count": (t_count - t_given) / t_count,
+        }
+    # FLOPs per pixel of the *image*: a model run on a grid resampled by s sees s**2 the pixels
+    fpp_count = flops_per_pixel(counter.net) * grid**2
+    roof_count = gflops * 1e9 / fpp_count / 1e6  # Mpx/s if every FLOP ran at matmul speed
     net_s_per_px = _network_only(engine.prepare_net(counter, device), tile, device)
-    net_s_per_px *= input_scale**2  # per image pixel
+    net_s_per_px *= grid**2  # per image pixel
 
     t0 = time.perf_counter()
     n_blob = _blob_log_count(image, diameter)
@@ -235,13 +272,40 @@ def run(args: argparse.Namespace) -> int:
             "result": n_blob,
         },
     ]
+    compare = None
+    if args.compare_model:
+        other, other_source = _model(args.compare_model, "count", device)
+        count(image[:256, :256], other, device=str(device))
+        t_other = _best(lambda: count(image, other, device=str(device)), args.repeats)
+        other_res = count(image, other, device=str(device))
+        compare = {
+            "model": other_source,
+            "seconds": t_other,
+            "mpx_per_s": mpx / t_other,
+            "result": float(other_res.count),
+            "speed_ratio_new_over_compared": t_other / t_count,
+        }
+        rows.insert(
+            1,
+            {
+                "what": "count (end to end), compared model",
+                "model": other_source,
+                "seconds": t_other,
+                "mpx_per_s": mpx / t_other,
+                "flops_per_px": None,
+                "roofline_mpx_per_s": None,
+                "roofline_fraction": None,
+                "result": float(other_res.count),
+            },
+        )
     if not args.no_segment:
         seg, seg_source = _model(args.seg_model, "segment", device)
-        fpp_seg = flops_per_pixel(seg.net)
-        roof_seg = gflops * 1e9 / fpp_seg / 1e6
         segment(image[:256, :256], seg, device=str(device))
         t_seg = _best(lambda: segment(image, seg, device=str(device)), args.repeats)
-        seg_res = segment(image, seg, device=str(device)) if args.repeats > 1 else None
+        seg_res = segment(image, seg, device=str(device))
+        seg_grid = _grid_scale(seg, seg_res)
+        fpp_seg = flops_per_pixel(seg.net) * seg_grid**2
+        roof_seg = gflops * 1e9 / fpp_seg / 1e6
         rows.insert(
             2,
             {
@@ -252,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
                 "flops_per_px": fpp_seg,
                 "roofline_mpx_per_s": roof_seg,
                 "roofline_fraction": (mpx / t_seg) / roof_seg,
-                "result": None if seg_res is None else int(seg_res.count),
+                "result": int(seg_res.count),
             },
         )
 
@@ -314,6 +378,14 @@ def run(args: argparse.Namespace) -> int:
     _print(machine, gflops, size, rows, variants, count_source)
     ratio = rows[0]["mpx_per_s"] / rows[-1]["mpx_per_s"]
     print(f"count / blob_log speed ratio: {ratio:.2f}")
+    if size_estimate:
+        print(
+            f"size estimate: {size_estimate['diameter_px']:.1f} px (true {diameter:g}), "
+            f"{size_estimate['seconds']:.3f} s = {100 * size_estimate['share_of_count']:.1f} % "
+            "of the count time"
+        )
+    if compare:
+        print(f"count speed vs {compare['model']}: {compare['speed_ratio_new_over_compared']:.2f}x")
     print(
         f"targets: count >= 1 Mpx/s: {'met' if rows[0]['mpx_per_s'] >= 1 else 'NOT met'}; "
         f">= 40% of roofline: {'met' if rows[0]['roofline_fraction'] >= 0.4 else 'NOT met'}"
@@ -327,12 +399,16 @@ def run(args: argparse.Namespace) -> int:
                     + " ".join(
                         f"--{k.replace('_', '-')} {v}"
                         for k, v in vars(args).items()
-                        if k in ("size", "device", "threads", "repeats") and v is not None
+                        if k
+                        in ("size", "device", "threads", "repeats", "diameter", "compare_model")
+                        and v is not None
                     )
                     + (" --variants" if args.variants else "")
                     + (" --no-segment" if args.no_segment else ""),
                     "machine": machine,
                     "image": {"size": size, "n_cells": n_cells, "diameter": diameter, "seed": 0},
+                    "size_estimate": size_estimate,
+                    "compared_model": compare,
                     "matmul_gflops": gflops,
                     "rows": rows,
                     "variants": variants,

@@ -6,9 +6,15 @@ Pipeline per plane (stacks are walked plane by plane, dask arrays computed one p
    (count 0, no points, no labels) and skips the network;
 2. normalise as the model card says (percentile, :func:`~napari_nalu_count.data.normalize.
    percentile_normalize`);
-3. resample by ``card diameter / diameter`` when ``diameter`` is given (``"auto"``: estimated
-   once, from the first non-empty plane, see :mod:`.scale`), else by the card's
-   ``input_scale`` (1.0 when absent: models trained at a reduced resolution say so there);
+3. resample by ``card diameter / diameter``: a given ``diameter`` wins; ``"auto"``, and
+   ``None`` for models whose card says ``diameter_mode: "estimate"`` (the bundled generalist
+   models), estimate it once, from the first non-empty plane (:mod:`.size`: a learned
+   scale-profile regressor, tens of milliseconds) and, for counters with a size head, check the
+   estimate with the network itself (one pass on a window of at most ``REFINE_WINDOW`` px of
+   the model grid, or the whole plane when smaller, whose output is then reused): when the
+   objects it sees are more than ``REFINE_TOLERANCE`` off the model's diameter the image is
+   resampled again. ``None`` for other models resamples by the card's ``input_scale`` (1.0
+   when absent);
 4. predict tile by tile with overlap and smooth blending (:mod:`.tiling`) under
    ``torch.inference_mode`` with batch norm folded into the convolutions; CUDA out-of-memory
    errors halve the batch, then the tile, and retry the plane;
@@ -49,6 +55,13 @@ OPTIONS: dict[str, Any] = {
 }
 #: smallest tile the out-of-memory fallback goes down to
 MIN_TILE = 64
+#: size-head check of an estimated diameter: window edge on the model grid (pixels), the
+#: relative size error above which the image is resampled again, and at most this many checks
+REFINE_WINDOW = 256
+REFINE_TOLERANCE = 1.2
+REFINE_ROUNDS = 2
+#: the size head's estimate is used only when the window holds at least this many cells
+REFINE_MIN_CELLS = 2.0
 
 
 @dataclass
@@ -59,7 +72,9 @@ class CountResult:
     C order) for stacks. ``density``: float32, the image's stack + spatial shape in ``axes``
     order, in cells per pixel (its sum is the count). ``points``: ``(N, len(axes))`` float64
     cell centres in image pixel coordinates, columns in ``axes`` order (stack indices included).
-    ``diameter``: the object diameter used for rescaling (pixels), None when not rescaled.
+    ``diameter``: the object diameter used for rescaling (pixels of the image), None when not
+    rescaled; ``diameter_source``: ``"given"`` (by the caller), ``"estimated"`` (see the module
+    docstring) or ``"model"`` (no rescaling but the card's ``input_scale``).
     """
 
     count: float | np.ndarray
@@ -68,6 +83,7 @@ class CountResult:
     axes: str
     diameter: float | None = None
     model: str = ""
+    diameter_source: str = "model"
 
 
 @dataclass
@@ -85,6 +101,7 @@ class SegmentResult:
     diameter: float | None = None
     model: str = ""
     seeds: str = "count"
+    diameter_source: str = "model"
 
 
 # ------------------------------------------------------------------------------------------
@@ -210,6 +227,11 @@ def _out_channels(loaded: Any) -> int:
     return int(cfg.get("out_channels", 1))
 
 
+def _has_size_head(loaded: Any) -> bool:
+    cfg = getattr(loaded, "config", None) or loaded.card.get("config", {})
+    return bool(cfg.get("size_head", False))
+
+
 def _stride(net: nn.Module) -> int:
     return int(getattr(net, "stride", 1) or 1)
 
@@ -293,10 +315,24 @@ class _Runner:
         if self.cancel is not None:
             self.cancel.raise_if_cancelled()
 
-    def skip_plane(self, shape: tuple[int, int], plane_no: int) -> None:
-        """Count an empty plane's tiles as done without running them."""
+    def skip_plane(self, shape: tuple[int, int], plane_no: int, note: str = "empty") -> None:
+        """Count a plane's tiles as done without running them (empty, or already run)."""
         self.done += n_tiles(shape, self.tile, self._overlap_for(self.tile))
-        self.report(f"{self.label}: plane {plane_no + 1}/{self.n_planes} (empty)")
+        self.report(f"{self.label}: plane {plane_no + 1}/{self.n_planes} ({note})")
+
+    def predict_quiet(self, plane: np.ndarray) -> np.ndarray:
+        """One prediction of ``plane`` without progress accounting (diameter checks)."""
+        return predict_tiled(
+            self.forward,
+            plane,
+            self.out_channels,
+            tile=self.tile,
+            overlap=self._overlap_for(self.tile),
+            batch_size=self.batch,
+            device=self.device,
+            channels_last=OPTIONS["channels_last"],
+            on_tile=self.check_cancel,
+        )
 
     def run(self, plane: np.ndarray, plane_no: int) -> np.ndarray:
         """``(H, W)`` float32 -> ``(C, H, W)`` float32 prediction, with OOM fallback."""
@@ -349,6 +385,8 @@ def _forward_fn(net: nn.Module, task: str, density_scale: float) -> Callable:
             if isinstance(y, (tuple, list)):
                 y = y[0]
             if task == "count":
+                if y.shape[1] > 1:  # size head: [density, log size]
+                    return torch.cat([y[:, :1] * inv, y[:, 1:2]], dim=1)
                 return y[:, :1] * inv
             return torch.softmax(y.float(), dim=1)
 
@@ -387,32 +425,63 @@ def _parse_diameter(diameter: Any) -> float | str | None:
 
 
 class _ScaleState:
-    """Resolves the rescaling factor once per call (``auto`` from the first non-empty plane).
+    """Resolves the rescaling factor once per call (see the module docstring, step 3).
 
     ``diameter=d``: factor ``card_diameter / d`` (the card's diameter is on the model grid);
-    ``diameter=None``: the card's ``input_scale`` (1.0 when absent), i.e. the resolution the
-    model was trained at relative to its training images.
+    ``"auto"`` (and ``None`` when the card's ``diameter_mode`` is ``"estimate"``): estimated
+    from the first non-empty plane; otherwise ``None`` means the card's ``input_scale``.
     """
 
     def __init__(
-        self, diameter: Any, card_diameter: float | None, input_scale: float | None = None
+        self,
+        diameter: Any,
+        card_diameter: float | None,
+        input_scale: float | None = None,
+        mode: str | None = None,
     ) -> None:
         self.requested = _parse_diameter(diameter)
         self.card_diameter = float(card_diameter) if card_diameter else None
         self.input_scale = _input_scale(input_scale)
         self.factor: float | None = None
         self.diameter: float | None = None
+        self.source = "model"
+        self.estimate: dict[str, Any] = {}
+        if self.requested is None and mode == "estimate" and self.card_diameter:
+            self.requested = "auto"
         if self.requested is None:
             self.factor = self.input_scale
         elif self.requested != "auto":
             self.diameter = self.requested  # type: ignore[assignment]
             self.factor = _scale.scale_factor(self.diameter, self.card_diameter)
+            self.source = "given"
 
-    def resolve(self, normalized: np.ndarray) -> float:
+    @property
+    def pending(self) -> bool:
+        return self.factor is None
+
+    def set_diameter(self, d: float) -> float:
+        """Use an (estimated) image diameter ``d``; clipped to the resampling range."""
+        if self.card_diameter:
+            lo = self.card_diameter / _scale.MAX_SCALE
+            hi = self.card_diameter / _scale.MIN_SCALE
+            d = float(min(max(d, lo), hi))
+        self.diameter = d
+        self.factor = _scale.scale_factor(d, self.card_diameter)
+        self.source = "estimated"
+        return self.factor
+
+    def resolve(self, raw: np.ndarray) -> float:
+        """The factor; estimates the diameter from ``raw`` (a raw plane) when pending."""
         if self.factor is None:
-            est = _scale.estimate_diameter(normalized)
-            self.diameter = est
-            self.factor = _scale.scale_factor(est, self.card_diameter) if est else 1.0
+            import time
+
+            t0 = time.perf_counter()
+            est = _scale.estimate_diameter(raw)
+            self.estimate = {"regressor": est, "seconds": time.perf_counter() - t0}
+            if est is None:
+                self.factor = 1.0
+            else:
+                self.set_diameter(est)
         return self.factor
 
     @property
@@ -423,6 +492,47 @@ class _ScaleState:
         if isinstance(self.diameter, float):
             return self.diameter
         return 10.0
+
+
+def _weighted_log_size(pred: np.ndarray) -> tuple[float, float]:
+    """``(density-weighted mean log size, cells)`` of a ``[density, log size]`` prediction."""
+    w = np.clip(pred[0], 0.0, None)
+    mass = float(w.sum(dtype=np.float64))
+    if mass <= 0:
+        return 0.0, 0.0
+    return float((w * pred[1]).sum(dtype=np.float64) / mass), mass
+
+
+def _refine_diameter(
+    runner: _Runner, norm: np.ndarray, scale: _ScaleState
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Check an estimated diameter with the counter's size head (module docstring, step 3).
+
+    Returns ``(model_plane, prediction or None)``: the plane resampled by the final factor and,
+    when the last check ran on that whole plane, its prediction (to be reused).
+    """
+    from napari_nalu_count.infer.size import choose_window
+
+    model_plane = _scale.rescale_plane(norm, scale.factor)
+    pred = None
+    checks = []
+    for _ in range(REFINE_ROUNDS):
+        runner.check_cancel()
+        whole = max(model_plane.shape) <= REFINE_WINDOW
+        window = model_plane if whole else choose_window(model_plane, REFINE_WINDOW)
+        out = runner.predict_quiet(window)
+        m, cells = _weighted_log_size(out)
+        checks.append({"log_size": round(m, 4), "cells": round(cells, 2)})
+        pred = out if whole else None
+        if cells < REFINE_MIN_CELLS or abs(m) <= np.log(REFINE_TOLERANCE):
+            break
+        m = float(np.clip(m, -np.log(4.0), np.log(4.0)))
+        scale.set_diameter(float(scale.diameter) * float(np.exp(m)))
+        model_plane = _scale.rescale_plane(norm, scale.factor)
+        pred = None
+    scale.estimate["size_head"] = checks
+    scale.estimate["refined"] = scale.diameter
+    return model_plane, pred
 
 
 # ------------------------------------------------------------------------------------------
@@ -479,18 +589,21 @@ def count(
     card = loaded.card
     net = prepare_net(loaded, dev)
     density_scale = float(card.get("density_scale") or 1.0)
+    n_out = 2 if _has_size_head(loaded) else 1
     runner = _Runner(
         net,
         dev,
         _forward_fn(net, "count", density_scale),
-        1,
+        n_out,
         tile_size,
         plan.n_planes,
         progress,
         cancel,
         "count",
     )
-    scale = _ScaleState(diameter, card.get("diameter"), card.get("input_scale"))
+    scale = _ScaleState(
+        diameter, card.get("diameter"), card.get("input_scale"), card.get("diameter_mode")
+    )
 
     h, w = plan.plane_shape
     density = np.zeros(plan.stack_shape + (h, w), dtype=np.float32)
@@ -508,16 +621,28 @@ def count(
             runner.skip_plane(shape, k)
             continue
         norm = _normalize(raw, card)
-        del raw
-        s = scale.resolve(norm)
-        model_plane = _scale.rescale_plane(norm, s)
-        del norm
+        reuse = None
+        if scale.pending:
+            runner.report("count: estimating the nucleus size")
+            scale.resolve(raw)
+            if n_out == 2 and scale.source == "estimated":
+                model_plane, reuse = _refine_diameter(runner, norm, scale)
+            else:
+                model_plane = _scale.rescale_plane(norm, scale.factor)
+        else:
+            model_plane = _scale.rescale_plane(norm, scale.factor)
+        del raw, norm
         if not total_set:
             runner.set_total(model_plane.shape, plan.n_planes - k)
             total_set = True
             runner.report(f"count: plane 1/{plan.n_planes}")
-        dens = runner.run(model_plane, k)[0]
-        del model_plane
+        if reuse is not None:
+            runner.skip_plane(model_plane.shape, k, note="size check reused")
+            pred = reuse
+        else:
+            pred = runner.run(model_plane, k)
+        dens = pred[0]
+        del model_plane, pred
         counts[k] = float(dens.sum(dtype=np.float64))
         pts = _post.density_peaks(dens, scale.model_grid_diameter, min_mass=min_mass)
         pts = _scale.points_to_original(pts, dens.shape, (h, w))
@@ -542,6 +667,7 @@ def count(
         axes=plan.out_axes,
         diameter=scale.diameter if isinstance(scale.diameter, float) else None,
         model=str(getattr(loaded, "name", "")),
+        diameter_source=scale.source,
     )
 
 
@@ -596,7 +722,9 @@ def segment(
         cancel,
         "segment",
     )
-    scale = _ScaleState(diameter, card.get("diameter"), card.get("input_scale"))
+    scale = _ScaleState(
+        diameter, card.get("diameter"), card.get("input_scale"), card.get("diameter_mode")
+    )
     if min_size is None:
         d = scale.card_diameter or 10.0
         min_size = max(8, int(np.pi * d * d / 4.0 / 16.0))
@@ -620,22 +748,28 @@ def segment(
             runner.skip_plane(shape, k)
             continue
         norm = _normalize(raw, card)
-        s = scale.resolve(norm)
-        model_plane = _scale.rescale_plane(norm, s)
-        del norm
         points = None
         if counter is not None:
+            # the counter finds the size first (its size head checks the estimate); the
+            # segmenter then uses the same diameter
+            pending = scale.pending
             sub = count(
                 raw,
                 counter,
                 axes="YX",
-                diameter=scale.diameter,
+                diameter="auto" if pending and scale.requested == "auto" else scale.diameter,
                 device=str(dev),
                 cancel=cancel,
                 tile_size=tile_size,
             )
             points = sub.points
-        del raw
+            if pending and sub.diameter_source == "estimated" and sub.diameter:
+                scale.set_diameter(float(sub.diameter))
+        if scale.pending:
+            runner.report("segment: estimating the nucleus size")
+        s = scale.resolve(raw)
+        model_plane = _scale.rescale_plane(norm, s)
+        del norm, raw
         if not total_set:
             runner.set_total(model_plane.shape, plan.n_planes - k)
             total_set = True
@@ -664,4 +798,5 @@ def segment(
         diameter=scale.diameter if isinstance(scale.diameter, float) else None,
         model=str(getattr(loaded, "name", "")),
         seeds=seeds,
+        diameter_source=scale.source,
     )
