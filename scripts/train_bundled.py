@@ -1,25 +1,33 @@
 #!/usr/bin/env python
-"""Reproduce the bundled models ``nuclei-count`` and ``nuclei-seg`` from BBBC039.
+"""Train the bundled generalist models ``nuclei-count`` and ``nuclei-seg`` on many sources.
 
-Usage (the commands that produced the shipped models)::
+Usage (the commands that produced the shipped models are in docs/models.md)::
 
-    python scripts/train_bundled.py --task count --data /path/to/bbbc039 \
-        --out src/napari_nalu_count/models/bundled --minutes 27 --threads 1 \
-        --input-scale 0.5 --batch 8 --patch 128 --sigma 2 --bn-recalibrate 30 \
-        --steps-per-epoch 150 --calibrate-count
-    python scripts/train_bundled.py --task segment --data /path/to/bbbc039 \
-        --out src/napari_nalu_count/models/bundled --minutes 36 --threads 1
+    python scripts/train_bundled.py --task count --data ../shared/data --minutes 100 \\
+        --out src/napari_nalu_count/models/bundled
+    python scripts/train_bundled.py --task segment --data ../shared/data --minutes 100 \\
+        --out src/napari_nalu_count/models/bundled
 
-Trains on the BBBC039 ``train`` split (110 images), selects the best epoch on the ``val`` split
-(38 images) and saves the model with ``models.save_model`` (atomic), its card holding the val
-metrics and how it was trained. ``--input-scale s`` trains on images, dots and masks resampled
-by ``s`` (the card then carries ``input_scale`` and its ``diameter`` is on that grid);
-``--bn-recalibrate N`` re-estimates BatchNorm statistics on N whole training images before each
-validation; ``--calibrate-count`` rescales the card's ``density_scale`` so the mean count on the
-whole training images is right. Objects under ``--min-size`` pixels (default
-40: micronuclei and fragments, ~5% of the annotated objects) are dropped from the training
-targets and the main metrics; the card also reports the metrics against *all* annotated
-objects (``*_all_objects``). The schedule is a cosine decay over the wall-clock budget.
+Data: the train splits of BBBC039 (110 images, U2OS, Hoechst, 16-bit), DSB 2018 stage 1
+fluorescence (420 images, many labs and microscopes, 8-bit, 7-94 px nuclei) and Aitslab (30
+images, another microscope, ~44 px), plus synthetic images from
+:func:`napari_nalu_count.data.synthetic.synthetic_varied` (any size, texture, uneven
+background, 8-bit cameras). Every annotated object counts (``--min-size``, default 0, drops
+smaller ones from the targets). Model selection and the card's metrics use the val splits of
+the three real sets, each reported separately.
+
+The model grid: every image is resampled so that its median nucleus diameter (measured on its
+masks) becomes ``--diameter`` pixels (the card's ``diameter``); training then jitters the scale
+of every patch log-uniformly in ``--scale-jitter`` so that the automatic size estimate
+(:func:`napari_nalu_count.infer.estimate_diameter`) may be off by that much at little cost.
+The card says ``diameter_mode: "estimate"``: ``count(image)`` estimates the nucleus size of
+the user's image and resamples it by ``diameter / estimate``.
+
+The counter's loss is the density MSE plus ``--count-weight`` x smooth-L1 of the patch count;
+the segmenter's cross-entropy (class weights 1/1/2) plus soft Dice. ``--calibrate-count``
+multiplies the card's ``density_scale`` by the mean predicted / true count ratio on the whole
+*training* images (val is not used). Selection: the epoch with the lowest mean (over the three
+sets) relative count MAE, or the highest mean instance F1.
 """
 
 from __future__ import annotations
@@ -34,81 +42,110 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_nalu_count.data import typical_diameter
-from napari_nalu_count.data.readers import load_bbbc039
+from napari_nalu_count.data import load_aitslab, load_bbbc039, load_dsb2018
+from napari_nalu_count.data.readers import Sample
+from napari_nalu_count.data.synthetic import synthetic_varied
 from napari_nalu_count.models import make_card, save_model
 from napari_nalu_count.train import TrainConfig, evaluate, train
 from napari_nalu_count.train.dataset import prepare, rescale_samples
 
-PRESETS = {
-    "count": dict(
-        name="nuclei-count",
-        config={
-            "architecture": "unet_count",
-            "in_channels": 1,
-            "out_channels": 1,
-            "activation": "leaky_relu",
-            "unit": "nac",
-            "widths": [16, 32, 64, 128],
-            "fre": None,
-            "deep_supervision": False,
-        },
-        cfg=dict(
-            batch_size=4,
-            patch_size=128,
-            lr=1e-3,
-            min_lr=1e-5,
-            warmup_steps=100,
-            sigma=3.0,
-            density_scale=100.0,
-            reg_weight=1e-3,
-        ),
-        description=(
-            "Nucleus counter (density regression): counting U-Net with NAC arithmetic residual "
-            "units, trained on BBBC039 (U2OS nuclei, Hoechst)."
-        ),
-    ),
-    "segment": dict(
-        name="nuclei-seg",
-        config={
-            "architecture": "se_unet",
-            "in_channels": 1,
-            "out_channels": 3,
-            "activation": "relu",
-            "unit": None,
-            "widths": [16, 32, 64, 128],
-            "fre": {"B": 32, "X": 4.0, "seed": 0},
-            "deep_supervision": False,
-        },
-        cfg=dict(
-            batch_size=4,
-            patch_size=128,
-            lr=1e-3,
-            min_lr=1e-5,
-            warmup_steps=100,
-            dice=True,
-            class_weights=[1.0, 1.0, 2.0],
-        ),
-        description=(
-            "Nucleus segmenter (3 classes: background, interior, boundary -> instances): SE "
-            "U-Net with Feature Random Enhancement, trained on BBBC039 (U2OS nuclei, Hoechst)."
-        ),
-    ),
+ARCH = {
+    "count": {
+        "architecture": "unet_count",
+        "in_channels": 1,
+        "out_channels": 1,
+        "activation": "leaky_relu",
+        "unit": "nac",
+        "widths": [16, 32, 64, 128],
+        "fre": None,
+        "deep_supervision": False,
+        "size_head": True,
+    },
+    "segment": {
+        "architecture": "se_unet",
+        "in_channels": 1,
+        "out_channels": 3,
+        "activation": "relu",
+        "unit": None,
+        "widths": [16, 32, 64, 128],
+        "fre": {"B": 32, "X": 4.0, "seed": 0},
+        "deep_supervision": False,
+    },
+}
+DEFAULT_DIAMETER = {"count": 12.0, "segment": 20.0}
+SOURCES = ("bbbc039", "dsb2018", "aitslab", "synthetic")
+DESCRIPTION = {
+    "count": "Generalist nucleus counter (density regression): counting U-Net with {unit} "
+    "arithmetic residual units, trained on BBBC039, DSB 2018 fluorescence, Aitslab and "
+    "synthetic nuclei at a {d:g} px nucleus diameter; finds the nucleus size itself.",
+    "segment": "Generalist nucleus segmenter (background / interior / boundary -> instances): "
+    "SE U-Net with Feature Random Enhancement, trained on BBBC039, DSB 2018 fluorescence, "
+    "Aitslab and synthetic nuclei at a {d:g} px nucleus diameter; finds the nucleus size itself.",
 }
 
 
-def calibrate_count(
-    net: torch.nn.Module, train_samples: list, normalization: dict, density_scale: float
-) -> tuple[float, dict]:
-    """``(calibrated density_scale, record)``: the training density scale times the ratio of the
-    mean predicted to the mean true count over the whole *training* images (a single scalar, so
-    a systematic under- or over-count of the trained network is removed; val is not used)."""
-    m = evaluate(
-        net,
-        prepare(train_samples, "count", normalization=normalization),
-        "count",
-        density_scale=density_scale,
-    )
+def median_diameter(sample: Sample) -> float | None:
+    """Median equivalent diameter (px) of the sample's instances, None without objects."""
+    lab = sample.labels
+    if lab is None or lab.max() == 0:
+        return None
+    sizes = np.bincount(lab.ravel())[1:]
+    sizes = sizes[sizes > 0]
+    return float(np.median(np.sqrt(4.0 * sizes / np.pi)))
+
+
+def to_model_grid(samples: list[Sample], diameter: float, task: str, source: str) -> list[Sample]:
+    """Resample every sample so its median object diameter becomes ``diameter`` px; images
+    without objects use the median diameter of their source. ``meta['source']`` is set."""
+    ds = [median_diameter(s) for s in samples]
+    known = [d for d in ds if d]
+    fallback = float(np.median(known)) if known else diameter
+    out = []
+    for s, d in zip(samples, ds, strict=True):
+        factor = float(np.clip(diameter / (d or fallback), 1.0 / 16.0, 4.0))
+        (r,) = rescale_samples([s], factor, task)
+        r.meta = {
+            **r.meta,
+            "source": source,
+            "diameter": d,
+            "scale": factor,
+            "size_ratio": (d or fallback) * factor / diameter,
+        }
+        out.append(r)
+    return out
+
+
+def synthetic_set(n: int, seed: int, min_size: int) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        side = int(rng.choice([256, 320, 384, 512]))
+        s = synthetic_varied((side, side), seed=seed * 100_000 + i)
+        if min_size > 1:
+            from napari_nalu_count.data import instances_to_dots, remove_small_instances
+
+            s.labels = remove_small_instances(s.labels, min_size)
+            s.dots = instances_to_dots(s.labels)
+        out.append(s)
+    return out
+
+
+def load_sources(root: str, split: str, names: list[str], min_size: int, limit, n_synth: int):
+    loaders = {"bbbc039": load_bbbc039, "dsb2018": load_dsb2018, "aitslab": load_aitslab}
+    data = {}
+    for name in names:
+        if name == "synthetic":
+            if split == "train" and n_synth > 0:
+                data[name] = synthetic_set(n_synth, 1, min_size)
+            continue
+        data[name] = loaders[name](root, split, min_size=min_size, limit=limit)
+    return data
+
+
+def calibrate_count(net, train_items, density_scale: float) -> tuple[float, dict]:
+    """``(calibrated density_scale, record)`` from the mean predicted / true count on the whole
+    training images (one scalar; val is not used)."""
+    m = evaluate(net, train_items, "count", density_scale=density_scale)
     ratio = (m["mean_true"] + m["bias"]) / m["mean_true"]
     record = {
         "images": int(m["n_images"]),
@@ -117,7 +154,7 @@ def calibrate_count(
         "ratio": round(float(ratio), 6),
         "training_density_scale": density_scale,
     }
-    if not 0.5 <= ratio <= 2.0:  # an untrained or broken network: leave the scale alone
+    if not 0.5 <= ratio <= 2.0:
         record["skipped"] = "ratio outside [0.5, 2]"
         return float(density_scale), record
     return float(density_scale * ratio), record
@@ -126,90 +163,114 @@ def calibrate_count(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--task", choices=("count", "segment"), required=True)
-    p.add_argument("--data", required=True, help="the bbbc039 folder")
+    p.add_argument(
+        "--data", required=True, help="folder holding bbbc039/, dsb2018_train/, aitslab/"
+    )
+    p.add_argument(
+        "--sources", default=",".join(SOURCES), help="comma list of " + ", ".join(SOURCES)
+    )
+    p.add_argument("--weights", default="bbbc039:0.25,dsb2018:0.4,aitslab:0.2,synthetic:0.15")
+    p.add_argument("--synthetic", type=int, default=240, help="synthetic training images")
     p.add_argument("--out", default="src/napari_nalu_count/models/bundled")
-    p.add_argument("--minutes", type=float, default=38.0, help="wall-clock training budget")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--steps-per-epoch", type=int, default=300)
-    p.add_argument("--epochs", type=int, default=1000, help="upper bound; the budget decides")
+    p.add_argument("--name", default=None)
+    p.add_argument("--minutes", type=float, default=100.0, help="wall-clock training budget")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps-per-epoch", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=10_000, help="upper bound; the budget decides")
+    p.add_argument(
+        "--steps", type=int, default=None, help="a step budget instead of --minutes (pilots)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-size", type=int, default=40)
+    p.add_argument("--min-size", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="at most N images per set (smoke)")
+    p.add_argument("--diameter", type=float, default=None, help="nucleus diameter on the grid")
+    p.add_argument("--scale-jitter", default="0.7,1.45")
+    p.add_argument("--wide-jitter", default="0.3,3.0", help="size-head patches (counter)")
+    p.add_argument("--wide-prob", type=float, default=0.25)
+    p.add_argument("--no-size-head", action="store_true")
+    p.add_argument("--unit", default=None, help="counter: nac, nau, nalu, ... or none (ReLU)")
+    p.add_argument("--widths", default=None, help="e.g. 16,32,64,128")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--patch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--sigma", type=float, default=2.0, help="density target sigma (grid px)")
+    p.add_argument("--count-weight", type=float, default=0.01)
+    p.add_argument("--no-appearance", action="store_true")
+    p.add_argument("--calibrate-count", action="store_true")
     p.add_argument("--fre-b", type=int, default=None)
     p.add_argument("--fre-x", type=float, default=None)
-    p.add_argument("--limit", type=int, default=None, help="use only N images per split (smoke)")
-    p.add_argument("--name", default=None)
-    p.add_argument(
-        "--input-scale",
-        type=float,
-        default=1.0,
-        help="train on images and targets resampled by this factor (stored as the card's "
-        "input_scale: inference resamples user images by it when no diameter is given)",
-    )
-    p.add_argument("--batch", type=int, default=None, help="patches per step (preset: 4)")
-    p.add_argument("--patch", type=int, default=None, help="patch size on the model grid")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--sigma", type=float, default=None, help="density target sigma (model grid)")
-    p.add_argument(
-        "--calibrate-count",
-        action="store_true",
-        help="after training, scale the card's density_scale so the mean predicted count on "
-        "the whole *training* images equals the mean true count (val is not used)",
-    )
-    p.add_argument(
-        "--bn-recalibrate",
-        type=int,
-        default=0,
-        help="re-estimate BatchNorm statistics on N whole training images before each "
-        "validation (0: off)",
-    )
+    p.add_argument("--log-json", default=None, help="write the history here as it grows")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    preset = PRESETS[args.task]
-    name = args.name or preset["name"]
-    config = json.loads(json.dumps(preset["config"]))
-    if args.task == "segment" and (args.fre_b is not None or args.fre_x is not None):
-        fre = dict(config["fre"])
-        if args.fre_b is not None:
-            fre["B"] = args.fre_b
-        if args.fre_x is not None:
-            fre["X"] = args.fre_x
-        config["fre"] = fre
+    task = args.task
+    diameter = args.diameter or DEFAULT_DIAMETER[task]
+    config = json.loads(json.dumps(ARCH[task]))
+    if args.unit is not None:
+        config["unit"] = None if args.unit.lower() in ("none", "relu") else args.unit
+    if args.widths:
+        config["widths"] = [int(v) for v in args.widths.split(",")]
+    if task == "segment" and (args.fre_b is not None or args.fre_x is not None):
+        config["fre"] = {
+            "B": args.fre_b if args.fre_b is not None else config["fre"]["B"],
+            "X": args.fre_x if args.fre_x is not None else config["fre"]["X"],
+            "seed": 0,
+        }
+    name = args.name or ("nuclei-count" if task == "count" else "nuclei-seg")
+    names = [s.strip() for s in args.sources.split(",") if s.strip()]
+    bad = sorted(set(names) - set(SOURCES))
+    if bad:
+        p.error(f"unknown sources {bad}")
+    weights = {k: float(v) for k, v in (kv.split(":") for kv in args.weights.split(","))}
+    weights = {k: v for k, v in weights.items() if k in names}
 
     t_load = time.time()
-    tr = load_bbbc039(args.data, "train", min_size=args.min_size, limit=args.limit)
-    va = load_bbbc039(args.data, "val", min_size=args.min_size, limit=args.limit)
-    va_all = load_bbbc039(args.data, "val", min_size=0, limit=args.limit)
-    diameter = float(np.median([typical_diameter(s.labels) for s in tr if s.labels.max() > 0]))
-    if args.input_scale != 1.0:
-        tr = rescale_samples(tr, args.input_scale, args.task)
-        va = rescale_samples(va, args.input_scale, args.task)
-        va_all = rescale_samples(va_all, args.input_scale, args.task)
-        diameter *= args.input_scale  # the card's diameter is on the model grid
-    print(
-        f"loaded {len(tr)} train / {len(va)} val images in {time.time() - t_load:.1f}s; "
-        f"typical diameter {diameter:.1f} px",
-        flush=True,
+    tr_raw = load_sources(args.data, "train", names, args.min_size, args.limit, args.synthetic)
+    va_raw = load_sources(args.data, "val", names, args.min_size, args.limit, 0)
+    tr = [s for src, ss in tr_raw.items() for s in to_model_grid(ss, diameter, task, src)]
+    va = [s for src, ss in va_raw.items() for s in to_model_grid(ss, diameter, task, src)]
+    summary = {
+        src: {
+            "train_images": len(tr_raw.get(src, [])),
+            "val_images": len(va_raw.get(src, [])),
+            "train_objects": int(sum(len(s.dots) for s in tr_raw.get(src, []))),
+        }
+        for src in names
+    }
+    print(f"loaded in {time.time() - t_load:.0f}s: {summary}", flush=True)
+    lo, hi = (float(v) for v in args.scale_jitter.split(","))
+    settings = dict(
+        batch_size=args.batch,
+        patch_size=args.patch,
+        lr=args.lr,
+        min_lr=1e-5,
+        warmup_steps=100,
+        scale_jitter=[lo, hi],
+        appearance=None if args.no_appearance else {"p": 0.35},
+        source_weights=weights,
+        monitor="mre_mean" if task == "count" else "f1_mean",
     )
-
-    settings = dict(preset["cfg"])
-    for key, value in (
-        ("batch_size", args.batch),
-        ("patch_size", args.patch),
-        ("lr", args.lr),
-        ("sigma", args.sigma),
-    ):
-        if value is not None:
-            settings[key] = value
+    if task == "count":
+        settings.update(sigma=args.sigma, density_scale=100.0, count_weight=args.count_weight)
+        if args.no_size_head:
+            config["size_head"] = False
+        else:
+            wlo, whi = (float(v) for v in args.wide_jitter.split(","))
+            settings.update(wide_jitter=[wlo, whi], wide_prob=args.wide_prob)
+    else:
+        settings.update(dice=True, class_weights=[1.0, 1.0, 2.0])
+    epochs, minutes_budget = args.epochs, args.minutes
+    if args.steps is not None:
+        epochs, minutes_budget = max(1, args.steps // args.steps_per_epoch), None
     cfg = TrainConfig(
-        epochs=args.epochs,
+        epochs=epochs,
         steps_per_epoch=args.steps_per_epoch,
         patience=10_000,
         seed=args.seed,
-        max_minutes=args.minutes,
-        bn_recalibrate=args.bn_recalibrate,
+        max_minutes=minutes_budget,
         **settings,
     )
+    history_log: list[dict] = []
 
     def progress(ev: dict) -> None:
         if ev["kind"] == "step" and ev["step"] % 50 == 0:
@@ -220,70 +281,58 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"epoch {ev['epoch']} step {ev['step']} loss {ev['loss']:.4f} {m}{star}", flush=True
             )
+            history_log.append({"epoch": ev["epoch"], "step": ev["step"], "loss": ev["loss"], **m})
+            if args.log_json:
+                Path(args.log_json).write_text(json.dumps(history_log, indent=1))
 
     t0 = time.time()
-    result = train(config, tr, va, args.task, cfg, callback=progress)
+    result = train(config, tr, va, task, cfg, callback=progress)
     minutes = (time.time() - t0) / 60
     print(f"trained {result.steps} steps in {minutes:.1f} min; best epoch {result.best_epoch}")
 
-    # metrics of the selected weights (deterministic re-evaluation) on both GT variants
     norm = cfg.normalization
     density_scale = cfg.density_scale
     calibration = None
-    if args.task == "count" and args.calibrate_count:
-        density_scale, calibration = calibrate_count(result.net, tr, norm, cfg.density_scale)
+    if task == "count" and args.calibrate_count:
+        tr_items = prepare(tr, task, normalization=norm)
+        density_scale, calibration = calibrate_count(result.net, tr_items, cfg.density_scale)
         print(f"count calibration on the training images: {calibration}", flush=True)
     metrics = evaluate(
-        result.net,
-        prepare(va, args.task, normalization=norm),
-        args.task,
-        density_scale=density_scale,
+        result.net, prepare(va, task, normalization=norm), task, density_scale=density_scale
     )
-    metrics_all = evaluate(
-        result.net,
-        prepare(va_all, args.task, normalization=norm),
-        args.task,
-        density_scale=density_scale,
-    )
-    card_metrics: dict = {"split": f"BBBC039 val ({len(va)} images, objects >= {args.min_size} px)"}
-    for k, v in metrics.items():
-        card_metrics[k] = v
-    for k, v in metrics_all.items():
-        if k != "n_images":
-            card_metrics[f"{k}_all_objects"] = v
+    card_metrics = {
+        "split": "val splits of "
+        + ", ".join(s for s in names if s != "synthetic")
+        + f" (all annotated objects >= {args.min_size} px), each resampled to the model grid "
+        "by its true median diameter; full per-set results: nalu-count bench accuracy",
+        **{k: v for k, v in metrics.items() if not isinstance(v, list)},
+    }
     command = "python scripts/train_bundled.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    extra = {"input_scale": args.input_scale} if args.input_scale != 1.0 else {}
     card = make_card(
         name,
-        args.task,
+        task,
         result.config,
-        **extra,
-        density_scale=round(density_scale, 6) if args.task == "count" else None,
+        density_scale=round(density_scale, 6) if task == "count" else None,
         diameter=round(diameter, 2),
+        diameter_mode="estimate",
+        scale_jitter=[lo, hi],
         normalization=dict(norm),
         training={
-            "data": f"BBBC039 train ({len(tr)} images), objects >= {args.min_size} px"
-            + (f", resampled by {args.input_scale:g}" if args.input_scale != 1.0 else ""),
+            "data": summary,
             "epochs": len(result.history),
             "best_epoch": result.best_epoch,
             "steps": result.steps,
             "minutes": round(minutes, 1),
             "seed": args.seed,
             "command": command,
-            "machine": f"{platform.machine()} CPU, {args.threads} thread(s), shared 2-core host",
+            "machine": f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), "
+            f"{args.threads} torch thread(s), 2-core host",
             "settings": cfg.to_dict(),
             **({"count_calibration": calibration} if calibration else {}),
-            "history": [
-                {
-                    "epoch": h["epoch"],
-                    "loss": h["loss"],
-                    **{k: v for k, v in h["metrics"].items() if isinstance(v, float)},
-                }
-                for h in result.history
-            ],
+            "history": history_log,
         },
         metrics=card_metrics,
-        description=preset["description"],
+        description=DESCRIPTION[task].format(unit=str(config.get("unit")).upper(), d=diameter),
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

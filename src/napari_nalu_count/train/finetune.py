@@ -8,7 +8,17 @@ whose card records the data, the settings and the before/after metrics.
 
 Held-out part: with two or more images, ``holdout`` of the images (at least one) chosen with the
 seed; with a single image, a strip along its longer side (the last ``holdout`` fraction, see
-:func:`~.dataset.spatial_split`), so one image with a few dozen dots is enough.
+:func:`~.dataset.spatial_split`), so one image with a few dozen dots is enough. A strip of the
+training image flatters the result (same field, same cells' neighbours), so it is a last
+resort and the result says so; the before/after metrics always report how many images and
+cells they rest on.
+
+Generalist start models (card ``diameter_mode: "estimate"``, such as the bundled ones) are
+fine-tuned the way they were trained: every image is resampled so that its nuclei have the
+model's grid diameter (measured per image from its labels, or given, or found by the start
+model itself as ``count`` finds it), with the same scale jitter, so the new model still finds
+the nucleus size itself. For counting models the before/after figures are measured end to end,
+with :func:`napari_nalu_count.infer.count` on the held-out images at their own resolution.
 """
 
 from __future__ import annotations
@@ -140,6 +150,7 @@ def make_trained_card(
     metrics: dict[str, Any],
     description: str | None = None,
     input_scale: float | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A model card for a trained network (see ``models.make_card``); ``input_scale`` (the
     factor the training images were resampled by) is stored when it is not 1."""
@@ -158,7 +169,67 @@ def make_trained_card(
         fields["description"] = description
     if input_scale is not None and float(input_scale) != 1.0:
         fields["input_scale"] = round(float(input_scale), 6)
+    fields.update(extra or {})
     return make_card(name, task, result.config, **fields)
+
+
+def _image_diameters(
+    samples: Sequence[Any], start: Any, diameter: float | None
+) -> tuple[list[float], str]:
+    """Per-image nucleus diameters (pixels of each image) and how they were found: the given
+    ``diameter``; else each image's labels; else the start model's own estimate (``count``)."""
+    from napari_nalu_count.data import typical_diameter
+
+    if diameter is not None:
+        return [float(diameter)] * len(samples), f"given ({float(diameter):g} px)"
+    out, how = [], set()
+    for s in samples:
+        lab = None if s.labels is None else np.asarray(s.labels)
+        if lab is not None and lab.max() > 0:
+            out.append(typical_diameter(lab))
+            how.add("measured from the labels")
+            continue
+        d = None
+        if start.task == "count":
+            from napari_nalu_count.infer import count
+
+            d = count(np.asarray(s.image), start, axes=None).diameter
+        if d is None:
+            from napari_nalu_count.infer.scale import estimate_diameter
+
+            d = estimate_diameter(np.asarray(s.image))
+        if d is None:
+            raise InputError(
+                f"cannot find the nucleus size of image {getattr(s, 'name', '')!r}; "
+                "pass diameter= (pixels)"
+            )
+        out.append(float(d))
+        how.add("estimated by the start model")
+    return out, " / ".join(sorted(how))
+
+
+def _as_model(net: nn.Module, card: dict[str, Any], name: str) -> Any:
+    """A LoadedModel-like view of an in-memory network for the inference engine."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(net=net, card=card, task=card["task"], config=card["config"], name=name)
+
+
+def end_to_end_counts(model: Any, samples: Sequence[Any], diameters: Sequence[Any]) -> dict:
+    """Count metrics of ``model`` (``infer.count``) on whole ``samples`` at their own
+    resolution, with ``diameters`` per image (None: the engine's default); plus ``n_cells``."""
+    from napari_nalu_count.infer import count
+
+    from .metrics import count_metrics
+
+    pred, true = [], []
+    for s, d in zip(samples, diameters, strict=True):
+        res = count(np.asarray(s.image), model, axes=None, diameter=d, device="cpu")
+        pred.append(float(res.count))
+        true.append(float(s.count or 0))
+    out = count_metrics(pred, true)
+    out["n_cells"] = int(round(sum(true)))
+    return out
 
 
 def _load_start(start_model: Any) -> Any:
@@ -255,7 +326,31 @@ def fine_tune(
 
     start_diam = start_card.get("diameter")
     start_scale = float(start_card.get("input_scale") or 1.0)
-    if diameter is not None:
+    generalist = start_card.get("diameter_mode") == "estimate" and bool(start_diam)
+    originals = list(samples)
+    image_d: list[float] = []
+    extra_card: dict[str, Any] = {}
+    if generalist:
+        image_d, diam_how = _image_diameters(samples, start, diameter)
+        from .dataset import rescale_samples
+
+        grid = []
+        for smp, d in zip(samples, image_d, strict=True):
+            grid += rescale_samples([smp], scale_factor(d, start_diam), task)
+        samples = grid
+        factor, diam = 1.0, float(start_diam)
+        jitter = start_card.get("scale_jitter")
+        if cfg.scale_jitter is None and jitter:
+            cfg.scale_jitter = [float(jitter[0]), float(jitter[1])]
+        extra_card = {"diameter_mode": "estimate"}
+        if jitter:
+            extra_card["scale_jitter"] = list(jitter)
+        notes.append(
+            f"each image resampled so its nuclei ({diam_how}: "
+            + ", ".join(f"{d:.1f}" for d in image_d)
+            + f" px) are {float(start_diam):g} px, the model grid"
+        )
+    elif diameter is not None:
         d = float(diameter)
         if not (np.isfinite(d) and d > 0):
             raise InputError(f"diameter must be a positive number of pixels, got {diameter!r}")
@@ -279,23 +374,38 @@ def fine_tune(
 
         samples = rescale_samples(samples, factor, task)
         notes.append(f"images resampled by {factor:.4g} to the model grid")
-    notes.append(
-        f"diameter {diam_how}"
-        + ("" if diam is None else f": {float(diam):.1f} px on the model grid")
-    )
+    if not generalist:
+        notes.append(
+            f"diameter {diam_how}"
+            + ("" if diam is None else f": {float(diam):.1f} px on the model grid")
+        )
 
     train_s, held_s, held_desc = split_holdout(samples, holdout, cfg.seed)
+    if len(samples) == 1:
+        notes.append(
+            "only one image: the before/after metrics come from a strip of the training image, "
+            "which flatters them; annotate a second image to measure on an unseen one"
+        )
+    held_names = {id(h) for h in held_s}
+    held_orig = [o for o, g in zip(originals, samples, strict=True) if id(g) in held_names]
+    # measured as the user will count: with the diameter they gave, else found by the model
+    held_d = [diameter] * len(held_orig)
+    e2e = generalist and task == "count" and len(originals) >= 2 and len(held_orig) == len(held_s)
     in_ch = int(config.get("in_channels", 1))
     held_items = prepare(held_s, task, normalization=cfg.normalization, in_channels=in_ch)
     n_classes = int(config.get("out_channels", 3))
-    before = evaluate(
-        copy.deepcopy(start.net).float(),
-        held_items,
-        task,
-        density_scale=cfg.density_scale,
-        n_classes=n_classes,
-        boundary_width=cfg.boundary_width,
-    )
+    if e2e:
+        before = end_to_end_counts(start, held_orig, held_d)
+    else:
+        before = evaluate(
+            copy.deepcopy(start.net).float(),
+            held_items,
+            task,
+            density_scale=cfg.density_scale,
+            n_classes=n_classes,
+            boundary_width=cfg.boundary_width,
+        )
+        before["n_cells"] = int(round(sum(it.count for it in held_items)))
 
     result = train(start, train_s, held_s, task, cfg, callback=callback, cancel=cancel)
     fre_used = (result.config or {}).get("fre")
@@ -317,14 +427,19 @@ def fine_tune(
             f"stopped after {len(result.history)} epoch(s); saved the best so far "
             f"(epoch {result.best_epoch})"
         )
-    after = evaluate(
-        result.net,
-        held_items,
-        task,
-        density_scale=cfg.density_scale,
-        n_classes=n_classes,
-        boundary_width=cfg.boundary_width,
-    )
+    if e2e:
+        probe = {**start_card, "config": result.config, "density_scale": cfg.density_scale}
+        after = end_to_end_counts(_as_model(result.net, probe, name), held_orig, held_d)
+    else:
+        after = evaluate(
+            result.net,
+            held_items,
+            task,
+            density_scale=cfg.density_scale,
+            n_classes=n_classes,
+            boundary_width=cfg.boundary_width,
+        )
+        after["n_cells"] = int(round(sum(it.count for it in held_items)))
 
     training = {
         "start_model": start.name,
@@ -343,8 +458,13 @@ def fine_tune(
         "notes": notes,
         "command": f"fine_tune({start.name!r}, name={name!r})",
     }
+    how = (
+        "end to end (infer.count on the held-out images at their own resolution)"
+        if e2e
+        else "on the model grid (train.evaluate)"
+    )
     metrics = {
-        "split": f"fine-tuning hold-out: {held_desc}",
+        "split": f"fine-tuning hold-out: {held_desc}, {before['n_cells']} cells; {how}",
         **{k: v for k, v in after.items()},
         "before": before,
         "after": after,
@@ -360,6 +480,7 @@ def fine_tune(
         metrics=metrics,
         description=f"fine-tuned from {start.name}",
         input_scale=factor,
+        extra=extra_card,
     )
     path = save_model(result.net, card, name, directory=directory, overwrite=overwrite)
     return FineTuneResult(

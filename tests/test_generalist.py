@@ -1,0 +1,322 @@
+"""Generalist models: appearance augmentation, widened synthetic data, scale-jittered and
+source-balanced sampling, the size head, the learned size estimate and its use by the engine,
+and fine-tuning a generalist model on the model grid."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_nalu_count.data import typical_diameter
+from napari_nalu_count.data.augment import Appearance
+from napari_nalu_count.data.readers import Sample
+from napari_nalu_count.data.synthetic import synthetic_cells, synthetic_varied
+from napari_nalu_count.errors import InputError, ModelFileError, NaluCountError
+from napari_nalu_count.infer import count, segment
+from napari_nalu_count.infer import engine as eng
+from napari_nalu_count.infer import size as size_mod
+from napari_nalu_count.models import make_card, save_model
+from napari_nalu_count.nn.registry import build_model, validate_config
+from napari_nalu_count.train import TrainConfig, fine_tune
+from napari_nalu_count.train.dataset import PatchSampler, prepare
+from napari_nalu_count.train.loop import _loss
+
+# ------------------------------------------------------------------ appearance augmentation
+
+
+def _disc_image(n=64, r=8.0):
+    yy, xx = np.mgrid[0:n, 0:n]
+    img = np.zeros((n, n), np.float32)
+    for cy, cx in ((16, 16), (40, 44), (20, 48)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1.0
+    return img
+
+
+def test_appearance_keeps_contrast_and_is_reproducible():
+    img = _disc_image()
+    inside = img > 0.5
+    aug = Appearance(p=1.0)
+    for seed in range(20):
+        out = aug(img, np.random.default_rng(seed))
+        assert out.shape == img.shape and out.dtype == np.float32 and np.isfinite(out).all()
+        # nuclei stay clearly brighter than the background whatever the microscope does
+        assert out[inside].mean() > out[~inside].mean() + 0.2, aug.last_ops
+    a = aug(img, np.random.default_rng(3))
+    b = aug(img, np.random.default_rng(3))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(Appearance(p=0.0)(img, 0), img)
+
+
+def test_appearance_quantises_and_validates():
+    img = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    aug = Appearance(p=1.0, levels=(4, 4), noise=0.0, blur=0.0, background=0.0, illumination=0.0)
+    out = aug(img, np.random.default_rng(0))
+    assert len(np.unique(out)) <= 6  # 4 grey levels (+ clipping) survive renormalisation
+    with pytest.raises(InputError):
+        Appearance(p=2.0)
+    with pytest.raises(InputError):
+        Appearance(gamma=(2.0, 1.0))
+    with pytest.raises(InputError):
+        aug(np.zeros((2, 3, 4)))
+
+
+# ------------------------------------------------------------------ widened synthetic data
+
+
+def test_synthetic_varied_exact_and_wide():
+    dtypes, diameters = set(), []
+    for seed in range(8):
+        s = synthetic_varied((128, 128), seed=seed, max_cells=60)
+        assert len(s.dots) == s.labels.max() == s.meta["n_cells"]
+        assert s.image.dtype in (np.uint8, np.uint16)
+        dtypes.add(s.image.dtype)
+        diameters.append(s.meta["diameter"])
+    assert dtypes == {np.dtype(np.uint8), np.dtype(np.uint16)}  # both camera kinds appear
+    assert max(diameters) / min(diameters) > 3  # sizes spread widely
+    a = synthetic_varied((96, 96), seed=4)
+    b = synthetic_varied((96, 96), seed=4)
+    np.testing.assert_array_equal(a.image, b.image)
+    fixed = synthetic_varied((160, 160), seed=1, diameter=24.0)
+    assert typical_diameter(fixed.labels) == pytest.approx(24.0, rel=0.35)
+    with pytest.raises(InputError):
+        synthetic_varied((64, 64), diameter=(10.0, 5.0))
+
+
+def test_synthetic_cells_uint8_saturates():
+    s = synthetic_cells((64, 64), 10, 10.0, seed=0, dtype="uint8", photons=1000, dark=0)
+    assert s.image.dtype == np.uint8 and s.image.max() == 255
+
+
+# ------------------------------------------------------------------ sampling
+
+
+def _items(n=3, source="a", diameter=10.0, seed=0):
+    samples = []
+    for i in range(n):
+        s = synthetic_cells((96, 96), 25, diameter, seed=seed + i)
+        s.meta["source"] = source
+        samples.append(s)
+    return samples
+
+
+def test_scale_jitter_keeps_targets_exact_and_reports_sizes():
+    items = prepare(_items(), "count")
+    sp = PatchSampler(
+        items,
+        "count",
+        48,
+        6,
+        np.random.default_rng(0),
+        sigma=1.5,
+        density_scale=1.0,
+        augment=False,
+        scale_jitter=(0.5, 2.0),
+    )
+    x, y, valid = sp.batch()
+    assert x.shape == (6, 1, 48, 48) and y.shape == (6, 1, 48, 48)
+    info = sp.batch_info
+    assert info["log_size"].shape == (6,) and bool(info["narrow"].all())
+    assert float(info["log_size"].abs().max()) <= math.log(2.0) + 1e-6
+    assert float(info["log_size"].abs().max()) > 0.01  # really jittered
+    # wide patches are flagged for the size head only
+    sp2 = PatchSampler(
+        items, "count", 48, 4, np.random.default_rng(1), augment=False,
+        scale_jitter=(0.9, 1.1), wide_jitter=(0.3, 3.0), wide_prob=1.0,
+    )  # fmt: skip
+    sp2.batch()
+    assert not bool(sp2.batch_info["narrow"].any())
+
+
+def test_resampled_patch_moves_dots_with_the_image():
+    from napari_nalu_count.train.dataset import _resample_patch
+
+    img = np.zeros((1, 40, 40), np.float32)
+    img[0, 10, 30] = 1.0
+    dots = np.array([[10.0, 30.0]])
+    out, d, _ = _resample_patch(img, dots, None, 2.0)
+    assert out.shape == (1, 80, 80)
+    peak = np.unravel_index(np.argmax(out[0]), out[0].shape)
+    assert np.allclose(d[0], peak, atol=1.0)
+
+
+def test_source_weights_balance_sampling():
+    items = prepare(_items(2, "big") + _items(1, "small", seed=9), "count")
+    sp = PatchSampler(
+        items, "count", 32, 2, np.random.default_rng(0), source_weights={"big": 0.0, "small": 1.0}
+    )
+    assert sp.weights[:2].sum() == 0 and sp.weights[2] == pytest.approx(1.0)
+    with pytest.raises(InputError, match="no weight"):
+        PatchSampler(items, "count", 32, 2, np.random.default_rng(0), source_weights={"x": 1})
+
+
+# ------------------------------------------------------------------ size head and losses
+
+
+def test_size_head_config_and_output():
+    cfg = validate_config({"architecture": "unet_count", "widths": [4, 8], "size_head": True})
+    net = build_model(cfg).eval()
+    assert net(torch.rand(2, 1, 32, 32)).shape == (2, 2, 32, 32)
+    assert validate_config({"architecture": "unet_count"})["size_head"] is False
+    with pytest.raises(ModelFileError, match="size_head"):
+        validate_config({"architecture": "fcrn_a", "size_head": True})
+    with pytest.raises(ModelFileError, match="size_head"):
+        validate_config({"architecture": "unet_count", "size_head": "yes"})
+
+
+def test_count_and_size_losses_reach_their_heads():
+    torch.manual_seed(0)
+    net = build_model({"architecture": "unet_count", "widths": [4, 8], "size_head": True})
+    x = torch.rand(2, 1, 32, 32)
+    y = torch.zeros(2, 1, 32, 32)
+    y[:, :, 10:14, 10:14] = 1.0
+    valid = torch.ones(2, 1, 32, 32)
+    info = {"log_size": torch.tensor([0.5, -0.5]), "narrow": torch.tensor([1.0, 0.0])}
+    base = TrainConfig(density_scale=1.0, count_weight=0.0, size_weight=0.0)
+    both = TrainConfig(density_scale=1.0, count_weight=1.0, size_weight=1.0)
+    out = net(x)
+    l0 = _loss(net, out, y, valid, "count", base, None, info)
+    l1 = _loss(net, out, y, valid, "count", both, None, info)
+    assert float(l1) > float(l0)
+    net.zero_grad()
+    l1.backward()
+    assert net.size_head.weight.grad is not None and net.size_head.weight.grad.abs().sum() > 0
+    # with size_weight 0 the size head gets no gradient
+    net.zero_grad()
+    _loss(net, net(x), y, valid, "count", base, None, info).backward()
+    assert net.size_head.weight.grad is None or float(net.size_head.weight.grad.abs().sum()) == 0
+
+
+def test_per_source_validation_metrics():
+    from napari_nalu_count.train import evaluate
+
+    items = prepare(_items(2, "a") + _items(2, "b", seed=7), "count")
+    net = build_model({"architecture": "unet_count", "widths": [4, 8]})
+    m = evaluate(net, items, "count", density_scale=100.0)
+    assert {"mre@a", "mre@b", "mre_mean", "mae_mean"} <= set(m)
+    assert m["mre_mean"] == pytest.approx((m["mre@a"] + m["mre@b"]) / 2)
+
+
+# ------------------------------------------------------------------ learned size estimate
+
+
+@pytest.mark.parametrize("diameter", [8.0, 20.0, 48.0])
+def test_estimate_diameter_on_synthetic_nuclei(diameter):
+    side = int(max(160, diameter * 10))
+    n = int(0.2 * side * side / (math.pi * diameter**2 / 4))
+    s = synthetic_cells((side, side), n, diameter, seed=3, diameter_sd=0.1, texture=0.1)
+    true = typical_diameter(s.labels)
+    est = size_mod.estimate_diameter(s.image)
+    assert est == pytest.approx(true, rel=0.3), (est, true)
+
+
+def test_estimate_diameter_flat_and_bad_regressor(tmp_path):
+    assert size_mod.estimate_diameter(np.full((64, 64), 7, np.uint16)) is None
+    bad = tmp_path / "reg.json"
+    bad.write_text('{"mean": [1, 2], "std": [1], "layers": [[[[1, 2]], [0]]]}')
+    with pytest.raises(ModelFileError):
+        size_mod.load_regressor(str(bad))
+    with pytest.raises(ModelFileError, match="missing"):
+        size_mod.load_regressor(str(tmp_path / "nothing.json"))
+    profile = size_mod.scale_profile(np.zeros((20, 20), np.float32))
+    assert profile.shape == (3 * size_mod.N_SCALES,) and np.isfinite(profile).all()
+
+
+# ------------------------------------------------------------------ the engine
+
+
+def _save(tmp_path, name, config, task="count", **card):
+    torch.manual_seed(0)
+    net = build_model(config)
+    c = make_card(name, task, net.config, metrics={"split": "none"}, **card)
+    return save_model(net, c, tmp_path / name)
+
+
+def test_engine_estimates_size_for_generalist_cards(tmp_path):
+    cfg = {"architecture": "unet_count", "widths": [4, 8], "size_head": True}
+    gen = _save(tmp_path, "gen", cfg, diameter=12.0, diameter_mode="estimate")
+    fixed = _save(tmp_path, "fixed", cfg, diameter=12.0)
+    img = synthetic_cells((128, 128), 30, 16.0, seed=1).image
+    r = count(img, gen, device="cpu")
+    assert r.diameter_source == "estimated" and r.diameter == pytest.approx(16.0, rel=0.6)
+    assert r.density.shape == img.shape
+    assert count(img, gen, diameter=20.0, device="cpu").diameter_source == "given"
+    rf = count(img, fixed, device="cpu")
+    assert rf.diameter_source == "model" and rf.diameter is None
+    assert count(img, fixed, diameter="auto", device="cpu").diameter_source == "estimated"
+    # segmentation uses the counter's diameter for both networks
+    seg_cfg = {"architecture": "se_unet", "widths": [4, 8]}
+    segm = _save(tmp_path, "seg", seg_cfg, "segment", diameter=20.0, diameter_mode="estimate")
+    sr = segment(img, segm, count_model=gen, device="cpu")
+    assert sr.diameter_source == "estimated" and sr.diameter == pytest.approx(r.diameter)
+
+
+def test_size_head_refines_the_estimate(monkeypatch):
+    """A size head that sees objects twice the model diameter doubles the estimate."""
+
+    class FakeRunner:
+        def __init__(self):
+            self.calls = 0
+
+        def check_cancel(self):
+            pass
+
+        def predict_quiet(self, plane):
+            self.calls += 1
+            dens = np.full(plane.shape, 0.01, np.float32)  # plenty of cells
+            logsize = np.full(plane.shape, math.log(2.0) if self.calls == 1 else 0.0, np.float32)
+            return np.stack([dens, logsize])
+
+    st = eng._ScaleState(None, 12.0, None, "estimate")
+    st.set_diameter(12.0)
+    runner = FakeRunner()
+    plane, pred = eng._refine_diameter(runner, np.zeros((100, 100), np.float32), st)
+    assert st.diameter == pytest.approx(24.0) and runner.calls == 2
+    assert plane.shape == (50, 50) and pred is not None  # whole plane checked: reused
+    assert st.estimate["size_head"][0]["log_size"] == pytest.approx(math.log(2.0), abs=1e-3)
+
+
+def test_card_diameter_mode_validation(tmp_path):
+    cfg = {"architecture": "unet_count", "widths": [4, 8]}
+    with pytest.raises(NaluCountError, match="diameter_mode"):  # refused before anything is written
+        _save(tmp_path, "a", cfg, diameter=12.0, diameter_mode="guess")
+    assert not (tmp_path / "a.json").exists()
+    from napari_nalu_count.models.card import validate_card
+
+    card = make_card("b", "count", validate_config(cfg), diameter_mode="estimate")
+    with pytest.raises(ModelFileError, match="needs the card's 'diameter'"):
+        validate_card(card, "b.json", check_weight_fields=False)
+    card = make_card("c", "count", validate_config(cfg), diameter=9.0, scale_jitter=[2, 1])
+    with pytest.raises(ModelFileError, match="scale_jitter"):
+        validate_card(card, "c.json", check_weight_fields=False)
+
+
+# ------------------------------------------------------------------ fine-tuning a generalist
+
+
+def test_fine_tune_generalist_on_the_model_grid(tmp_path):
+    cfg = {"architecture": "unet_count", "widths": [4, 8], "size_head": True}
+    start = _save(
+        tmp_path, "gen", cfg, diameter=12.0, diameter_mode="estimate", scale_jitter=[0.8, 1.25]
+    )
+    samples = []
+    for i, d in enumerate((18.0, 24.0, 20.0)):
+        s = synthetic_cells((96, 96), 12, d, seed=20 + i)
+        samples.append(Sample(image=s.image, dots=s.dots, labels=s.labels, name=f"im{i}"))
+    res = fine_tune(
+        start,
+        samples,
+        name="gen-ft",
+        cfg=TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, patch_size=32),
+        use_fre=False,
+    )
+    card = res.card
+    assert card["diameter_mode"] == "estimate" and card["diameter"] == 12.0
+    assert card["scale_jitter"] == [0.8, 1.25] and "input_scale" not in card
+    assert "end to end" in card["metrics"]["split"]
+    assert res.metrics_before["n_cells"] == res.metrics_after["n_cells"] > 0
+    assert res.metrics_before["n_images"] == 1
+    assert card["training"]["settings"]["scale_jitter"] == [0.8, 1.25]
+    assert any("model grid" in n for n in res.notes)
