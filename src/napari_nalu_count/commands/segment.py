@@ -79,4 +79,4 @@ def run(args: argparse.Namespace) -> int:
             out = unique_output(labels_dir, path.stem, "_labels.tif", used)
             tifffile.imwrite(out, np.asarray(res.labels, dtype=np.int32), compression="zlib")
 
-    return run_batch(args, "segment", process, lambda v: str(int(v)), write_labels)
+    return run_batch(args, "segment", process, True, write_labels)
