@@ -42,7 +42,15 @@ CARD_KEYS: tuple[str, ...] = (
 #: ``input_scale`` (float, 1.0 when absent): the factor by which a user's image is resampled
 #: before the network when the caller gives no diameter (the model was trained on images
 #: resampled by it); the card's ``diameter`` is always measured on the model grid
-OPTIONAL_KEYS: tuple[str, ...] = ("description", "input_scale")
+#: ``input`` (object, absent on older cards): the image -> plane rule the model was trained
+#: with, ``{"rgb": "max"|"mean"|"luminance"|INDEX, "channel": null|INDEX|"mean"|"max"|...}``
+#: (how RGB(A) colours are reduced, and what other multi-channel images use when the caller
+#: gives no ``channel=``; null asks the caller). Inference applies it; absent means
+#: ``{"rgb": "max", "channel": null}`` (see ``infer.axes``).
+OPTIONAL_KEYS: tuple[str, ...] = ("description", "input_scale", "input")
+
+#: accepted reducers in an ``input`` rule (besides a channel index >= 0)
+INPUT_MODES: tuple[str, ...] = ("mean", "max", "luminance")
 
 #: allowed range of ``input_scale`` (exclusive lower bound, inclusive upper bound)
 MAX_INPUT_SCALE = 8.0
@@ -220,6 +228,8 @@ def validate_card(card: object, source: str | Path, *, check_weight_fields: bool
             raise ModelFileError(
                 f"{where}: 'input_scale' must be a number in (0, {MAX_INPUT_SCALE:g}], got {s!r}"
             )
+    if "input" in card:
+        _check_input_rule(card["input"], where)
     if not isinstance(card["training"], Mapping):
         raise ModelFileError(f"{where}: 'training' must be an object")
     metrics = card["metrics"]
@@ -240,6 +250,24 @@ def validate_card(card: object, source: str | Path, *, check_weight_fields: bool
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ModelFileError(f"{where}: 'n_parameters' must be a non-negative integer")
     return card  # type: ignore[return-value]
+
+
+def _check_input_rule(rule: object, where: str) -> None:
+    expected = (
+        '{"rgb": "max"|"mean"|"luminance"|INDEX, "channel": null|INDEX|"mean"|"max"|"luminance"}'
+    )
+    if not isinstance(rule, Mapping) or set(rule) - {"rgb", "channel"}:
+        raise ModelFileError(f"{where}: 'input' must be an object {expected}, got {rule!r}")
+    for key, value in rule.items():
+        if value is None and key == "channel":
+            continue
+        ok = (
+            value in INPUT_MODES
+            if isinstance(value, str)
+            else (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+        )
+        if not ok:
+            raise ModelFileError(f"{where}: bad input rule {key}={value!r}; expected {expected}")
 
 
 def key_metric(card: Mapping[str, Any]) -> tuple[str, float, Any] | None:
