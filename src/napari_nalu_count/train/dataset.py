@@ -89,7 +89,11 @@ def _to_chw(
 
     img = np.asarray(image)
     ax = _sample_axes(img, axes)
-    if img.ndim not in (2, 3) or not ax or len(ax) != img.ndim or set(ax) - set("CYX"):
+    if (
+        img.ndim not in (2, 3)
+        or len(ax) != img.ndim
+        or sorted(ax) not in (["X", "Y"], ["C", "X", "Y"])
+    ):
         raise InputError(
             f"training image {name!r} has shape {img.shape}"
             + (f" (axes {axes!r})" if axes else "")
@@ -97,9 +101,10 @@ def _to_chw(
         )
     if "C" not in ax:
         return img[None]
+    # dots and labels are in the image's stored pixel order: keep it (first spatial axis = rows)
+    spatial = iter("YX")
+    ax = "".join(a if a == "C" else next(spatial) for a in ax)
     chw = np.moveaxis(img, ax.index("C"), 0) if ax != "CYX" else img
-    if ax.index("Y") > ax.index("X"):
-        chw = np.swapaxes(chw, 1, 2)
     if chw.shape[0] == in_channels:
         return chw
     if in_channels == 1:
