@@ -295,6 +295,8 @@ def run(args: argparse.Namespace) -> int:
     def write_density(path: Path, res: Any) -> None:
         if density_dir is not None:
             out = unique_output(density_dir, path.stem, "_density.tif", used)
-            tifffile.imwrite(out, np.asarray(res.density, dtype=np.float32))
+            tifffile.imwrite(
+                out, np.asarray(res.density, dtype=np.float32), photometric="minisblack"
+            )
 
     return run_batch(args, "count", process, False, write_density)
