@@ -116,17 +116,22 @@ def test_count_stdout_and_glob(folder, capsys):
     assert "count" in captured.err or "img" in captured.err  # the progress bar is on stderr
 
 
-def test_planar_rgb_tiff_uses_max(tmp_path, capsys):
+def test_rgb_pixels_use_max_but_planar_samples_are_frames(tmp_path, capsys):
     model = _save_tiny("cli-count", "count")
     img = _image(1)
-    rgb = np.stack([np.zeros_like(img), np.zeros_like(img), img])  # planar RGB, blue signal
-    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb", planarconfig="separate")
+    zero = np.zeros_like(img)
+    # RGB samples per pixel (YXS, as cameras write colour): one image, reduced by max
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([zero, zero, img], axis=-1), photometric="rgb")
     tifffile.imwrite(tmp_path / "gray.tif", img)
+    # planar samples (SYX): byte for byte what tifffile writes for any 3-plane numpy stack, so
+    # they are frames, never colour channels
+    tifffile.imwrite(tmp_path / "planar.tif", np.stack([zero, zero, img]), photometric="rgb")
     rc = main(
         [
             "count",
             str(tmp_path / "rgb.tif"),
             str(tmp_path / "gray.tif"),
+            str(tmp_path / "planar.tif"),
             "--model",
             model,
             "--device",
@@ -135,7 +140,10 @@ def test_planar_rgb_tiff_uses_max(tmp_path, capsys):
     )
     assert rc == 0
     rows = _rows(capsys.readouterr().out)
+    assert [Path(r["file"]).name for r in rows] == ["rgb.tif", "gray.tif"] + ["planar.tif"] * 3
     assert rows[0]["count"] == rows[1]["count"]
+    assert [r["frame"] for r in rows[2:]] == ["0", "1", "2"]
+    assert rows[4]["count"] == rows[1]["count"]  # the third page is the grey image
 
 
 def test_count_model_by_path_axes_and_diameter(folder, tmp_path, capsys):

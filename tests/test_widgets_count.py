@@ -96,12 +96,14 @@ def test_write_counts_csv(tmp_path):
         tmp_path / "c.csv", "img.tif", np.array([1.0, 2.5]), {"region 1": np.array([0, 1])}
     )
     rows = list(csv.reader(path.open()))
-    assert rows == [
+    assert rows == [  # the shared table format (io_csv): cells with two decimals
         ["file", "frame", "count", "region 1"],
-        ["img.tif", "0", "1", "0"],
-        ["img.tif", "1", "2.50", "1"],
+        ["img.tif", "0", "1.00", "0.00"],
+        ["img.tif", "1", "2.50", "1.00"],
     ]
     rows = list(csv.reader(write_counts_csv(tmp_path / "d.csv", "x", 3.0).open()))
+    assert rows[1] == ["x", "0", "3.00"]
+    rows = list(csv.reader(write_counts_csv(tmp_path / "e.csv", "x", 3.0, integer=True).open()))
     assert rows[1] == ["x", "0", "3"]
 
 

@@ -5,7 +5,6 @@ Everything above the "Qt" marker works without a display so tests can call it di
 
 from __future__ import annotations
 
-import csv
 import queue
 import re
 import threading
@@ -182,11 +181,10 @@ def check_model_name(name: str) -> str:
 
 # --------------------------------------------------------------------------- per-frame tables
 def frame_labels(counts: np.ndarray) -> list[str]:
-    """Row labels for an array of per-plane counts (``0``, ``1``... or ``0,2`` for T, Z)."""
+    """Row labels for per-plane counts: the flat plane index over the stack axes in C order
+    (``0``, ``1``, ...), the ``frame`` column of every counts table (see ``io_csv``)."""
     counts = np.asarray(counts)
-    if counts.ndim <= 1:
-        return [str(i) for i in range(max(counts.size, 1))]
-    return [",".join(str(i) for i in idx) for idx in np.ndindex(counts.shape)]
+    return [str(i) for i in range(max(counts.size, 1))]
 
 
 def write_counts_csv(
@@ -194,24 +192,14 @@ def write_counts_csv(
     file_label: str,
     counts: np.ndarray | float,
     extra: dict[str, np.ndarray] | None = None,
+    *,
+    integer: bool = False,
 ) -> Path:
-    """Write ``file,frame,count[,extra...]``, one row per plane (frame 0 for a 2-D image)."""
-    counts = np.atleast_1d(np.asarray(counts, dtype=float))
-    labels = frame_labels(counts)
-    extra = extra or {}
-    path = Path(path)
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["file", "frame", "count", *extra])
-        for i, (label, value) in enumerate(zip(labels, counts.ravel(), strict=True)):
-            cols = [_fmt(np.asarray(v, dtype=float).ravel()[i]) for v in extra.values()]
-            writer.writerow([file_label, label, _fmt(value), *cols])
-    return path
+    """Write ``file,frame,count[,extra...]`` with the shared writer the CLI uses
+    (:func:`napari_nalu_count.io_csv.write_counts_csv`): one row per plane, frame 0 for 2-D."""
+    from napari_nalu_count.io_csv import write_counts_csv as write
 
-
-def _fmt(value: float) -> str:
-    v = float(value)
-    return str(int(v)) if v.is_integer() else f"{v:.2f}"
+    return write(path, file_label, counts, integer=integer, extra=extra)
 
 
 # --------------------------------------------------------------------------- coordinates
@@ -806,7 +794,11 @@ class InferenceWidget(QWidget):
             if not path:
                 return None
         out = write_counts_csv(
-            path, self._result["file"], self._result["counts"], self._result.get("extra")
+            path,
+            self._result["file"],
+            self._result["counts"],
+            self._result.get("extra"),
+            integer=bool(self._result.get("integer", False)),
         )
         notify_info(f"wrote {out}")
         return out

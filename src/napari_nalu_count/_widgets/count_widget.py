@@ -210,6 +210,7 @@ def apply_count_results(
         "counts": output.counts,
         "extra": output.regions,
         "unit": "cells",
+        "integer": False,
         "model": params.get("model"),
         "layers": (density_layer, points_layer),
         "frame_layer": density_layer,

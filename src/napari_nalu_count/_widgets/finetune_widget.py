@@ -49,7 +49,7 @@ from napari_nalu_count._widgets._common import (
     start_job,
     transform_points,
 )
-from napari_nalu_count.errors import InputError
+from napari_nalu_count.errors import InputError, TrainingDiverged
 
 MIN_DOTS = 5
 #: key metric shown first for each task, and whether lower is better
@@ -67,10 +67,14 @@ def _gray_shape(layer: Any) -> tuple[int, ...]:
     return shape[:-1] if getattr(layer, "rgb", False) else shape
 
 
-def _as_gray(layer: Any) -> np.ndarray:
+def _as_gray(layer: Any, rule: dict[str, Any] | None = None) -> np.ndarray:
+    """The layer's planes as inference sees them: RGB(A) reduced by the start model's image ->
+    plane rule (``infer.axes.to_planes``; max over the colours by default)."""
+    from napari_nalu_count.infer.axes import to_planes
+
     data = np.asarray(layer.data)
     if getattr(layer, "rgb", False):
-        data = data[..., :3].astype(np.float32).mean(axis=-1)
+        data = to_planes(data, "TYXC" if data.ndim == 4 else "YXC", rule=rule)
     return data
 
 
@@ -85,9 +89,12 @@ def _pair_task(annotation: Any) -> str:
 
 
 def collect_samples(
-    pairs: list[tuple[Any, Any]], check_only: bool = False
+    pairs: list[tuple[Any, Any]], check_only: bool = False, rule: dict[str, Any] | None = None
 ) -> tuple[str, list[Any]]:
     """Training samples from ``(image layer, Points or Labels layer)`` pairs.
+
+    RGB layers are reduced to one plane by ``rule`` (the start model's image -> plane rule,
+    ``infer.axes.input_rule``; max over the colours by default), the same rule inference uses.
 
     Points train a counting model, Labels a segmentation model (all pairs must agree). A stack
     (T, Y, X) with 3-D annotations gives one sample per annotated plane. Raises InputError
@@ -118,11 +125,11 @@ def collect_samples(
             dots = _dots_in_image(annotation, image_layer, shape)
             total_dots += len(dots)
             if not check_only:
-                samples += _split_dots(_as_gray(image_layer), dots, image_layer.name)
+                samples += _split_dots(_as_gray(image_layer, rule), dots, image_layer.name)
         else:
             labels = _checked_labels(annotation, image_layer, shape)
             if not check_only:
-                samples += _split_labels(_as_gray(image_layer), labels, image_layer.name)
+                samples += _split_labels(_as_gray(image_layer, rule), labels, image_layer.name)
     if len(tasks) > 1:
         raise InputError("mixes Points (counting) and Labels (segmentation); use one kind")
     task = tasks.pop()
@@ -689,9 +696,12 @@ class FineTuneWidget(QWidget):
     def run(self) -> Any:
         if self._worker is not None:
             return self._worker
+        from napari_nalu_count.infer.axes import input_rule
+
         try:
-            task, samples = collect_samples(self.pairs())
             params = self.params()
+            rule = input_rule(model_card(params.start_model))
+            task, samples = collect_samples(self.pairs(), rule=rule)
         except InputError as exc:
             notify_error(str(exc))
             return None
@@ -735,6 +745,9 @@ class FineTuneWidget(QWidget):
         self.stop_button.setEnabled(False)
         self._validate()
         self.plot.draw_log(self._log)
+        if isinstance(outcome.error, TrainingDiverged):
+            self._on_diverged(params, outcome.error)
+            return
         if outcome.error is not None:
             self.status_label.setText("failed")
             notify_error(error_message(outcome.error, "Fine-tuning"))
@@ -754,6 +767,20 @@ class FineTuneWidget(QWidget):
         )
         notify_model_added(result.name)
         notify_info(f"new model '{result.name}' is ready in the Count/Segment pickers")
+
+    def _on_diverged(self, params: FineTuneParams, exc: TrainingDiverged) -> None:
+        """Show the divergence; point to the model that was kept (never a half-written file:
+        saves are atomic and nothing is saved without a validated epoch)."""
+        if exc.saved is not None:
+            kept = f"kept '{params.name}' from epoch {exc.best_epoch}, before the divergence"
+            notify_model_added(params.name)
+        else:
+            kept = f"no model saved; '{params.start_model}' is unchanged"
+        self.status_label.setText(
+            f"diverged at epoch {exc.epoch}, step {exc.step}: lower the learning rate; {kept}"
+        )
+        self.result_label.setText(str(exc))
+        notify_error(str(exc))
 
 
 def _is_bundled(name: str) -> bool:

@@ -95,6 +95,7 @@ def apply_segment_results(
         "counts": output.counts,
         "extra": {},
         "unit": "objects",
+        "integer": True,
         "model": params.get("model"),
         "layers": (layer,),
         "frame_layer": layer,

@@ -1,17 +1,20 @@
 """Count cells in images: ``nalu-count count INPUT... [--model NAME|PATH] [--csv OUT] ...``.
 
 INPUT is any mix of image files, folders (their TIFF/PNG/JPEG/BMP files, not recursive; other
-files such as README.md, .csv or .py are ignored) and glob patterns (quote them). Multi-page
-TIFF stacks give one row per plane. The table ``file,frame,count`` (frame 0 for a 2-D image) is
-written to ``--csv`` or printed to stdout, one row as soon as each image is done. A progress bar
-runs on stderr. Files that cannot be read or processed are reported on stderr (one line each)
-and skipped; the others are still processed and written, and the exit status is then 2.
+files such as README.md, .csv or .py are ignored) and glob patterns (quote them). The axes of
+each file come from the file (ImageJ hyperstack and OME-TIFF metadata; plain multi-page TIFF
+pages are frames, however many) unless --axes is given; only a file that says nothing is
+guessed from its shape. Stacks give one row per plane. The table ``file,frame,count`` (frame:
+the flat plane index over the stack axes in C order, 0 for a 2-D image; see
+``napari_nalu_count.io_csv``) is written to ``--csv`` or printed to stdout, one row as soon as
+each image is done. A progress bar runs on stderr. Files that cannot be read or processed are
+reported on stderr (one line each) and skipped; the others are still processed and written,
+and the exit status is then 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import sys
 import time
@@ -25,9 +28,6 @@ from napari_nalu_count.errors import Cancelled, InputError
 
 #: suffixes picked up from folders and globs (an explicit file is always tried)
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-
-#: tifffile series axis codes -> our axis letters (S = samples, i.e. RGB; I/Q = generic pages)
-_TIFF_AXES = {"Y": "Y", "X": "X", "S": "C", "C": "C", "Z": "Z", "T": "T", "I": "T", "Q": "T"}
 
 
 # ------------------------------------------------------------------------------------------
@@ -150,38 +150,21 @@ def expand_inputs(specs: Iterable[str]) -> tuple[list[Path], list[str]]:
     return files, problems
 
 
-def tiff_axes(path: Path, shape: tuple[int, ...]) -> tuple[str | None, bool]:
-    """Axes recorded in a TIFF file (tifffile's series axes) mapped to ours, if they fit, and
-    whether the file stores RGB(A) samples (a 3- or 4-long ``S`` axis)."""
-    if path.suffix.lower() not in (".tif", ".tiff") or len(shape) < 3:
-        return None, False
-    try:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            raw = tif.series[0].axes
-    except Exception:
-        return None, False
-    mapped = "".join(_TIFF_AXES.get(a, "?") for a in raw)
-    if "?" in mapped or len(mapped) != len(shape) or len(set(mapped)) != len(mapped):
-        return None, False
-    rgb = "S" in raw and shape[raw.index("S")] in (3, 4)
-    return mapped, rgb
-
-
 def read_input(
     path: Path, axes: str | None, channel: int | str | None
 ) -> tuple[np.ndarray, str | None, int | str | None]:
-    """Read an image; return it with the axes (``--axes``, else the TIFF's own, else None =
-    inferred) and the channel rule (``--channel``, else ``max`` for RGB TIFF samples)."""
-    from napari_nalu_count.data.readers import read_image
+    """Read an image; return it with its axes and the channel choice.
 
-    image = read_image(path)
+    With ``--axes`` the array is taken as stored and the axes are the user's; otherwise they are
+    the file's own (:func:`~napari_nalu_count.data.readers.read_image_axes`, which may merge
+    several frame axes into one), else None (inferred from the shape). ``channel`` is
+    ``--channel``, else None: the model card's rule, max over RGB(A) colours by default.
+    """
+    from napari_nalu_count.data.readers import read_image, read_image_axes
+
     if axes:
-        return image, axes, channel
-    found, rgb = tiff_axes(path, image.shape)
-    if rgb and channel is None:
-        channel = "max"
+        return read_image(path), axes, channel
+    image, found = read_image_axes(path)
     return image, found, channel
 
 
@@ -204,13 +187,14 @@ def run_batch(
     args: argparse.Namespace,
     task: str,
     process: Callable[..., tuple[np.ndarray, Any]],
-    format_count: Callable[[Any], str],
+    integer: bool,
     write_extra: Callable[[Path, Any], None] | None,
 ) -> int:
     """Expand inputs, load the model once, process every file, stream the CSV rows.
 
     ``process(image, axes, channel, loaded_model, progress)`` returns
-    ``(per-plane counts, result)``;
+    ``(per-plane counts, result)``; ``integer`` says whether counts are whole objects (the
+    shared table writer :class:`napari_nalu_count.io_csv.CountsWriter` formats them);
     ``write_extra(path, result)`` writes optional per-file outputs.
     """
     from tqdm import tqdm
@@ -231,6 +215,8 @@ def run_batch(
             f"{task} model"
         )
 
+    from napari_nalu_count.io_csv import CountsWriter
+
     out_fh: IO[str]
     if args.csv:
         csv_path = Path(args.csv)
@@ -241,9 +227,7 @@ def run_batch(
         out_fh = sys.stdout
     failed = len(problems)
     try:
-        writer = csv.writer(out_fh, lineterminator="\n")
-        writer.writerow(["file", "frame", "count"])
-        out_fh.flush()
+        writer = CountsWriter(out_fh)
         bar = tqdm(total=len(files), unit="img", file=sys.stderr, desc=task, dynamic_ncols=True)
         last = [0.0]
 
@@ -268,9 +252,7 @@ def run_batch(
                     tqdm.write(f"nalu-count: skipped {path}: {reason}", file=sys.stderr)
                     bar.update(1)
                     continue
-                for frame, value in enumerate(np.atleast_1d(counts)):
-                    writer.writerow([str(path), frame, format_count(value)])
-                out_fh.flush()
+                writer.write(str(path), counts, integer=integer)
                 if write_extra is not None:
                     try:
                         write_extra(path, result)
@@ -313,6 +295,8 @@ def run(args: argparse.Namespace) -> int:
     def write_density(path: Path, res: Any) -> None:
         if density_dir is not None:
             out = unique_output(density_dir, path.stem, "_density.tif", used)
-            tifffile.imwrite(out, np.asarray(res.density, dtype=np.float32))
+            tifffile.imwrite(
+                out, np.asarray(res.density, dtype=np.float32), photometric="minisblack"
+            )
 
-    return run_batch(args, "count", process, lambda v: f"{float(v):.2f}", write_density)
+    return run_batch(args, "count", process, False, write_density)

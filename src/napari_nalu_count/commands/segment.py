@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     def write_labels(path: Path, res: Any) -> None:
         if labels_dir is not None:
             out = unique_output(labels_dir, path.stem, "_labels.tif", used)
-            tifffile.imwrite(out, np.asarray(res.labels, dtype=np.int32), compression="zlib")
+            labels = np.asarray(res.labels, dtype=np.int32)
+            tifffile.imwrite(out, labels, compression="zlib", photometric="minisblack")
 
-    return run_batch(args, "segment", process, lambda v: str(int(v)), write_labels)
+    return run_batch(args, "segment", process, True, write_labels)

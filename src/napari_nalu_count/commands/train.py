@@ -88,8 +88,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_data(spec: str, task: str, seed: int = 0) -> tuple[list, list, str, str]:
-    """``(train, val, train_description, val_description)`` for a ``--data`` spec."""
+def load_data(
+    spec: str, task: str, seed: int = 0, rule: dict | None = None, in_channels: int = 1
+) -> tuple[list, list, str, str]:
+    """``(train, val, train_description, val_description)`` for a ``--data`` spec.
+
+    Multi-channel images of a folder are reduced to one plane by ``rule`` (the image -> plane
+    rule inference applies, see ``infer.axes``; default max over RGB(A)), using the axes their
+    files record."""
     from napari_nalu_count.data import readers
 
     if spec.startswith("bbbc039:"):
@@ -129,10 +135,10 @@ def load_data(spec: str, task: str, seed: int = 0) -> tuple[list, list, str, str
         raise InputError(
             f"--data {spec!r} is neither bbbc039:ROOT, vgg:ROOT, synthetic nor a folder"
         )
-    from napari_nalu_count.train.dataset import load_folder
+    from napari_nalu_count.train.dataset import load_folder, reduce_samples
     from napari_nalu_count.train.finetune import split_holdout
 
-    samples = load_folder(path)
+    samples = reduce_samples(load_folder(path), rule, in_channels)
     tr, va, how = split_holdout(samples, 0.25, seed)
     return tr, va, f"{path} ({len(samples)} images)", how
 
@@ -256,7 +262,11 @@ def run(args: argparse.Namespace) -> int:
     from napari_nalu_count.models import check_name
 
     check_name(name)
-    tr, va, tr_desc, va_desc = load_data(args.data, task, args.seed)
+    from napari_nalu_count.infer.axes import input_rule
+
+    rule = input_rule(start_card)  # the start model's, else max over RGB(A)
+    in_ch = int(config.get("in_channels", 1))
+    tr, va, tr_desc, va_desc = load_data(args.data, task, args.seed, rule, in_ch)
 
     def progress(ev: dict) -> None:
         if ev["kind"] == "epoch":
@@ -296,6 +306,7 @@ def run(args: argparse.Namespace) -> int:
             "settings": cfg.to_dict(),
         },
         metrics={"split": va_desc, **result.best_metrics},
+        input=rule,
     )
     if args.out:
         path = save_model(result.net, card, Path(args.out) / name, overwrite=args.overwrite)

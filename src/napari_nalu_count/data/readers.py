@@ -3,8 +3,10 @@
 Formats
 -------
 - Images: TIFF (``.tif``/``.tiff``, multi-page stacks included, via tifffile) and PNG/JPEG/BMP
-  (via scikit-image/imageio). Arrays are returned as stored (no normalisation, no squeezing
-  beyond what the reader does).
+  (via scikit-image/imageio). :func:`read_image` returns the array as stored (no normalisation,
+  no squeezing beyond what the reader does); :func:`read_image_axes` also returns the axes the
+  file records (ImageJ hyperstack and OME-TIFF metadata, tifffile's own shape metadata; plain
+  multi-page TIFF pages are frames), see :func:`file_axes` for the rules.
 - Points: CSV as written by napari's Points layer (``index,axis-0,axis-1,...``); also plain
   ``y,x`` (or ``z,y,x``/``t,y,x``), ``x,y`` (reordered to ``y, x``) and header-less numeric
   columns. Coordinates are in pixels with pixel centres at integers (napari's convention).
@@ -15,6 +17,7 @@ Formats
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +45,9 @@ __all__ = [
     "load_labels_sample",
     "load_points_sample",
     "load_vgg",
+    "file_axes",
     "read_image",
+    "read_image_axes",
     "read_labels",
     "read_points_csv",
     "vgg_dots_from_rgb",
@@ -92,17 +97,26 @@ class Sample:
 # images and labels
 
 
-def _existing_file(path: str | Path, what: str = "file") -> Path:
-    p = Path(path)
-    if not p.exists():
+def _existing_file(path: Any, what: str = "file") -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(
+            f"{what}: expected a path (str or pathlib.Path), got {type(path).__name__}"
+        )
+    try:
+        p = Path(path)
+        exists, is_file = p.exists(), p.is_file()
+    except (OSError, ValueError) as exc:  # embedded NUL, name too long, ...
+        raise InputError(f"{what} {str(path)[:200]!r} is not a usable path: {exc}") from None
+    if not exists:
         raise InputError(f"{what} not found: {p}")
-    if not p.is_file():
+    if not is_file:
         raise InputError(f"{what} is not a file: {p}")
     return p
 
 
-def _read_tiff(path: Path) -> np.ndarray:
-    """Read a TIFF; pages written one by one (several same-shaped series) become one stack."""
+def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
+    """Read a TIFF and tifffile's axes of it; pages written one by one (several same-shaped
+    series) become one stack (a leading ``I`` axis)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
@@ -110,39 +124,115 @@ def _read_tiff(path: Path) -> np.ndarray:
         if len(series) > 1 and all(
             s.shape == series[0].shape and s.dtype == series[0].dtype for s in series
         ):
-            return np.stack([s.asarray() for s in series])
-        return tf.asarray()
+            return np.stack([s.asarray() for s in series]), "I" + series[0].axes
+        return tf.asarray(), series[0].axes
+
+
+#: our axis letter for each tifffile axis code; ``F`` = a frame axis (becomes ``T``). tifffile's
+#: ``S`` (samples) is handled apart: colour channels when it is the last axis, else frames.
+_TIFF_LETTERS = {"Y": "Y", "X": "X", "Z": "Z", "C": "C"}
+
+
+def file_axes(raw: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]] | None:
+    """Map tifffile's axes ``raw`` of an array of ``shape`` to this package's letters.
+
+    Returns ``(axes, new_shape)`` or None when the axes cannot be expressed (then callers fall
+    back to guessing from the shape). Rules:
+
+    - ``Y``, ``X``, ``Z`` and ``C`` keep their meaning; ``C`` comes from the file's metadata
+      (ImageJ ``channels=``, OME ``SizeC``).
+    - ``S`` (samples per pixel) is colour channels only when it is the last axis (RGB(A) pixels,
+      as cameras and RGB writers store them). Samples before Y/X (planar configuration) are
+      frames: that is how tifffile stores any 3- or 4-plane numpy array unless told otherwise,
+      so a 3-page stack is never taken for colour channels.
+    - ``T``, ``I`` and ``Q`` (pages, unknown) and every other letter (angle, phase, mosaic ...)
+      are frames. Several frame axes are merged into one ``T`` axis in C order (``new_shape``
+      says how the array must be reshaped), which keeps the flat frame index of every plane.
+    """
+    if len(raw) != len(shape):
+        return None
+    letters = []
+    for i, code in enumerate(raw):
+        if code == "S":
+            letters.append("C" if i == len(raw) - 1 else "F")
+        else:
+            letters.append(_TIFF_LETTERS.get(code, "F"))
+    if any(letters.count(a) != 1 for a in "YX") or any(letters.count(a) > 1 for a in "ZC"):
+        return None
+    frames = [i for i, a in enumerate(letters) if a == "F"]
+    if not frames:
+        return "".join(letters), tuple(shape)
+    if frames != list(range(frames[0], frames[0] + len(frames))):
+        return None  # frame axes apart from each other: leave it to the caller
+    first = frames[0]
+    n = int(np.prod([shape[i] for i in frames]))
+    axes = "".join(letters[:first]) + "T" + "".join(letters[first + len(frames) :])
+    new_shape = tuple(shape[:first]) + (n,) + tuple(shape[first + len(frames) :])
+    return axes, new_shape
+
+
+def _decode(p: Path) -> tuple[np.ndarray, str | None]:
+    suffix = p.suffix.lower()
+    try:
+        if suffix in TIFF_SUFFIXES:
+            arr, raw = _read_tiff(p)
+        elif suffix in OTHER_SUFFIXES:
+            from skimage import io as skio
+
+            arr, raw = skio.imread(p), None
+        else:
+            raise InputError(
+                f"unsupported image format {suffix!r} for {p.name}; expected one of "
+                + ", ".join(IMAGE_SUFFIXES)
+            )
+        arr = np.asarray(arr)
+    except InputError:
+        raise
+    except Exception as exc:  # decoders raise many types; report them uniformly
+        raise InputError(f"cannot read image {p}: {type(exc).__name__}: {exc}") from None
+    if arr.size == 0:
+        raise InputError(f"image {p} is empty (shape {arr.shape})")
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"image {p} has unsupported pixel type {arr.dtype}")
+    return arr, raw
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file into a numpy array (dtype and axes as stored).
 
     TIFF files (including multi-page stacks, which come back as (pages, H, W[, C])) are read with
-    tifffile; PNG/JPEG/BMP with scikit-image. Raises :class:`InputError` for a missing file, an
-    unsupported suffix or a file that cannot be decoded.
+    tifffile; PNG/JPEG/BMP with scikit-image. Raises :class:`InputError` for a path that is not
+    a str/Path, a missing file, an unsupported suffix or a file that cannot be decoded. Use
+    :func:`read_image_axes` to also get the axes the file records.
+    """
+    return _decode(_existing_file(path, "image file"))[0]
+
+
+def read_image_axes(path: str | Path) -> tuple[np.ndarray, str | None]:
+    """Read an image file and the axes it records, in this package's letters (T, Z, C, Y, X).
+
+    TIFF: tifffile's first series (ImageJ hyperstack metadata, OME-TIFF, tifffile's shape
+    metadata, or plain pages), mapped by :func:`file_axes`; plain multi-page files are frames
+    (``TYX``), whatever their number of pages. PNG/JPEG/BMP: ``YX`` for grey, ``YXC`` for
+    colour (or grey + alpha) pixels. The axes are None when the file says nothing usable
+    (callers then infer them from the shape). Several frame axes in a TIFF come back merged
+    into one ``T`` axis (the array is reshaped accordingly; frames keep their C order).
     """
     p = _existing_file(path, "image file")
-    suffix = p.suffix.lower()
-    try:
-        if suffix in TIFF_SUFFIXES:
-            arr = _read_tiff(p)
-        elif suffix in OTHER_SUFFIXES:
-            from skimage import io as skio
-
-            arr = skio.imread(p)
-        else:
-            raise InputError(
-                f"unsupported image format {suffix!r} for {p.name}; expected one of "
-                + ", ".join(IMAGE_SUFFIXES)
-            )
-    except InputError:
-        raise
-    except Exception as exc:  # decoders raise many types; report them uniformly
-        raise InputError(f"cannot read image {p}: {type(exc).__name__}: {exc}") from None
-    arr = np.asarray(arr)
-    if arr.size == 0:
-        raise InputError(f"image {p} is empty (shape {arr.shape})")
-    return arr
+    arr, raw = _decode(p)
+    if raw is None:
+        if arr.ndim == 2:
+            return arr, "YX"
+        if arr.ndim == 3 and arr.shape[-1] in (2, 3, 4):
+            return arr, "YXC"
+        return arr, None
+    mapped = file_axes(raw, arr.shape)
+    if mapped is None:
+        return arr, None
+    axes, shape = mapped
+    if shape != arr.shape:
+        arr = arr.reshape(shape)
+    return arr, axes
 
 
 def read_labels(path: str | Path, *, split_painted: bool = False, min_size: int = 0) -> np.ndarray:
@@ -152,6 +242,8 @@ def read_labels(path: str | Path, *, split_painted: bool = False, min_size: int 
     ``split_painted=True`` each value is split into 4-connected components (for masks that paint
     touching objects with a few values). Instances smaller than ``min_size`` pixels are dropped.
     """
+    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
+        raise InputError(f"min_size must be a non-negative integer (pixels), got {min_size!r}")
     arr = read_image(path)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = arr[..., 0]
@@ -195,6 +287,10 @@ def read_points_csv(path: str | Path, ndim: int | None = None) -> np.ndarray:
     raises :class:`InputError`. An empty file (header only) gives shape (0, ndim or 2).
     """
     p = _existing_file(path, "points CSV")
+    if ndim is not None and (
+        isinstance(ndim, bool) or not isinstance(ndim, (int, np.integer)) or ndim < 1
+    ):
+        raise InputError(f"ndim must be None or a positive integer, got {ndim!r}")
     try:
         with open(p, newline="", encoding="utf-8-sig") as fh:
             rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
@@ -266,7 +362,7 @@ def load_points_sample(image_path: str | Path, points_path: str | Path) -> Sampl
     """An image file plus a points CSV -> :class:`Sample` (dots checked against the image)."""
     from napari_nalu_count.data.density import points_inside
 
-    image = read_image(image_path)
+    image, axes = read_image_axes(image_path)
     dots = read_points_csv(points_path)
     d = dots.shape[1]
     if image.ndim < d:
@@ -281,7 +377,9 @@ def load_points_sample(image_path: str | Path, points_path: str | Path) -> Sampl
             f"{int(np.count_nonzero(~inside))} point(s) in {Path(points_path).name} lie outside "
             f"the image of shape {shape}"
         )
-    return Sample(image=image, dots=dots, name=Path(image_path).stem)
+    return Sample(
+        image=image, dots=dots, name=Path(image_path).stem, meta={"axes": axes} if axes else {}
+    )
 
 
 def load_labels_sample(
@@ -292,7 +390,7 @@ def load_labels_sample(
     min_size: int = 0,
 ) -> Sample:
     """An image file plus an instance label image -> :class:`Sample` with centroid dots."""
-    image = read_image(image_path)
+    image, axes = read_image_axes(image_path)
     labels = read_labels(labels_path, split_painted=split_painted, min_size=min_size)
     if _spatial_shape(image, 2) != labels.shape:
         raise InputError(
@@ -300,7 +398,11 @@ def load_labels_sample(
             f"{Path(image_path).name} has shape {image.shape}"
         )
     return Sample(
-        image=image, dots=instances_to_dots(labels), labels=labels, name=Path(image_path).stem
+        image=image,
+        dots=instances_to_dots(labels),
+        labels=labels,
+        name=Path(image_path).stem,
+        meta={"axes": axes} if axes else {},
     )
 
 
@@ -310,9 +412,17 @@ def load_labels_sample(
 
 def _dataset_dir(root: str | Path, name: str, marker: str) -> Path:
     """``root`` itself or ``root/name`` (whichever contains ``marker``)."""
+    if not isinstance(root, (str, os.PathLike)):
+        raise InputError(f"{name} root: expected a folder path, got {type(root).__name__}")
     r = Path(root)
     for cand in (r, r / name):
-        if (cand / marker).exists():
+        try:
+            found = (cand / marker).exists()
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"{name} root {str(root)[:200]!r} is not a usable path: {exc}"
+            ) from None
+        if found:
             return cand
     raise InputError(
         f"{name} data not found under {r} (looked for {marker!r} in it and in {name}/)"
@@ -353,6 +463,10 @@ def load_bbbc039(
     channel matters; instances are the 4-connected components of each painted value separately.
     """
     base = _dataset_dir(root, "bbbc039", "images")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer))):
+        raise InputError(f"limit must be None or an integer, got {limit!r}")
+    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
+        raise InputError(f"min_size must be a non-negative integer (pixels), got {min_size!r}")
     if names is None:
         if split in ("train", "val"):
             split_file = base / f"{split}.txt"
@@ -528,7 +642,10 @@ def load_vgg(root: str | Path, indices: Iterable[int] | None = None) -> list[Sam
     ``dots`` (N, 2) from the red pixels of ``NNNdots.png``, ``name`` ``"NNN"``.
     """
     base = _dataset_dir(root, "vgg_cells", "001cell.png")
-    idx = list(range(1, 201)) if indices is None else [int(i) for i in indices]
+    try:
+        idx = list(range(1, 201)) if indices is None else [int(i) for i in indices]
+    except (TypeError, ValueError):
+        raise InputError(f"indices must be image numbers in 1..200, got {indices!r}") from None
     samples = []
     for i in idx:
         if not 1 <= i <= 999:

@@ -15,6 +15,20 @@ Inference rules when ``axes`` is None (anything else raises :class:`InputError` 
 - 4-D ``(n, H, W, 3|4)`` -> ``"TYXC"`` (a stack of RGB frames).
 
 Planes are read lazily: for a dask array only the chunks of the current plane are computed.
+
+One image -> planes rule (:func:`to_planes`), shared by inference, training and fine-tuning so a
+model always sees the plane it was trained on. With ``channel=None`` an image with a ``C`` axis
+is reduced by the model card's ``input`` rule (:func:`input_rule`; ``{"rgb": "max", "channel":
+None}`` for cards without it):
+
+- one channel -> that channel;
+- RGB(A), i.e. a last ``C`` axis of 3 or 4 -> ``rule["rgb"]`` (``"max"``, ``"mean"``,
+  ``"luminance"`` or an index; alpha is ignored). ``max`` keeps a signal that sits in one
+  colour (blue nuclei) at full strength;
+- any other number or position of channels -> ``rule["channel"]`` (an index or a reducer); when
+  that is None the caller must choose with ``channel=``.
+
+An explicit ``channel=`` always wins over the card.
 """
 
 from __future__ import annotations
@@ -34,6 +48,49 @@ STACK_AXES = "TZ"
 CHANNEL_MODES = ("mean", "max", "luminance")
 
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+
+#: the rule of cards that do not record one (today's inference behaviour: max for RGB)
+DEFAULT_INPUT_RULE: dict[str, Any] = {"rgb": "max", "channel": None}
+
+
+def check_channel(channel: Any, what: str = "channel") -> int | str | None:
+    """``channel`` checked: None, an integer index or one of :data:`CHANNEL_MODES`."""
+    if channel is None:
+        return None
+    if isinstance(channel, str):
+        mode = channel.strip().lower()
+        if mode not in CHANNEL_MODES:
+            raise InputError(
+                f"{what} must be a channel index or one of {', '.join(CHANNEL_MODES)}, "
+                f"got {channel!r}"
+            )
+        return mode
+    if isinstance(channel, (bool, np.bool_)) or not isinstance(channel, (int, np.integer)):
+        raise InputError(
+            f"{what} must be a channel index (int) or one of {', '.join(CHANNEL_MODES)}, "
+            f"got {channel!r} ({type(channel).__name__})"
+        )
+    return int(channel)
+
+
+def input_rule(card: Any = None) -> dict[str, Any]:
+    """The image -> plane rule of a model card (``card["input"]``), defaults filled in.
+
+    Raises :class:`InputError` for a malformed rule (cards are checked on load, so this only
+    happens for hand-made cards).
+    """
+    rule = dict(DEFAULT_INPUT_RULE)
+    given = card.get("input") if isinstance(card, dict) else None
+    if given is None:
+        return rule
+    if not isinstance(given, dict):
+        raise InputError(f"the model card's 'input' must be an object, got {given!r}")
+    for key in ("rgb", "channel"):
+        if key in given:
+            rule[key] = check_channel(given[key], f"input rule {key!r}")
+    if rule["rgb"] is None:
+        rule["rgb"] = DEFAULT_INPUT_RULE["rgb"]
+    return rule
 
 
 def infer_axes(shape: tuple[int, ...]) -> str:
@@ -108,16 +165,40 @@ class PlanePlan:
         return len(self.stack_shape) > 0
 
 
-def make_plan(image: Any, axes: str | None = None, channel: int | str | None = None) -> PlanePlan:
-    """Validate or infer axes and the channel rule for ``image`` (numpy or dask array)."""
+def _checked_channel(value: int | str, n_ch: int, source: str) -> int | str:
+    if isinstance(value, str):
+        if value == "luminance" and n_ch not in (3, 4):
+            raise InputError(f"{source}='luminance' needs 3 or 4 (RGB/RGBA) channels, not {n_ch}")
+        return value
+    if not -n_ch <= value < n_ch:
+        raise InputError(f"{source}={value} is out of range for {n_ch} channels")
+    return value % n_ch
+
+
+def make_plan(
+    image: Any,
+    axes: str | None = None,
+    channel: int | str | None = None,
+    rule: dict[str, Any] | None = None,
+) -> PlanePlan:
+    """Validate or infer axes and the channel rule for ``image`` (numpy or dask array).
+
+    ``rule`` is a model card's image -> plane rule (:func:`input_rule`), used when ``channel``
+    is None; None means :data:`DEFAULT_INPUT_RULE`.
+    """
     shape = tuple(int(s) for s in image.shape)
     if len(shape) < 2:
-        raise InputError(f"an image needs at least 2 dimensions, got shape {shape}")
+        raise InputError(
+            f"an image needs at least 2 dimensions (Y, X), got shape {shape}; pass a 2-D array "
+            "or a stack"
+        )
     dtype = np.dtype(image.dtype)
     if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or np.issubdtype(
         dtype, np.complexfloating
     ):
         raise InputError(f"unsupported image dtype {dtype}; use integer or float pixels")
+    channel = check_channel(channel)
+    rule = dict(DEFAULT_INPUT_RULE) if rule is None else {**DEFAULT_INPUT_RULE, **rule}
     ax = infer_axes(shape) if axes is None else validate_axes(axes, shape)
     sizes = dict(zip(ax, shape, strict=True))
     if sizes["Y"] < 1 or sizes["X"] < 1:
@@ -125,27 +206,26 @@ def make_plan(image: Any, axes: str | None = None, channel: int | str | None = N
     n_ch = sizes.get("C", 1)
     ch: int | str | None = channel
     if "C" in ax:
+        if n_ch < 1:
+            raise InputError(f"the image has no channels (shape {shape}, axes {ax!r})")
         if channel is None:
-            rgb = ax.endswith("C") and ax.index("C") == len(ax) - 1 and n_ch in (3, 4)
+            rgb = ax.endswith("C") and n_ch in (3, 4)
             if n_ch == 1:
                 ch = 0
             elif rgb:
-                ch = "max"  # RGB(A): the signal may sit in one colour (e.g. blue nuclei)
+                # RGB(A): the model's rule, "max" unless its card says otherwise (the signal
+                # may sit in one colour, e.g. blue nuclei)
+                ch = _checked_channel(rule["rgb"], n_ch, "the model's input rule 'rgb'")
+            elif rule.get("channel") is not None:
+                ch = _checked_channel(rule["channel"], n_ch, "the model's input rule 'channel'")
             else:
                 raise InputError(
                     f"the image has {n_ch} channels (axes {ax!r}); choose one with channel=INDEX "
-                    f"or combine them with channel='mean' or 'max'"
+                    f"(--channel on the command line) or combine them with channel='mean' or "
+                    f"'max'"
                 )
-        elif isinstance(channel, str):
-            if channel not in CHANNEL_MODES:
-                raise InputError(f"channel must be an index or one of {CHANNEL_MODES}")
-            if channel == "luminance" and n_ch not in (3, 4):
-                raise InputError("channel='luminance' needs 3 or 4 (RGB/RGBA) channels")
         else:
-            idx = int(channel)
-            if not -n_ch <= idx < n_ch:
-                raise InputError(f"channel={channel} is out of range for {n_ch} channels")
-            ch = idx % n_ch
+            ch = _checked_channel(channel, n_ch, "channel")
     elif channel not in (None, 0, "mean", "max"):
         raise InputError(f"channel={channel!r} given but the image has no 'C' axis (axes {ax!r})")
     else:
@@ -231,3 +311,25 @@ def points_to_output_order(points: np.ndarray, plan: PlanePlan) -> np.ndarray:
     if canon == out_ax:
         return points
     return points[:, [canon.index(a) for a in out_ax]]
+
+
+def to_planes(
+    image: Any,
+    axes: str | None = None,
+    channel: int | str | None = None,
+    rule: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """The image as the network sees it before normalisation: ``stack + (H, W)`` planes.
+
+    The one image -> planes rule of inference (:func:`make_plan` + :func:`iter_planes`), for
+    training and fine-tuning to call on their images: channels reduced by ``channel`` or, when
+    None, by ``rule`` (a card's :func:`input_rule`). Stack axes come first in their original
+    order; a 2-D result for a single plane. Integer planes keep their dtype unless channels are
+    reduced (then float32).
+    """
+    plan = make_plan(image, axes, channel, rule)
+    planes = [p for _, p in iter_planes(image, plan)]
+    if not plan.is_stack:
+        return planes[0]
+    dtype = np.result_type(*[p.dtype for p in planes])
+    return np.stack(planes).astype(dtype, copy=False).reshape(plan.stack_shape + plan.plane_shape)

@@ -23,6 +23,10 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """
     if isinstance(device, torch.device):
         device = str(device)
+    if device is not None and not isinstance(device, str):
+        raise InputError(
+            f"device must be a name such as {', '.join(DEVICES)} or 'cuda:1', got {device!r}"
+        )
     name = (device or "auto").strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -30,13 +34,18 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    kind = name.split(":", 1)[0]
-    if kind not in DEVICES:
+    kind, sep, index = name.partition(":")
+    if kind not in DEVICES or kind == "auto" and sep:
         raise InputError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    if sep and not (index.isascii() and index.isdigit() and len(index) < 6):
+        raise InputError(f"unknown device {device!r}: a device index is a number, as in 'cuda:1'")
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise InputError("device 'cuda' was requested but CUDA is not available here")
-        dev = torch.device(name)
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, ValueError) as exc:
+            raise InputError(f"unknown device {device!r}: {exc}") from None
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise InputError(f"device {name!r} does not exist ({torch.cuda.device_count()} GPUs)")
         return dev

@@ -39,6 +39,7 @@ from torch import nn
 from napari_nalu_count.errors import CancelToken, InputError
 from napari_nalu_count.infer import axes as _axes
 from napari_nalu_count.infer import device as _device
+from napari_nalu_count.infer import inputs as _inputs
 from napari_nalu_count.infer import postprocess as _post
 from napari_nalu_count.infer import scale as _scale
 from napari_nalu_count.infer.tiling import n_tiles, predict_tiled
@@ -558,7 +559,10 @@ def count(
     ----------
     image
         numpy or dask array: ``(H, W)``, stacks (``T``/``Z`` axes), channels (``C``) or RGB(A);
-        uint8/uint16/int/float. Dask arrays are read one plane at a time.
+        uint8/uint16/int/float. Dask arrays are read one plane at a time. Array-likes (nested
+        lists of numbers) are converted; a path (str or Path) to an image file is read with
+        the axes the file records (used unless ``axes`` is given). Anything else raises
+        :class:`~napari_nalu_count.errors.InputError` (see :mod:`.inputs`).
     model
         Model name (bundled or user), path to a model file, or a ``LoadedModel`` (task
         ``count``).
@@ -579,14 +583,20 @@ def count(
     tile_size
         Tile edge in pixels (default: chosen for the device).
     channel
-        Channel index, or ``"mean"``/``"max"``/``"luminance"``, for images with a ``C`` axis.
+        Channel index, or ``"mean"``/``"max"``/``"luminance"``, for images with a ``C`` axis;
+        None applies the model card's input rule (max over RGB(A) colours when the card has
+        none; see :mod:`.axes`).
     min_mass
         Minimum density mass (cells) around a peak for it to become a point.
     """
-    plan = _axes.make_plan(image, axes, channel)
+    image, axes, diameter, device = _inputs.check_call(
+        image, axes, diameter, device, progress, cancel, tile_size, channel
+    )
+    min_mass = _inputs.check_min_mass(min_mass)
     dev = _device.resolve_device(device)
     loaded = _resolve_model(model, "count", dev)
     card = loaded.card
+    plan = _axes.make_plan(image, axes, channel, _axes.input_rule(card))
     net = prepare_net(loaded, dev)
     density_scale = float(card.get("density_scale") or 1.0)
     n_out = 2 if _has_size_head(loaded) else 1
@@ -703,12 +713,16 @@ def segment(
         Smallest object kept, in pixels of the model grid (default: ~1/16 of the area of a disc
         of the card's diameter, at least 8).
     """
-    if seeds not in _post.SEED_MODES:
+    if not isinstance(seeds, str) or seeds not in _post.SEED_MODES:
         raise InputError(f"seeds must be one of {_post.SEED_MODES}, got {seeds!r}")
-    plan = _axes.make_plan(image, axes, channel)
+    image, axes, diameter, device = _inputs.check_call(
+        image, axes, diameter, device, progress, cancel, tile_size, channel
+    )
+    min_size = _inputs.check_int(min_size, "min_size", 0, 2**31 - 1)
     dev = _device.resolve_device(device)
     loaded = _resolve_model(model, "segment", dev)
     card = loaded.card
+    plan = _axes.make_plan(image, axes, channel, _axes.input_rule(card))
     net = prepare_net(loaded, dev)
     n_cls = _out_channels(loaded)
     runner = _Runner(

@@ -47,9 +47,22 @@ CARD_KEYS: tuple[str, ...] = (
 #: ``diameter / estimate`` (models trained on many object sizes brought to one grid diameter);
 #: ``"fixed"`` resamples by ``input_scale`` only (models trained on one microscope's images)
 #: ``scale_jitter`` ([lo, hi]): the range of object scale around ``diameter`` seen in training
-OPTIONAL_KEYS: tuple[str, ...] = ("description", "input_scale", "diameter_mode", "scale_jitter")
-
 DIAMETER_MODES: tuple[str, ...] = ("fixed", "estimate")
+#: ``input`` (object, absent on older cards): the image -> plane rule the model was trained
+#: with, ``{"rgb": "max"|"mean"|"luminance"|INDEX, "channel": null|INDEX|"mean"|"max"|...}``
+#: (how RGB(A) colours are reduced, and what other multi-channel images use when the caller
+#: gives no ``channel=``; null asks the caller). Inference applies it; absent means
+#: ``{"rgb": "max", "channel": null}`` (see ``infer.axes``).
+OPTIONAL_KEYS: tuple[str, ...] = (
+    "description",
+    "input_scale",
+    "input",
+    "diameter_mode",
+    "scale_jitter",
+)
+
+#: accepted reducers in an ``input`` rule (besides a channel index >= 0)
+INPUT_MODES: tuple[str, ...] = ("mean", "max", "luminance")
 
 #: allowed range of ``input_scale`` (exclusive lower bound, inclusive upper bound)
 MAX_INPUT_SCALE = 8.0
@@ -243,6 +256,8 @@ def validate_card(card: object, source: str | Path, *, check_weight_fields: bool
             and 0 < sj[0] <= sj[1]
         ):
             raise ModelFileError(f"{where}: 'scale_jitter' must be [lo, hi] with 0 < lo <= hi")
+    if "input" in card:
+        _check_input_rule(card["input"], where)
     if not isinstance(card["training"], Mapping):
         raise ModelFileError(f"{where}: 'training' must be an object")
     metrics = card["metrics"]
@@ -263,6 +278,24 @@ def validate_card(card: object, source: str | Path, *, check_weight_fields: bool
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ModelFileError(f"{where}: 'n_parameters' must be a non-negative integer")
     return card  # type: ignore[return-value]
+
+
+def _check_input_rule(rule: object, where: str) -> None:
+    expected = (
+        '{"rgb": "max"|"mean"|"luminance"|INDEX, "channel": null|INDEX|"mean"|"max"|"luminance"}'
+    )
+    if not isinstance(rule, Mapping) or set(rule) - {"rgb", "channel"}:
+        raise ModelFileError(f"{where}: 'input' must be an object {expected}, got {rule!r}")
+    for key, value in rule.items():
+        if value is None and key == "channel":
+            continue
+        ok = (
+            value in INPUT_MODES
+            if isinstance(value, str)
+            else (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+        )
+        if not ok:
+            raise ModelFileError(f"{where}: bad input rule {key}={value!r}; expected {expected}")
 
 
 def key_metric(card: Mapping[str, Any]) -> tuple[str, float, Any] | None:

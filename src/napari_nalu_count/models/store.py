@@ -114,6 +114,18 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     """
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
         raise ModelFileError(f"expected a model name or path, got {name_or_path!r}")
+    try:
+        return _resolve_model(name_or_path)
+    except (OSError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, ModelFileError | InputError):
+            raise
+        # an embedded NUL, a name too long for the file system, an unreadable folder ...
+        raise ModelFileError(
+            f"cannot use {str(name_or_path)[:200]!r} as a model name or path: {exc}"
+        ) from None
+
+
+def _resolve_model(name_or_path: str | os.PathLike) -> Path:
     spec = name_or_path
     if not _is_pathlike(spec):
         if is_valid_name(spec):
@@ -412,7 +424,12 @@ class LoadedModel:
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or (isinstance(device, str) and device.lower() == "auto"):
+    if not (device is None or isinstance(device, (str, torch.device))):
+        raise InputError(
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r} "
+            f"({type(device).__name__})"
+        )
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
         mps = getattr(torch.backends, "mps", None)
@@ -420,11 +437,18 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
+        dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise InputError(f"unknown device {device!r}: {exc}") from exc
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unsupported device {device!r}; use 'auto', 'cpu', 'cuda' or 'mps'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r} does not exist ({torch.cuda.device_count()} GPUs)")
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise InputError(f"device {device!r} requested but Apple MPS is not available")
     return dev
 
 
@@ -439,8 +463,8 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelFileError(f"model card {path} cannot be read: {exc}") from exc
     try:
         card = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"model card {path} is not valid JSON: {exc}") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ModelFileError(f"model card {path} is not valid JSON: {exc}") from None
     return validate_card(card, path)
 
 
@@ -559,11 +583,15 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     mtime tick is not noticed: call :func:`clear_model_cache` after such edits.
     """
     dev = _resolve_device(device)
-    card_path = resolve_model(name_or_path).resolve()
+    card_path = resolve_model(name_or_path)
+    try:
+        card_path = card_path.resolve()
+    except (OSError, RuntimeError) as exc:  # e.g. a symlink loop
+        raise ModelFileError(f"model card {card_path} cannot be resolved: {exc}") from None
     weights = _weights_path(_strip_suffix(card_path))
     try:
         key = (str(card_path), str(dev), _file_key(card_path), _file_key(weights))
-    except FileNotFoundError:
+    except OSError:
         key = None  # let the uncached path produce the specific error
     with _cache_lock:
         if key is not None and key in _cache:

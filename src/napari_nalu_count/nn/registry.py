@@ -45,6 +45,10 @@ CONFIG_KEYS: tuple[str, ...] = (
 )
 FRE_KEYS: tuple[str, ...] = ("B", "X", "seed")
 MAX_UNET_DEPTH = 6
+#: largest channel count per level and input channels (a guard against tampered cards that
+#: would build a network too large for memory)
+MAX_WIDTH = 4096
+MAX_IN_CHANNELS = 64
 
 _DEFAULT_WIDTHS: dict[str, list[int]] = {
     "fcrn_a": [32, 64, 128, 512],
@@ -104,21 +108,25 @@ def validate_config(config: dict) -> dict:
     task = _TASKS[arch]
 
     v = cfg["in_channels"]
-    if not _is_int(v) or v < 1:
-        raise _bad("in_channels", v, "an integer >= 1")
+    if not _is_int(v) or not 1 <= v <= MAX_IN_CHANNELS:
+        raise _bad("in_channels", v, f"an integer from 1 to {MAX_IN_CHANNELS}")
     v = cfg["out_channels"]
     if task == "count" and v != 1:
         raise _bad("out_channels", v, f"1 (a density map) for {arch}")
-    if task == "segment" and (not _is_int(v) or v < 2):
-        raise _bad("out_channels", v, f"the number of classes, an integer >= 2, for {arch}")
+    if task == "segment" and (not _is_int(v) or not 2 <= v <= MAX_IN_CHANNELS):
+        raise _bad(
+            "out_channels", v, f"the number of classes, an integer 2..{MAX_IN_CHANNELS}, for {arch}"
+        )
     if cfg["activation"] not in ACTIVATIONS:
         raise _bad("activation", cfg["activation"], ", ".join(ACTIVATIONS))
     if cfg["unit"] is not None and cfg["unit"] not in UNIT_KINDS:
         raise _bad("unit", cfg["unit"], "null or one of " + ", ".join(UNIT_KINDS))
 
     widths = cfg["widths"]
-    if not isinstance(widths, (list, tuple)) or not all(_is_int(w) and w >= 1 for w in widths):
-        raise _bad("widths", widths, "a list of integers >= 1")
+    if not isinstance(widths, (list, tuple)) or not all(
+        _is_int(w) and 1 <= w <= MAX_WIDTH for w in widths
+    ):
+        raise _bad("widths", widths, f"a list of integers from 1 to {MAX_WIDTH}")
     widths = list(widths)
     if arch == "fcrn_a" and len(widths) != 4:
         raise _bad("widths", widths, "4 integers for fcrn_a (3 scales and the 1/8 bottleneck)")

@@ -34,6 +34,7 @@ __all__ = [
     "Prepared",
     "load_folder",
     "prepare",
+    "reduce_samples",
     "rescale_samples",
     "spatial_split",
 ]
@@ -59,26 +60,87 @@ class Prepared:
         return int(self.image.shape[-2]), int(self.image.shape[-1])
 
 
-def _to_chw(image: np.ndarray, in_channels: int, name: str) -> np.ndarray:
-    """``(H, W)``, ``(C, H, W)`` or ``(H, W, C)`` -> ``(in_channels, H, W)``."""
+def _sample_axes(image: np.ndarray, axes: str | None) -> str:
+    """Axes of a training image: the recorded ones, else ``YX``, ``YXC`` (channels last, as
+    RGB) or ``CYX``."""
+    if axes:
+        return str(axes)
+    if image.ndim == 2:
+        return "YX"
+    if image.ndim == 3:
+        return "YXC" if image.shape[-1] <= 4 and image.shape[0] > 4 else "CYX"
+    return ""
+
+
+def _to_chw(
+    image: np.ndarray,
+    in_channels: int,
+    name: str,
+    rule: dict | None = None,
+    axes: str | None = None,
+) -> np.ndarray:
+    """``(H, W)``, ``(C, H, W)`` or ``(H, W, C)`` -> ``(in_channels, H, W)``.
+
+    A one-channel network gets the plane inference would give it: channels are reduced by the
+    image -> plane rule ``rule`` (:func:`napari_nalu_count.infer.axes.to_planes`; max over RGB(A)
+    colours by default), so training, fine-tuning and inference see the same plane.
+    """
+    from napari_nalu_count.infer.axes import to_planes
+
     img = np.asarray(image)
-    if img.ndim == 2:
-        img = img[None]
-    elif img.ndim == 3:
-        if img.shape[-1] <= 4 and img.shape[0] > 4:
-            img = np.moveaxis(img, -1, 0)
-    else:
+    ax = _sample_axes(img, axes)
+    if (
+        img.ndim not in (2, 3)
+        or len(ax) != img.ndim
+        or sorted(ax) not in (["X", "Y"], ["C", "X", "Y"])
+    ):
         raise InputError(
-            f"training image {name!r} has shape {img.shape}; expected a 2-D image (H, W) or "
-            "(H, W, C)"
+            f"training image {name!r} has shape {img.shape}"
+            + (f" (axes {axes!r})" if axes else "")
+            + "; expected one 2-D image (H, W), (H, W, C) or (C, H, W), not a stack"
         )
-    if img.shape[0] == in_channels:
-        return img
+    if "C" not in ax:
+        return img[None]
+    # dots and labels are in the image's stored pixel order: keep it (first spatial axis = rows)
+    spatial = iter("YX")
+    ax = "".join(a if a == "C" else next(spatial) for a in ax)
+    chw = np.moveaxis(img, ax.index("C"), 0) if ax != "CYX" else img
+    if chw.shape[0] == in_channels:
+        return chw
     if in_channels == 1:
-        return img.astype(np.float32).mean(axis=0, keepdims=True)
+        try:
+            return to_planes(img, ax, rule=rule)[None]
+        except InputError as exc:
+            raise InputError(f"training image {name!r}: {exc}") from None
     raise InputError(
-        f"training image {name!r} has {img.shape[0]} channels but the network expects {in_channels}"
+        f"training image {name!r} has {chw.shape[0]} channels but the network expects {in_channels}"
     )
+
+
+def reduce_samples(
+    samples: Sequence[Any], rule: dict | None = None, in_channels: int = 1
+) -> list[Any]:
+    """Samples whose multi-channel images are reduced to one plane by ``rule``, the way
+    inference reduces them (:func:`napari_nalu_count.infer.axes.to_planes`); 2-D images and
+    networks with several input channels are left alone. A sample's ``meta["axes"]`` (set by
+    the readers from the file) says where its channels are."""
+    import dataclasses
+
+    out: list[Any] = []
+    for i, s in enumerate(samples):
+        image = getattr(s, "image", None)
+        if image is None or in_channels != 1 or np.ndim(image) == 2:
+            out.append(s)
+            continue
+        meta = dict(getattr(s, "meta", {}) or {})
+        name = getattr(s, "name", "") or f"image {i}"
+        plane = _to_chw(np.asarray(image), 1, name, rule, meta.pop("axes", None))[0]
+        if dataclasses.is_dataclass(s):
+            out.append(dataclasses.replace(s, image=plane, meta=meta))
+        else:  # pragma: no cover - any object with .image
+            s.image = plane
+            out.append(s)
+    return out
 
 
 def prepare(
@@ -87,8 +149,12 @@ def prepare(
     *,
     normalization: dict | None = None,
     in_channels: int = 1,
+    input_rule: dict | None = None,
 ) -> list[Prepared]:
     """Normalise ``samples`` and check they carry what ``task`` needs.
+
+    Multi-channel images are reduced for a one-channel network by ``input_rule`` (the card's
+    image -> plane rule, default max over RGB(A)), exactly as inference reduces them.
 
     Counting needs ``dots`` (or ``labels``, whose centroids become the dots); segmentation needs
     ``labels``. Raises :class:`InputError` otherwise.
@@ -103,7 +169,8 @@ def prepare(
         image = getattr(s, "image", None)
         if image is None:
             raise InputError(f"sample {name!r} has no image")
-        chw = _to_chw(image, in_channels, name)
+        axes = (getattr(s, "meta", None) or {}).get("axes")
+        chw = _to_chw(image, in_channels, name, input_rule, axes)
         norm_img = np.stack([percentile_normalize(c, low, high) for c in chw]).astype(np.float32)
         dots = getattr(s, "dots", None)
         labels = getattr(s, "labels", None)
@@ -490,7 +557,12 @@ def load_folder(root: str | Path) -> list[Any]:
     and/or a label image ``NAME_labels.tif`` / ``NAME_masks.png`` (also ``labels/NAME.*`` or
     ``masks/NAME.*``). Images without annotations are skipped; none at all raises
     :class:`InputError`."""
-    from napari_nalu_count.data.readers import Sample, read_image, read_labels, read_points_csv
+    from napari_nalu_count.data.readers import (
+        Sample,
+        read_image_axes,
+        read_labels,
+        read_points_csv,
+    )
 
     base = Path(root)
     if not base.is_dir():
@@ -517,7 +589,9 @@ def load_folder(root: str | Path) -> list[Any]:
                 break
         if dots is None and labels is None:
             continue
-        samples.append(Sample(image=read_image(img_path), dots=dots, labels=labels, name=stem))
+        image, axes = read_image_axes(img_path)
+        meta = {"axes": axes} if axes else {}
+        samples.append(Sample(image=image, dots=dots, labels=labels, name=stem, meta=meta))
     if not samples:
         raise InputError(
             f"no annotated images in {base}: expected NAME.tif with NAME.csv points or a label "

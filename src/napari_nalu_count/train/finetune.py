@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from napari_nalu_count.errors import CancelToken, InputError
+from napari_nalu_count.errors import CancelToken, InputError, TrainingDiverged
 
 from .dataset import prepare, spatial_split
 from .loop import TrainConfig, TrainResult, evaluate, train
@@ -150,10 +150,13 @@ def make_trained_card(
     metrics: dict[str, Any],
     description: str | None = None,
     input_scale: float | None = None,
+    input: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A model card for a trained network (see ``models.make_card``); ``input_scale`` (the
-    factor the training images were resampled by) is stored when it is not 1."""
+    factor the training images were resampled by) is stored when it is not 1; ``input`` is the
+    image -> plane rule the training images went through (default: max over RGB(A))."""
+    from napari_nalu_count.infer.axes import DEFAULT_INPUT_RULE
     from napari_nalu_count.models import make_card
 
     if result.config is None:
@@ -169,6 +172,7 @@ def make_trained_card(
         fields["description"] = description
     if input_scale is not None and float(input_scale) != 1.0:
         fields["input_scale"] = round(float(input_scale), 6)
+    fields["input"] = dict(DEFAULT_INPUT_RULE if input is None else input)
     fields.update(extra or {})
     return make_card(name, task, result.config, **fields)
 
@@ -245,6 +249,52 @@ def _load_start(start_model: Any) -> Any:
     )
 
 
+def _check_args(
+    samples: Any,
+    task: Any,
+    cfg: Any,
+    callback: Any,
+    cancel: Any,
+    holdout: Any,
+    diameter: Any,
+    directory: Any,
+) -> list[Any]:
+    """The samples as a list, every argument checked (:class:`InputError` saying why)."""
+    import numbers
+
+    if samples is None or isinstance(samples, (str, bytes, os.PathLike)):
+        raise InputError(
+            "samples must be annotated images: data.readers.Sample objects (image plus dots or "
+            f"labels) or a list of them, got {type(samples).__name__}"
+        )
+    if not isinstance(samples, (list, tuple)):
+        samples = [samples]
+    samples = list(samples)
+    for i, s in enumerate(samples):
+        if getattr(s, "image", None) is None:
+            raise InputError(
+                f"sample {i} ({type(s).__name__}) has no image; expected data.readers.Sample "
+                "objects with an image and dots or labels"
+            )
+    if task is not None and task not in ("count", "segment"):
+        raise InputError(f"task must be 'count', 'segment' or None, got {task!r}")
+    if cfg is not None and not isinstance(cfg, TrainConfig):
+        raise InputError(f"cfg must be a TrainConfig or None, got {type(cfg).__name__}")
+    if callback is not None and not callable(callback):
+        raise InputError(f"callback must be a function or None, got {type(callback).__name__}")
+    if cancel is not None and not callable(getattr(cancel, "raise_if_cancelled", None)):
+        raise InputError(f"cancel must be a CancelToken or None, got {type(cancel).__name__}")
+    if isinstance(holdout, bool) or not isinstance(holdout, numbers.Real):
+        raise InputError(f"holdout must be a fraction between 0 and 1, got {holdout!r}")
+    if diameter is not None and (
+        isinstance(diameter, bool) or not isinstance(diameter, numbers.Real)
+    ):
+        raise InputError(f"diameter must be a number of pixels or None, got {diameter!r}")
+    if directory is not None and not isinstance(directory, (str, os.PathLike)):
+        raise InputError(f"directory must be a folder path or None, got {directory!r}")
+    return samples
+
+
 def fine_tune(
     start_model: Any,
     samples: Sequence[Any] | Any,
@@ -268,6 +318,10 @@ def fine_tune(
     ``use_fre`` (default) and no ``cfg.fre``, FRE is switched on with B = bottleneck // 4 and
     X = 2 unless the start model already has FRE.
 
+    Images: multi-channel images are reduced to one plane by the start model's image -> plane
+    rule (its card's ``input``, max over RGB(A) colours by default), as inference does; the new
+    card records that rule, so counting with the new model sees the same plane.
+
     Object size: with ``diameter=d`` (pixels of the user's images) the samples are resampled by
     ``start card diameter / d`` so the cells match the start model's grid; without it, by the
     start model's ``input_scale`` (1.0 when absent), as inference does with ``diameter=None``.
@@ -281,21 +335,34 @@ def fine_tune(
     (the card's ``training`` says ``"cancelled": true`` and how many epochs were done) and
     ``path`` points to them; when cancelled before that, nothing is saved (``path`` None and a
     note says so).
+
+    Divergence (a NaN or infinite loss) raises :class:`~napari_nalu_count.errors.
+    TrainingDiverged`. The last good model is kept: when an epoch was validated before it, the
+    best such epoch is saved (atomically) under ``name`` with ``"diverged"`` in its card's
+    ``training`` and the error's ``saved`` is its card path; otherwise nothing is written (the
+    start model and any existing model ``name`` stay as they were) and ``saved`` is None.
+    Bad arguments raise :class:`~napari_nalu_count.errors.InputError`; unreadable model files
+    :class:`~napari_nalu_count.errors.ModelFileError`.
     """
-    from napari_nalu_count.models import check_name, save_model
+    from napari_nalu_count.infer.axes import input_rule
+    from napari_nalu_count.models import check_name
     from napari_nalu_count.nn import registry
 
+    from .dataset import reduce_samples
+
     check_name(name)
+    samples = _check_args(samples, task, cfg, callback, cancel, holdout, diameter, directory)
     start = _load_start(start_model)
     start_task = start.task
     if task is not None and task != start_task:
         raise InputError(f"model {start.name!r} is a {start_task!r} model, not {task!r}")
     task = start_task
-    if not isinstance(samples, (list, tuple)):
-        samples = [samples]
-    samples = list(samples)
 
     start_card = start.card
+    config = dict(start.config)
+    in_ch = int(config.get("in_channels", 1))
+    rule = input_rule(start_card)
+    samples = reduce_samples(samples, rule, in_ch)
     settings = (start_card.get("training") or {}).get("settings") or {}
     if cfg is None:
         cfg = TrainConfig(epochs=20, steps_per_epoch=20, lr=3e-4, patience=8, warmup_steps=0)
@@ -308,7 +375,6 @@ def fine_tune(
         cfg.density_scale = float(start_card["density_scale"])
 
     notes: list[str] = []
-    config = dict(start.config)
     if cfg.fre is None and use_fre:
         if config.get("fre"):
             notes.append(f"kept the start model's FRE {config['fre']}")
@@ -391,7 +457,6 @@ def fine_tune(
     # measured as the user will count: with the diameter they gave, else found by the model
     held_d = [diameter] * len(held_orig)
     e2e = generalist and task == "count" and len(originals) >= 2 and len(held_orig) == len(held_s)
-    in_ch = int(config.get("in_channels", 1))
     held_items = prepare(held_s, task, normalization=cfg.normalization, in_channels=in_ch)
     n_classes = int(config.get("out_channels", 3))
     if e2e:
@@ -407,8 +472,117 @@ def fine_tune(
         )
         before["n_cells"] = int(round(sum(it.count for it in held_items)))
 
-    result = train(start, train_s, held_s, task, cfg, callback=callback, cancel=cancel)
-    fre_used = (result.config or {}).get("fre")
+    def finish(result: TrainResult, extra_training: dict[str, Any]) -> FineTuneResult:
+        fre_used = (result.config or {}).get("fre")
+        if e2e:
+            probe = {**start_card, "config": result.config, "density_scale": cfg.density_scale}
+            after = end_to_end_counts(_as_model(result.net, probe, name), held_orig, held_d)
+        else:
+            after = evaluate(
+                result.net,
+                held_items,
+                task,
+                density_scale=cfg.density_scale,
+                n_classes=n_classes,
+                boundary_width=cfg.boundary_width,
+            )
+            after["n_cells"] = int(round(sum(it.count for it in held_items)))
+        training = {
+            "start_model": start.name,
+            "data": {
+                **_data_summary(samples, task),
+                "train": _data_summary(train_s, task),
+                "held_out": {**_data_summary(held_s, task), "how": held_desc},
+            },
+            "epochs": len(result.history),
+            "best_epoch": result.best_epoch,
+            "steps": result.steps,
+            "cancelled": bool(result.cancelled),
+            "seed": cfg.seed,
+            "fre": fre_used,
+            "settings": cfg.to_dict(),
+            "notes": notes,
+            "command": f"fine_tune({start.name!r}, name={name!r})",
+            **extra_training,
+        }
+        how = (
+            "end to end (infer.count on the held-out images at their own resolution)"
+            if e2e
+            else "on the model grid (train.evaluate)"
+        )
+        metrics = {
+            "split": f"fine-tuning hold-out: {held_desc}, {before['n_cells']} cells; {how}",
+            **{k: v for k, v in after.items()},
+            "before": before,
+            "after": after,
+        }
+        card = make_trained_card(
+            result,
+            name,
+            task,
+            normalization=cfg.normalization,
+            density_scale=cfg.density_scale,
+            diameter=diam,
+            training=training,
+            metrics=metrics,
+            description=f"fine-tuned from {start.name}",
+            input_scale=factor,
+            input=rule,
+            extra=extra_card,
+        )
+        path = save_model(result.net, card, name, directory=directory, overwrite=overwrite)
+        return FineTuneResult(
+            Path(path),
+            name,
+            before,
+            after,
+            result.history,
+            bool(result.cancelled),
+            result.net,
+            fre_used,
+            notes,
+            card,
+        )
+
+    from napari_nalu_count.models import save_model
+
+    try:
+        result = train(start, train_s, held_s, task, cfg, callback=callback, cancel=cancel)
+    except TrainingDiverged as exc:
+        if exc.best_state is None:
+            raise exc.with_note(
+                f"no model was saved: the start model {start.name!r} and any model named "
+                f"{name!r} are unchanged"
+            ) from None
+        used = registry.validate_config(
+            {**config, "fre": dict(cfg.fre)} if cfg.fre is not None else config
+        )
+        net = registry.build_model(used)
+        net.load_state_dict(exc.best_state)
+        net.eval()
+        kept = TrainResult(
+            net=net,
+            history=list(exc.history),
+            best_metrics=dict(exc.best_metrics),
+            best_epoch=exc.best_epoch,
+            cancelled=False,
+            stopped_early=False,
+            config=used,
+            train_config=copy.deepcopy(cfg),
+            steps=exc.step,
+            seconds=0.0,
+        )
+        notes.append(
+            f"training diverged at epoch {exc.epoch}, step {exc.step}; saved the best epoch "
+            f"before it ({exc.best_epoch})"
+        )
+        diverged = {"epoch": exc.epoch, "step": exc.step, "loss": str(exc.loss)}
+        saved = finish(kept, {"diverged": diverged})
+        exc.saved = saved.path
+        raise exc.with_note(
+            f"kept the best epoch before it (epoch {exc.best_epoch}) as model {name!r}"
+        ) from None
+
     if result.cancelled and (result.best_epoch is None or not result.history):
         notes.append("stopped before the first epoch finished; no model was saved")
         return FineTuneResult(
@@ -419,7 +593,7 @@ def fine_tune(
             result.history,
             True,
             result.net,
-            fre_used,
+            (result.config or {}).get("fre"),
             notes,
         )
     if result.cancelled:
@@ -427,71 +601,4 @@ def fine_tune(
             f"stopped after {len(result.history)} epoch(s); saved the best so far "
             f"(epoch {result.best_epoch})"
         )
-    if e2e:
-        probe = {**start_card, "config": result.config, "density_scale": cfg.density_scale}
-        after = end_to_end_counts(_as_model(result.net, probe, name), held_orig, held_d)
-    else:
-        after = evaluate(
-            result.net,
-            held_items,
-            task,
-            density_scale=cfg.density_scale,
-            n_classes=n_classes,
-            boundary_width=cfg.boundary_width,
-        )
-        after["n_cells"] = int(round(sum(it.count for it in held_items)))
-
-    training = {
-        "start_model": start.name,
-        "data": {
-            **_data_summary(samples, task),
-            "train": _data_summary(train_s, task),
-            "held_out": {**_data_summary(held_s, task), "how": held_desc},
-        },
-        "epochs": len(result.history),
-        "best_epoch": result.best_epoch,
-        "steps": result.steps,
-        "cancelled": bool(result.cancelled),
-        "seed": cfg.seed,
-        "fre": fre_used,
-        "settings": cfg.to_dict(),
-        "notes": notes,
-        "command": f"fine_tune({start.name!r}, name={name!r})",
-    }
-    how = (
-        "end to end (infer.count on the held-out images at their own resolution)"
-        if e2e
-        else "on the model grid (train.evaluate)"
-    )
-    metrics = {
-        "split": f"fine-tuning hold-out: {held_desc}, {before['n_cells']} cells; {how}",
-        **{k: v for k, v in after.items()},
-        "before": before,
-        "after": after,
-    }
-    card = make_trained_card(
-        result,
-        name,
-        task,
-        normalization=cfg.normalization,
-        density_scale=cfg.density_scale,
-        diameter=diam,
-        training=training,
-        metrics=metrics,
-        description=f"fine-tuned from {start.name}",
-        input_scale=factor,
-        extra=extra_card,
-    )
-    path = save_model(result.net, card, name, directory=directory, overwrite=overwrite)
-    return FineTuneResult(
-        Path(path),
-        name,
-        before,
-        after,
-        result.history,
-        bool(result.cancelled),
-        result.net,
-        fre_used,
-        notes,
-        card,
-    )
+    return finish(result, {})

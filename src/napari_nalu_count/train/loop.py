@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_nalu_count.errors import Cancelled, CancelToken, InputError
+from napari_nalu_count.errors import Cancelled, CancelToken, InputError, TrainingDiverged
 
 from .dataset import PatchSampler, Prepared, prepare
 from .metrics import classes_to_instances, confusion_matrix, count_metrics, instance_f1, mean_iou
@@ -485,7 +485,9 @@ def train(
          "stopped_early", "seconds"}
 
     Epochs and steps count from 1 in events. A set ``cancel`` token stops the run before the
-    next step; the result then holds the best weights so far and ``cancelled=True``.
+    next step; the result then holds the best weights so far and ``cancelled=True``. A NaN or
+    infinite loss raises :class:`~napari_nalu_count.errors.TrainingDiverged` (epoch, step,
+    loss, and the best validated weights so far as ``best_state``, or None).
     """
     cfg = cfg or TrainConfig()
     cfg.check()
@@ -593,9 +595,14 @@ def train(
             step += 1
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"training diverged (loss {value}) at epoch {epoch}, step {step}; try a "
-                    "lower learning rate"
+                raise TrainingDiverged(
+                    epoch,
+                    step,
+                    value,
+                    best_state=best_state,
+                    best_epoch=best_epoch,
+                    best_metrics=best_metrics,
+                    history=history,
                 )
             losses.append(value)
             epoch_losses.append(value)

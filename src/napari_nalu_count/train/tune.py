@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from napari_nalu_count.errors import CancelToken, InputError
+from napari_nalu_count.errors import CancelToken, InputError, TrainingDiverged
 
 from .loop import _LOWER_IS_BETTER, TrainConfig, train
 
@@ -115,7 +115,7 @@ def tune(
         rec: dict[str, Any] = {"number": trial.number, "B": B, "X": X, "lr": lr}
         try:
             res = train(dict(base), train_samples, val_samples, task, trial_cfg, cancel=cancel)
-        except FloatingPointError as exc:
+        except TrainingDiverged as exc:
             rec.update(value=None, state="diverged", metrics={}, error=str(exc))
             records.append(rec)
             raise optuna.TrialPruned(str(exc)) from exc
