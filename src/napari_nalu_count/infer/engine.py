@@ -19,16 +19,22 @@ Pipeline per plane (stacks are walked plane by plane, dask arrays computed one p
    ``torch.inference_mode`` with batch norm folded into the convolutions; CUDA out-of-memory
    errors halve the batch, then the tile, and retry the plane;
 5. post-process on the model grid (density peaks, watershed) and map back to the image grid.
+
+Each call exists twice: :func:`count_events` / :func:`segment_events` are generators that yield
+:class:`~napari_nalu_count.events.Progress` events (one per tile) and return the result, for a
+napari ``thread_worker`` to drive; :func:`count` / :func:`segment` drive them and report each
+event to ``progress(done, total, message)``.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,12 +43,13 @@ import torch
 from torch import nn
 
 from napari_nalu_count.errors import CancelToken, InputError
+from napari_nalu_count.events import Event, Progress, drive
 from napari_nalu_count.infer import axes as _axes
 from napari_nalu_count.infer import device as _device
 from napari_nalu_count.infer import inputs as _inputs
 from napari_nalu_count.infer import postprocess as _post
 from napari_nalu_count.infer import scale as _scale
-from napari_nalu_count.infer.tiling import n_tiles, predict_tiled
+from napari_nalu_count.infer.tiling import n_tiles, predict_tiled, predict_tiled_steps
 
 ProgressFn = Callable[[int, int, str], Any]
 
@@ -86,6 +93,12 @@ class CountResult:
     model: str = ""
     diameter_source: str = "model"
 
+    @property
+    def plane_counts(self) -> np.ndarray:
+        """The counts shaped like the stack (its ``T``/``Z`` axes in ``axes`` order); a 0-d
+        array for a 2-D image. ``plane_counts.ravel()`` is ``count`` (the CSV frame order)."""
+        return _stack_shaped(self.count, self.density.shape, self.axes)
+
 
 @dataclass
 class SegmentResult:
@@ -103,6 +116,16 @@ class SegmentResult:
     model: str = ""
     seeds: str = "count"
     diameter_source: str = "model"
+
+    @property
+    def plane_counts(self) -> np.ndarray:
+        """Objects per plane shaped like the stack; a 0-d array for a 2-D image."""
+        return _stack_shaped(self.count, self.labels.shape, self.axes)
+
+
+def _stack_shaped(count: Any, shape: tuple[int, ...], axes: str) -> np.ndarray:
+    stack = tuple(int(n) for n, a in zip(shape, axes, strict=False) if a in _axes.STACK_AXES)
+    return np.asarray(count).reshape(stack)
 
 
 # ------------------------------------------------------------------------------------------
@@ -275,7 +298,6 @@ class _Runner:
         out_channels: int,
         tile_size: int | None,
         n_planes: int,
-        progress: ProgressFn | None,
         cancel: CancelToken | None,
         label: str,
     ) -> None:
@@ -294,7 +316,6 @@ class _Runner:
         self.forward = forward
         self.out_channels = out_channels
         self.n_planes = n_planes
-        self.progress = progress
         self.cancel = cancel
         self.label = label
         self.done = 0
@@ -308,18 +329,18 @@ class _Runner:
             shape, self.tile, self._overlap_for(self.tile)
         )
 
-    def report(self, message: str) -> None:
-        if self.progress is not None:
-            self.progress(self.done, max(self.total, self.done), message)
+    def report(self, message: str) -> Progress:
+        """The progress event for now: tiles done of the tiles planned."""
+        return Progress(self.done, max(self.total, self.done), message)
 
     def check_cancel(self) -> None:
         if self.cancel is not None:
             self.cancel.raise_if_cancelled()
 
-    def skip_plane(self, shape: tuple[int, int], plane_no: int, note: str = "empty") -> None:
+    def skip_plane(self, shape: tuple[int, int], plane_no: int, note: str = "empty") -> Progress:
         """Count a plane's tiles as done without running them (empty, or already run)."""
         self.done += n_tiles(shape, self.tile, self._overlap_for(self.tile))
-        self.report(f"{self.label}: plane {plane_no + 1}/{self.n_planes} ({note})")
+        return self.report(f"{self.label}: plane {plane_no + 1}/{self.n_planes} ({note})")
 
     def predict_quiet(self, plane: np.ndarray) -> np.ndarray:
         """One prediction of ``plane`` without progress accounting (diameter checks)."""
@@ -335,19 +356,14 @@ class _Runner:
             on_tile=self.check_cancel,
         )
 
-    def run(self, plane: np.ndarray, plane_no: int) -> np.ndarray:
-        """``(H, W)`` float32 -> ``(C, H, W)`` float32 prediction, with OOM fallback."""
+    def run(self, plane: np.ndarray, plane_no: int) -> Generator[Progress, None, np.ndarray]:
+        """``(H, W)`` float32 -> ``(C, H, W)`` float32 prediction, with OOM fallback; yields a
+        :class:`Progress` after every tile."""
         start = self.done
         msg = f"{self.label}: plane {plane_no + 1}/{self.n_planes}"
-
-        def on_tile() -> None:
-            self.done += 1
-            self.report(msg)
-            self.check_cancel()
-
         while True:
             try:
-                return predict_tiled(
+                steps = predict_tiled_steps(
                     self.forward,
                     plane,
                     self.out_channels,
@@ -356,8 +372,15 @@ class _Runner:
                     batch_size=self.batch,
                     device=self.device,
                     channels_last=OPTIONS["channels_last"],
-                    on_tile=on_tile,
                 )
+                while True:
+                    try:
+                        next(steps)
+                    except StopIteration as stop:
+                        return stop.value
+                    self.done += 1
+                    yield self.report(msg)
+                    self.check_cancel()
             except Exception as exc:
                 if not _device.is_out_of_memory(exc):
                     raise
@@ -374,7 +397,7 @@ class _Runner:
                     ) from exc
                 self.done = start
                 self.set_total(plane.shape, self.n_planes - plane_no)
-                self.report(f"{msg}: out of memory, retrying with {self.tile} px tiles")
+                yield self.report(f"{msg}: out of memory, retrying with {self.tile} px tiles")
 
 
 def _forward_fn(net: nn.Module, task: str, density_scale: float) -> Callable:
@@ -394,37 +417,6 @@ def _forward_fn(net: nn.Module, task: str, density_scale: float) -> Callable:
     return forward
 
 
-def _input_scale(value: Any) -> float:
-    """The card's ``input_scale`` as a resampling factor (1.0 when absent or ~1)."""
-    if value is None:
-        return 1.0
-    s = float(value)
-    if not (np.isfinite(s) and _scale.MIN_SCALE <= s <= _scale.MAX_SCALE):
-        raise InputError(
-            f"the model card's input_scale {value!r} is outside "
-            f"[{_scale.MIN_SCALE:g}, {_scale.MAX_SCALE:g}]"
-        )
-    return 1.0 if abs(s - 1.0) < _scale.SCALE_TOLERANCE else s
-
-
-def _parse_diameter(diameter: Any) -> float | str | None:
-    if diameter is None:
-        return None
-    if isinstance(diameter, str):
-        if diameter.strip().lower() == "auto":
-            return "auto"
-        try:
-            diameter = float(diameter)
-        except ValueError:
-            raise InputError(
-                f"diameter must be a number of pixels or 'auto', got {diameter!r}"
-            ) from None
-    d = float(diameter)
-    if not np.isfinite(d) or d <= 0:
-        raise InputError(f"diameter must be a positive number of pixels, got {diameter!r}")
-    return d
-
-
 class _ScaleState:
     """Resolves the rescaling factor once per call (see the module docstring, step 3).
 
@@ -440,9 +432,9 @@ class _ScaleState:
         input_scale: float | None = None,
         mode: str | None = None,
     ) -> None:
-        self.requested = _parse_diameter(diameter)
+        self.requested = _inputs.parse_diameter(diameter)
         self.card_diameter = float(card_diameter) if card_diameter else None
-        self.input_scale = _input_scale(input_scale)
+        self.input_scale = _scale.input_scale_factor(input_scale)
         self.factor: float | None = None
         self.diameter: float | None = None
         self.source = "model"
@@ -589,8 +581,39 @@ def count(
     min_mass
         Minimum density mass (cells) around a peak for it to become a point.
     """
+    _inputs.check_callbacks(progress, None)
+    steps = count_events(
+        image,
+        model,
+        axes=axes,
+        diameter=diameter,
+        device=device,
+        cancel=cancel,
+        tile_size=tile_size,
+        channel=channel,
+        min_mass=min_mass,
+    )
+    return drive(steps, _tile_callback(progress))
+
+
+def count_events(
+    image: Any,
+    model: Any = "nuclei-count",
+    *,
+    axes: str | None = None,
+    diameter: float | str | None = None,
+    device: str = "auto",
+    cancel: CancelToken | None = None,
+    tile_size: int | None = None,
+    channel: int | str | None = None,
+    min_mass: float = 0.3,
+) -> Generator[Event, None, CountResult]:
+    """:func:`count` as an event generator: yields a :class:`~napari_nalu_count.events.Progress`
+    per tile (and while the nucleus size is estimated) and returns the :class:`CountResult`.
+    Arguments are checked when it starts (the first ``next``), as :func:`count` checks them.
+    """
     image, axes, diameter, device = _inputs.check_call(
-        image, axes, diameter, device, progress, cancel, tile_size, channel
+        image, axes, diameter, device, None, cancel, tile_size, channel
     )
     min_mass = _inputs.check_min_mass(min_mass)
     dev = _device.resolve_device(device)
@@ -607,7 +630,6 @@ def count(
         n_out,
         tile_size,
         plan.n_planes,
-        progress,
         cancel,
         "count",
     )
@@ -628,12 +650,12 @@ def count(
                 runner.set_total(_scale.scaled_shape((h, w), scale.factor), plan.n_planes - k)
                 total_set = True
             shape = _scale.scaled_shape((h, w), scale.factor or 1.0)
-            runner.skip_plane(shape, k)
+            yield runner.skip_plane(shape, k)
             continue
         norm = _normalize(raw, card)
         reuse = None
         if scale.pending:
-            runner.report("count: estimating the nucleus size")
+            yield runner.report("count: estimating the nucleus size")
             scale.resolve(raw)
             if n_out == 2 and scale.source == "estimated":
                 model_plane, reuse = _refine_diameter(runner, norm, scale)
@@ -645,12 +667,12 @@ def count(
         if not total_set:
             runner.set_total(model_plane.shape, plan.n_planes - k)
             total_set = True
-            runner.report(f"count: plane 1/{plan.n_planes}")
+            yield runner.report(f"count: plane 1/{plan.n_planes}")
         if reuse is not None:
-            runner.skip_plane(model_plane.shape, k, note="size check reused")
+            yield runner.skip_plane(model_plane.shape, k, note="size check reused")
             pred = reuse
         else:
-            pred = runner.run(model_plane, k)
+            pred = yield from runner.run(model_plane, k)
         dens = pred[0]
         del model_plane, pred
         counts[k] = float(dens.sum(dtype=np.float64))
@@ -662,7 +684,7 @@ def count(
         target = density[idx] if idx else density
         target[...] = _scale.density_to_original(dens, (h, w))
         del dens
-    runner.report("count: done")
+    yield runner.report("count: done")
 
     ncol = len(plan.stack_shape) + 2
     points = (
@@ -713,10 +735,44 @@ def segment(
         Smallest object kept, in pixels of the model grid (default: ~1/16 of the area of a disc
         of the card's diameter, at least 8).
     """
+    _inputs.check_callbacks(progress, None)
+    steps = segment_events(
+        image,
+        model,
+        axes=axes,
+        diameter=diameter,
+        device=device,
+        cancel=cancel,
+        tile_size=tile_size,
+        channel=channel,
+        seeds=seeds,
+        count_model=count_model,
+        min_size=min_size,
+    )
+    return drive(steps, _tile_callback(progress))
+
+
+def segment_events(
+    image: Any,
+    model: Any = "nuclei-seg",
+    *,
+    axes: str | None = None,
+    diameter: float | str | None = None,
+    device: str = "auto",
+    cancel: CancelToken | None = None,
+    tile_size: int | None = None,
+    channel: int | str | None = None,
+    seeds: str = "count",
+    count_model: Any = "nuclei-count",
+    min_size: int | None = None,
+) -> Generator[Event, None, SegmentResult]:
+    """:func:`segment` as an event generator: yields a :class:`~napari_nalu_count.events.
+    Progress` per tile (the seed counter's tiles included) and returns the
+    :class:`SegmentResult`."""
     if not isinstance(seeds, str) or seeds not in _post.SEED_MODES:
         raise InputError(f"seeds must be one of {_post.SEED_MODES}, got {seeds!r}")
     image, axes, diameter, device = _inputs.check_call(
-        image, axes, diameter, device, progress, cancel, tile_size, channel
+        image, axes, diameter, device, None, cancel, tile_size, channel
     )
     min_size = _inputs.check_int(min_size, "min_size", 0, 2**31 - 1)
     dev = _device.resolve_device(device)
@@ -732,7 +788,6 @@ def segment(
         n_cls,
         tile_size,
         plan.n_planes,
-        progress,
         cancel,
         "segment",
     )
@@ -759,7 +814,7 @@ def segment(
             if not total_set:
                 runner.set_total(shape, plan.n_planes - k)
                 total_set = True
-            runner.skip_plane(shape, k)
+            yield runner.skip_plane(shape, k)
             continue
         norm = _normalize(raw, card)
         points = None
@@ -767,28 +822,32 @@ def segment(
             # the counter finds the size first (its size head checks the estimate); the
             # segmenter then uses the same diameter
             pending = scale.pending
-            sub = count(
-                raw,
-                counter,
-                axes="YX",
-                diameter="auto" if pending and scale.requested == "auto" else scale.diameter,
-                device=str(dev),
-                cancel=cancel,
-                tile_size=tile_size,
+            seeding = f"segment: plane {k + 1}/{plan.n_planes}: finding the cells"
+            sub = yield from _relay(
+                count_events(
+                    raw,
+                    counter,
+                    axes="YX",
+                    diameter="auto" if pending and scale.requested == "auto" else scale.diameter,
+                    device=str(dev),
+                    cancel=cancel,
+                    tile_size=tile_size,
+                ),
+                functools.partial(runner.report, seeding),
             )
             points = sub.points
             if pending and sub.diameter_source == "estimated" and sub.diameter:
                 scale.set_diameter(float(sub.diameter))
         if scale.pending:
-            runner.report("segment: estimating the nucleus size")
+            yield runner.report("segment: estimating the nucleus size")
         s = scale.resolve(raw)
         model_plane = _scale.rescale_plane(norm, s)
         del norm, raw
         if not total_set:
             runner.set_total(model_plane.shape, plan.n_planes - k)
             total_set = True
-            runner.report(f"segment: plane 1/{plan.n_planes}")
-        probs = runner.run(model_plane, k)
+            yield runner.report(f"segment: plane 1/{plan.n_planes}")
+        probs = yield from runner.run(model_plane, k)
         mshape = model_plane.shape
         del model_plane
         if points is not None and mshape != (h, w):
@@ -804,7 +863,7 @@ def segment(
         counts[k] = int(lab.max())
         target = labels[idx] if idx else labels
         target[...] = lab
-    runner.report("segment: done")
+    yield runner.report("segment: done")
     return SegmentResult(
         labels=_axes.to_output_order(labels, plan),
         count=counts if plan.is_stack else int(counts[0]),
@@ -814,3 +873,29 @@ def segment(
         seeds=seeds,
         diameter_source=scale.source,
     )
+
+
+# ------------------------------------------------------------------------------------------
+# driving the generators
+
+
+def _tile_callback(progress: ProgressFn | None) -> Callable[[Event], None] | None:
+    """``progress(done, total, message)`` fed from the :class:`Progress` events."""
+    if progress is None:
+        return None
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, Progress):
+            progress(event.done, event.total, event.message)
+
+    return on_event
+
+
+def _relay(steps: Generator[Event, None, Any], make: Callable[[], Event]) -> Generator:
+    """Run a nested event generator, yielding ``make()`` in place of each of its events."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield make()
