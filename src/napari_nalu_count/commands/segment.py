@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             count_model=counter[0] if counter else args.count_model,
         )
-        return res.count, res
+        return res.plane_counts, res
 
     def write_labels(path: Path, res: Any) -> None:
         if labels_dir is not None:
