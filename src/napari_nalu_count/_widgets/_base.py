@@ -46,6 +46,7 @@ class JobDock(QWidget):
         self.model_combo: ComboBox | None = None
         self._cleanups: list[Callable[[], None]] = []
         self._ready = False  # set by :meth:`ready` once the subclass built its form
+        self._model_memory: dict[str, str] = {}  # task -> the model last chosen for it
 
         self.setMinimumWidth(330)
         layout = QVBoxLayout(self)
@@ -118,6 +119,8 @@ class JobDock(QWidget):
         self.model_combo = ComboBox(label=label, choices=self._model_choices, tooltip=tooltip)
         self.form.append(self.model_combo)
         self.refresh_models()
+        self._remember_model(self.model_combo.value)
+        self.model_combo.changed.connect(self._remember_model)
         return self.model_combo
 
     def _model_choices(self, widget: Any = None) -> list[tuple[str, str]]:
@@ -128,15 +131,24 @@ class JobDock(QWidget):
             return []
 
     def refresh_models(self) -> None:
-        """Refill the model picker, keeping the choice (else the task's default model)."""
+        """Refill the model picker, keeping the choice; else the one last chosen for this task,
+        else the task's default model."""
         if self.model_combo is None:
             return
-        current = self.model_combo.value
-        self.model_combo.reset_choices()
+        task = self.model_task() or ""
+        current, remembered = self.model_combo.value, self._model_memory.get(task)
+        self.model_combo.reset_choices()  # may pick (and remember) the first name on its own
         names = list(self.model_combo.choices)
-        default = _models.DEFAULT_MODELS.get(self.model_task() or "")
-        if current not in names and default in names:
-            self.model_combo.value = default
+        if current in names:
+            return
+        for name in (remembered, _models.DEFAULT_MODELS.get(task)):
+            if name in names:
+                self.model_combo.value = name
+                return
+
+    def _remember_model(self, name: str | None) -> None:
+        if name:
+            self._model_memory[self.model_task() or ""] = name
 
     # ------------------------------------------------------------------ lifecycle
     @property

@@ -37,15 +37,16 @@ def layers_of(viewer: Any, kinds: type | tuple[type, ...]) -> list[tuple[str, An
 
 
 def transform_points(points: np.ndarray, src_layer: Any, dst_layer: Any) -> np.ndarray:
-    """Map points from ``src_layer``'s data coordinates into ``dst_layer``'s."""
+    """Map points from ``src_layer``'s data coordinates into ``dst_layer``'s (through world
+    coordinates, with the layers' public transforms: docks get proxied layers)."""
     points = np.asarray(points, dtype=float)
+    n = dst_layer.ndim
     if len(points) == 0:
-        return points.reshape(0, dst_layer.ndim)
-    world = src_layer._transforms[1:].simplified(points)
-    if world.shape[1] < dst_layer.ndim:
-        pad = np.zeros((world.shape[0], dst_layer.ndim - world.shape[1]))
-        world = np.concatenate([pad, world], axis=1)
-    return np.asarray(dst_layer._transforms[1:].simplified.inverse(world[:, -dst_layer.ndim :]))
+        return points.reshape(0, n)
+    world = np.array([src_layer.data_to_world(p) for p in points], dtype=float)
+    if world.shape[1] < n:
+        world = np.concatenate([np.zeros((len(world), n - world.shape[1])), world], axis=1)
+    return np.array([dst_layer.world_to_data(w[-n:]) for w in world], dtype=float)
 
 
 def shape_masks(shapes_layer: Any, source: Any, plane_shape: tuple[int, int]) -> np.ndarray:

@@ -143,7 +143,7 @@ class FineTuneWidget(JobDock):
         self.steps_spin = SpinBox(label="steps / epoch", min=1, max=10000, value=20)
         self.lr_edit = LineEdit(label="learning rate", value="3e-4")
         self.patch_spin = SpinBox(label="patch size", min=16, max=1024, step=16, value=128)
-        self.fre_check = CheckBox(text="on (Feature Random Enhancement)", label="FRE", value=True)
+        self.fre_check = CheckBox(text="FRE (Feature Random Enhancement)", value=True)
         self.fre_b_spin = SpinBox(
             label="B", min=0, max=4096, value=8, tooltip="bottleneck channels scaled by X"
         )
@@ -154,7 +154,7 @@ class FineTuneWidget(JobDock):
         fre_row.margins = (0, 0, 0, 0)
         fre_row.label = ""
         self.tune_check = CheckBox(
-            text="tune B/X first", label="", tooltip="a short TPE search from the start model"
+            text="tune B/X first", tooltip="a short TPE search from the start model"
         )
         self.trials_spin = SpinBox(label="trials", min=1, max=100, value=6)
         self.diameter_edit = LineEdit(
@@ -166,7 +166,7 @@ class FineTuneWidget(JobDock):
         self.name_edit = LineEdit(label="new name")
         self.name_edit.native.setPlaceholderText("name of the new model")
         self.replace_check = CheckBox(
-            text="replace a model of that name", label="", tooltip="off: never overwrite one"
+            text="replace a model of that name", tooltip="off: never overwrite one"
         )
         self.form.extend(
             [self.device_combo, self.epochs_spin, self.steps_spin, self.lr_edit, self.patch_spin]

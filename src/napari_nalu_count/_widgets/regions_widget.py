@@ -22,8 +22,12 @@ from napari_nalu_count.errors import InputError
 
 
 def is_density(layer: Any) -> bool:
+    """A density map: made by the Count dock, or opened from the command line's output
+    (``nalu-count count --density-dir`` writes ``<name>_density.tif``)."""
     meta = layer.metadata.get(_viewer.META_KEY) if isinstance(layer.metadata, dict) else None
-    return bool(meta) and meta.get("kind") == "density"
+    if meta:
+        return meta.get("kind") == "density"
+    return "density" in layer.name.lower()
 
 
 def region_summary(density_layer: Any, shapes_layer: Any) -> Summary:
@@ -60,7 +64,8 @@ class RegionsWidget(QWidget):
         self.density_combo = ComboBox(
             label="density map",
             choices=self._density_choices,
-            tooltip="a density map made by the Count cells dock (its sum is the cell count)",
+            tooltip="a density map made by the Count cells dock, or a *_density.tif from the "
+            "command line (its sum is the cell count)",
         )
         self.regions_combo = ComboBox(
             label="regions", choices=self._shape_choices, tooltip="the shapes to count in"
@@ -94,8 +99,7 @@ class RegionsWidget(QWidget):
     def _density_choices(self, widget: Any = None) -> list[tuple[str, Any]]:
         from napari.layers import Image
 
-        images = _viewer.layers_of(self.viewer, Image)
-        return [c for c in images if is_density(c[1])] + [c for c in images if not is_density(c[1])]
+        return [c for c in _viewer.layers_of(self.viewer, Image) if is_density(c[1])]
 
     def _shape_choices(self, widget: Any = None) -> list[tuple[str, Any]]:
         from napari.layers import Shapes
@@ -105,11 +109,6 @@ class RegionsWidget(QWidget):
     def _on_layers(self, event: Any = None) -> None:
         try:
             self.form.reset_choices()
-            current = self.density_combo.value
-            if current is None or not is_density(current):
-                first = next((c for c in self.density_combo.choices if is_density(c)), None)
-                if first is not None:  # a density map appeared: count in it
-                    self.density_combo.value = first
             self._on_form_changed()
         except RuntimeError:  # the Qt side of this dock is gone
             pass
