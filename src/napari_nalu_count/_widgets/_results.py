@@ -103,6 +103,11 @@ class ResultsPanel(QWidget):
                 self.table.setItem(row, col, item)
         self.table.setVisible(counts.size > 1 or bool(summary.extra))
         self.table.resizeColumnsToContents()
+        # as tall as its rows (up to 12; it scrolls beyond), no empty space under a short table
+        fit = self.table.horizontalHeader().sizeHint().height() + 2 * self.table.frameWidth()
+        fit += self.table.verticalHeader().defaultSectionSize() * min(counts.size, 12)
+        self.table.setMinimumHeight(min(fit, 140))
+        self.table.setMaximumHeight(fit)
         self.export_button.setEnabled(True)
         self._follow_frame()
 
