@@ -53,13 +53,14 @@ OPTIONS: dict[str, Any] = {
     "compile": False,  # torch.compile the network (pays only for long runs on a GPU)
     "overlap": 64,  # pixels shared by neighbouring tiles
     "batch_size": None,  # tiles per forward pass; None = automatic per device
+    "size_check": True,  # check an estimated diameter with the counter's size head
 }
 #: smallest tile the out-of-memory fallback goes down to
 MIN_TILE = 64
 #: size-head check of an estimated diameter: window edge on the model grid (pixels), the
 #: relative size error above which the image is resampled again, and at most this many checks
 REFINE_WINDOW = 256
-REFINE_TOLERANCE = 1.2
+REFINE_TOLERANCE = 1.25
 REFINE_ROUNDS = 2
 #: the size head's estimate is used only when the window holds at least this many cells
 REFINE_MIN_CELLS = 2.0
@@ -635,7 +636,7 @@ def count(
         if scale.pending:
             runner.report("count: estimating the nucleus size")
             scale.resolve(raw)
-            if n_out == 2 and scale.source == "estimated":
+            if n_out == 2 and scale.source == "estimated" and OPTIONS["size_check"]:
                 model_plane, reuse = _refine_diameter(runner, norm, scale)
             else:
                 model_plane = _scale.rescale_plane(norm, scale.factor)
