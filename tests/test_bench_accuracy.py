@@ -316,8 +316,8 @@ def test_run_writes_json_report_and_tables(full_run) -> None:
     assert "### BBBC039 val" in md and "| 2x | LoG |" in md and "Otsu+WS" in md
     png = out / "report" / "accuracy_scale.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # rows were streamed for --resume
-    assert (out / "acc.json.rows.jsonl").is_file()
+    # the rows streamed for --resume are folded into the JSON at the end
+    assert not (out / "acc.json.rows.jsonl").exists()
 
 
 def test_resume_reuses_rows(fake_root, tmp_path, monkeypatch) -> None:
@@ -331,9 +331,15 @@ def test_resume_reuses_rows(fake_root, tmp_path, monkeypatch) -> None:
         raise AssertionError("a finished image was measured again")
 
     monkeypatch.setattr(bench, "evaluate_image", fail)
-    assert cli.main(argv + ["--resume"]) == 0
+    assert cli.main(argv + ["--resume"]) == 0  # from the finished JSON
     again = json.loads(out.read_text())
     assert again["results"] == first["results"]
+    # an interrupted run: only the row stream exists, with a half-written last line
+    rows = "".join(json.dumps(r) + "\n" for r in first["images"]) + '{"set": "vg'
+    Path(str(out) + ".rows.jsonl").write_text(rows)
+    out.unlink()
+    assert cli.main(argv + ["--resume"]) == 0
+    assert json.loads(out.read_text())["results"] == first["results"]
 
 
 def test_missing_data_root_exits_2_with_one_line(tmp_path, capsys) -> None:

@@ -57,10 +57,11 @@ matches with IoU above the threshold, TP/FP/FN summed over images, as
 on one image is recorded (JSON and report) and that image is left out of that method's figures.
 
 ``--json OUT`` writes everything (machine, versions, threads, the command, models and the
-sha256 of their card files, settings, per-image rows). With ``--json`` the per-image rows are
-also appended to ``OUT.rows.jsonl`` as they are measured, and ``--resume`` reuses the rows of an
-interrupted run with the same settings. ``--report DIR`` writes ``accuracy.md`` and
-``accuracy_scale.png``.
+sha256 of their card files, settings, per-image rows: file stem, true count, per method the
+predicted count, point TP/FP/FN, segmentation TP/FP/FN and seconds). While it runs, the per-image
+rows are appended to ``OUT.rows.jsonl`` (removed once ``OUT`` is written); ``--resume`` reuses
+the rows of an interrupted or finished run with the same settings and models. ``--report DIR``
+writes ``accuracy.md`` and ``accuracy_scale.png``.
 """
 
 from __future__ import annotations
@@ -692,16 +693,25 @@ def _fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _read_rows(path: Path, fingerprint: str) -> dict[tuple[str, float, str], dict[str, Any]]:
-    rows: dict[tuple[str, float, str], dict[str, Any]] = {}
-    if not path.is_file():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
+def _read_rows(
+    json_path: Path, rows_path: Path, fingerprint: str
+) -> dict[tuple[str, float, str], dict[str, Any]]:
+    """Rows of an earlier run with the same settings: its finished JSON, then its row stream."""
+    found: list[dict[str, Any]] = []
+    if json_path.is_file():
         try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a half-written last line of an interrupted run
-        if r.get("fingerprint") == fingerprint:
+            found += list(json.loads(json_path.read_text(encoding="utf-8")).get("images", []))
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    if rows_path.is_file():
+        for line in rows_path.read_text(encoding="utf-8").splitlines():
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a half-written last line of an interrupted run
+    rows: dict[tuple[str, float, str], dict[str, Any]] = {}
+    for r in found:
+        if isinstance(r, dict) and r.get("fingerprint") == fingerprint:
             rows[(r["set"], float(r["scale"]), r["name"])] = r
     return rows
 
@@ -764,7 +774,9 @@ def run(args: argparse.Namespace) -> int:
     }
     fingerprint = _fingerprint(settings)
     rows_path = Path(str(args.json) + ".rows.jsonl") if args.json else None
-    done = _read_rows(rows_path, fingerprint) if (rows_path and args.resume) else {}
+    done = (
+        _read_rows(Path(args.json), rows_path, fingerprint) if (rows_path and args.resume) else {}
+    )
     if rows_path and not args.resume and rows_path.exists():
         rows_path.unlink()
     if done:
@@ -869,6 +881,8 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(_jsonable(report), fh, indent=1)
+        if rows_path and rows_path.exists():
+            rows_path.unlink()  # everything is in the JSON now (and --resume reads it there)
     if args.report:
         write_report(report, args.report)
     return 0
