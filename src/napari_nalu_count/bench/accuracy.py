@@ -36,10 +36,10 @@ Methods, all on the same images in the same run:
   downsampled by 2 (:func:`rescale_plane`, Gaussian anti-aliasing, for speed), then
   :func:`skimage.feature.blob_log` with sigmas covering nuclei of 6-120 px
   (``sigma = d / (2 sqrt 2)`` -> 1.06-21.2 px on the half-size image), 10 log-spaced sigmas,
-  threshold 0.05 (the project's other LoG uses; a uniform disc of contrast c gives a response of
-  ``2 c / e = 0.74 c``, so it keeps discs of contrast >= 0.07), overlap 0.5, no border
-  exclusion. Count = number of blobs; points = blob centres mapped back to full resolution with
-  the pixel-centre convention.
+  threshold 0.05 (as in the project's other blob_log calls; a uniform disc of contrast c
+  gives a peak response of ``2 c / e = 0.74 c``, so it keeps discs of contrast >= 0.07),
+  overlap 0.5, no border exclusion. Count = number of blobs; points = blob centres mapped back
+  to full resolution with the pixel-centre convention.
 - ``Otsu+WS`` baseline (fixed :data:`WATERSHED_SETTINGS`): the same normalisation, Gaussian
   smoothing (sigma 1 px), Otsu threshold, holes filled, Euclidean distance transform,
   ``peak_local_max`` seeds (``min_distance=7``, i.e. a 15 x 15 footprint, per connected
