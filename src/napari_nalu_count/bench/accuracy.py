@@ -870,6 +870,7 @@ def run(args: argparse.Namespace) -> int:
         "errors": errors,
         "load_errors": load_errors,
         "elapsed_s": elapsed,
+        "rows_reused": sum(1 for r in rows if (r["set"], r["scale"], r["name"]) in done),
         "images": rows,
     }
     report["machine"]["load_average_end"] = (
@@ -978,7 +979,12 @@ def format_report(report: dict[str, Any]) -> str:
             f"{k}: {v['name']} (card sha256 {str(v['card_sha256'])[:12]})"
             for k, v in report["models"].items()
         ),
-        f"- elapsed: {report['elapsed_s'] / 60:.1f} min",
+        f"- elapsed: {report['elapsed_s'] / 60:.1f} min"
+        + (
+            f" (this invocation; {report['rows_reused']} image rows reused by --resume)"
+            if report.get("rows_reused")
+            else ""
+        ),
     ]
     if report["settings"].get("limit") or report["settings"].get("scale_limit"):
         head.append(
