@@ -747,6 +747,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_nalu_count.models import load_model
 
     device = str(resolve_device(args.device))
+    machine = _machine(device)  # now, so that its load average is the one at the start
     counter = load_model(args.count_model, device=device)
     if counter.task != "count":
         raise InputError(f"--count-model {args.count_model!r} is a {counter.task!r} model")
@@ -849,7 +850,7 @@ def run(args: argparse.Namespace) -> int:
         "benchmark": "accuracy",
         "command": _command_line(args),
         "argv": sys.argv,
-        "machine": {**_machine(device), "torch_threads": torch.get_num_threads()},
+        "machine": {**machine, "torch_threads": torch.get_num_threads()},
         "data_root": str(root.resolve()),
         "sets": set_info,
         "settings": {**settings, "limit": args.limit, "scale_limit": args.scale_limit},
