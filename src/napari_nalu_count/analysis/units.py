@@ -40,7 +40,7 @@ def check_pixel_size(value: Any) -> tuple[float, float] | None:
     """
     if value is None:
         return None
-    if isinstance(value, (str, bytes)):
+    if isinstance(value, (str, bytes, bool, np.bool_)):
         raise InputError(f"pixel_size must be a number of micrometres per pixel, got {value!r}")
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         vals = [float(value), float(value)]
