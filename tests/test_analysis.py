@@ -148,6 +148,8 @@ def test_measure_axes_empty_and_errors():
     assert "mean_intensity" not in df
     empty = measure(np.zeros((8, 8), dtype=np.int32))
     assert len(empty) == 0 and "area_px" in empty
+    empty = measure(np.zeros((8, 8), dtype=np.int32), np.ones((8, 8)), pixel_size=1.0)
+    assert len(empty) == 0 and {"mean_intensity", "area_um2", "solidity"} <= set(empty)
     with pytest.raises(InputError):
         measure(np.zeros((8, 8), dtype=np.float32))
     with pytest.raises(InputError):

@@ -122,7 +122,11 @@ def measure(
     if frames:
         raw = pd.concat(frames, ignore_index=True)
     else:
-        raw = pd.DataFrame({p: [] for p in ("label", "frame", "centroid-0", "centroid-1", "area")})
+        names = ["label", "frame", "centroid-0", "centroid-1", "area", "eccentricity", "solidity"]
+        multichannel = img is not None and img.ndim > lab.ndim
+        if img is not None and not multichannel:
+            names += list(_INTENSITY)
+        raw = pd.DataFrame({p: np.zeros(0) for p in names})
     return _tidy(raw, ps, img is not None, None if img is None else img.ndim > lab.ndim)
 
 
