@@ -761,7 +761,7 @@ def count(
 BLOCK_SIZE = 2048
 #: the normalisation percentiles of a blocked plane come from a regular subsample of at most
 #: this many pixels
-SAMPLE_PIXELS = 1 << 22
+SAMPLE_PIXELS = 1 << 20
 #: edge of the central window a blocked plane's object size is estimated on
 ESTIMATE_WINDOW = 1024
 
