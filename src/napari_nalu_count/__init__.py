@@ -23,7 +23,7 @@ __all__ = [
 _API = {
     "count": "napari_nalu_count.infer",
     "segment": "napari_nalu_count.infer",
-    "measure": "napari_nalu_count.analysis.measure",
+    "measure": "napari_nalu_count.analysis.measurements",
     "run_batch": "napari_nalu_count.infer.batch",
     "list_models": "napari_nalu_count.models",
     "load_model": "napari_nalu_count.models",

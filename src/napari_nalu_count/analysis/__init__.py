@@ -11,7 +11,7 @@ Core code (numpy, scipy, scikit-image, pandas; never torch, napari or Qt):
 
 from __future__ import annotations
 
-from napari_nalu_count.analysis.measure import measure
+from napari_nalu_count.analysis.measurements import measure
 from napari_nalu_count.analysis.regions import (
     RegionTable,
     as_regions,

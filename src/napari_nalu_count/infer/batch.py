@@ -491,7 +491,7 @@ def run_batch(
                 result.skipped.append((str(path), f"cannot write output: {exc}"))
                 emit("output", i, path, message=f"cannot write output for {path}: {exc}")
             if measure:
-                from napari_nalu_count.analysis.measure import measure as _measure
+                from napari_nalu_count.analysis.measurements import measure as _measure
 
                 try:
                     plane_image = _intensity_for(image, file_axes, res, ch, loaded)
@@ -640,7 +640,7 @@ def _concat_measurements(parts: list[Any], ps: Any) -> Any:
     import pandas as pd
 
     from napari_nalu_count.analysis import units as _units
-    from napari_nalu_count.analysis.measure import measure as _measure
+    from napari_nalu_count.analysis.measurements import measure as _measure
 
     if parts:
         df = pd.concat(parts, ignore_index=True)
