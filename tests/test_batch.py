@@ -176,8 +176,6 @@ def test_argument_errors():
     with pytest.raises(InputError):
         run_batch(".", "count", "nuclei-count", measure=True)
     with pytest.raises(InputError):
-        run_batch(".", "segment", "nuclei-seg", volume=True)
-    with pytest.raises(InputError):
         run_batch(".", "count", "nuclei-count", pixel_size=-1)
 
 

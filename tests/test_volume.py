@@ -116,3 +116,46 @@ def test_count_volume_api_shapes_and_errors(monkeypatch):
         count(s.image, model, axes="ZYX", device="cpu", volume="yes")
     with pytest.raises(InputError):
         count(s.image, model, axes="ZYX", device="cpu", volume=True, z_diameter=-1)
+
+
+def _per_plane_ids(labels_3d: np.ndarray) -> np.ndarray:
+    """Global ids -> ids 1..n in each plane (what segment() returns)."""
+    from skimage.segmentation import relabel_sequential
+
+    return np.stack([relabel_sequential(p)[0] for p in labels_3d]).astype(np.int32)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_link_labels_recovers_every_nucleus_of_true_plane_labels(seed):
+    from napari_nalu_count.infer.volume import link_labels
+
+    s = synthetic_volume((20, 160, 160), n_cells=40, diameter=14.0, seed=seed)
+    linked, n = link_labels(_per_plane_ids(s.labels))
+    assert n == 40
+    # the same partition as the truth: every true nucleus is exactly one linked object
+    pairs = {(int(a), int(b)) for a, b in zip(s.labels.ravel(), linked.ravel(), strict=True)
+             if a > 0}  # fmt: skip
+    assert len(pairs) == 40 and len({b for _, b in pairs}) == 40
+
+
+def test_segment_volume_api(monkeypatch):
+    from napari_nalu_count.infer import engine, segment
+    from napari_nalu_count.models import make_card, save_model
+    from napari_nalu_count.nn.registry import build_model
+
+    s = synthetic_volume((10, 64, 64), n_cells=6, diameter=10.0, seed=2)
+    truth = iter(list(_per_plane_ids(s.labels)) * 4)
+    monkeypatch.setattr(engine._post, "classes_to_instances", lambda *a, **k: next(truth))
+    torch.manual_seed(0)
+    net = build_model({"architecture": "se_unet", "widths": [4, 8]})
+    save_model(net, make_card("vol-seg", "segment", net.config, diameter=10.0), "vol-seg")
+    res = segment(s.image, "vol-seg", axes="ZYX", device="cpu", seeds="interior", volume=True)
+    assert res.volume_count == 6 and res.volume_labels.shape == s.labels.shape
+    assert res.volume_points.shape == (6, 3)
+    _, _, f1 = match_points(res.volume_points, s.dots, radius=3.0)
+    assert f1 == 1.0
+    res = segment(np.stack([s.image, s.image]), "vol-seg", axes="TZYX", device="cpu",
+                  seeds="interior", volume=True)  # fmt: skip
+    np.testing.assert_array_equal(res.volume_count, [6, 6])
+    with pytest.raises(InputError, match="Z axis"):
+        segment(s.image, "vol-seg", axes="TYX", device="cpu", seeds="interior", volume=True)

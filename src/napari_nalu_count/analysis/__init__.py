@@ -5,7 +5,7 @@ Core code (numpy, scipy, scikit-image, pandas; never torch, napari or Qt):
 - :mod:`.units`: pixel sizes (micrometres per pixel), area and density units and column names;
 - :mod:`.regions`: counts, areas and densities per region of a label mask (atlas, tissue mask)
   or of boolean masks (Shapes), from a density (counting) or from instance labels (segmentation);
-- :mod:`.measure`: the per-object table (:func:`measure`, exported as
+- :mod:`.measurements`: the per-object table (:func:`measure`, exported as
   ``napari_nalu_count.measure``).
 """
 

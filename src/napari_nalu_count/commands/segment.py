@@ -47,6 +47,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="write per-object measurements (area, diameter, intensity, eccentricity, "
         "solidity; um with --pixel-size) to this CSV",
     )
+    parser.add_argument(
+        "--volume",
+        action="store_true",
+        help="also count each Z-stack as a volume (objects linked across planes by overlap); "
+        "rows with kind=volume, and DIR/<name>_labels3d.tif with --labels-dir",
+    )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
@@ -60,4 +66,5 @@ def run(args: argparse.Namespace) -> int:
         options,
         labels_dir=args.labels_dir,
         measure_csv=args.measure_csv,
+        volume=bool(args.volume),
     )

@@ -333,8 +333,11 @@ def run_batch(
         Add the area and density columns; None (default): when ``pixel_size`` or ``regions``
         is given.
     volume, z_diameter
-        Counting only: also count each Z-stack as volumes (``count(..., volume=True)``); the
-        table gets a ``kind`` column (``plane`` / ``volume``), see :mod:`napari_nalu_count.io_csv`.
+        Also count each Z-stack as volumes (``count(..., volume=True)``: 3-D peaks;
+        ``segment(..., volume=True)``: objects linked across Z; ``z_diameter`` is for counting
+        only); the table gets a ``kind`` column (``plane`` / ``volume``), see
+        :mod:`napari_nalu_count.io_csv`. With ``labels_dir`` a segmentation then writes the
+        linked 3-D labels (``<name>_labels3d.tif``) beside the per-plane ones.
     density_dir, labels_dir
         Write each density map (counting; float32 cells per pixel) as
         ``DIR/<name>_density.tif`` / instance labels (segmentation; int32) as
@@ -366,8 +369,6 @@ def run_batch(
     ps = _units.check_pixel_size(pixel_size)
     if not isinstance(volume, (bool, np.bool_)):
         raise InputError(f"volume must be True or False, got {volume!r}")
-    if volume and task != "count":
-        raise InputError("volume counts are made by counting models (task 'count')")
     if measure_csv is not None:
         measure = True
     if measure and task != "segment":
@@ -487,6 +488,10 @@ def run_batch(
                     out = unique_output(labels_out, path.stem, "_labels.tif", used)
                     _write_tiff(out, np.asarray(res.labels, dtype=np.int32), True)
                     result.outputs.append(out)
+                    if getattr(res, "volume_labels", None) is not None:
+                        out = unique_output(labels_out, path.stem, "_labels3d.tif", used)
+                        _write_tiff(out, np.asarray(res.volume_labels, dtype=np.int32), True)
+                        result.outputs.append(out)
             except OSError as exc:
                 result.skipped.append((str(path), f"cannot write output: {exc}"))
                 emit("output", i, path, message=f"cannot write output for {path}: {exc}")
@@ -559,6 +564,8 @@ def _run_one(
         if volume:
             kwargs.update(volume=True, z_diameter=z_diameter)
         return count(image, loaded, **kwargs)
+    if volume:
+        kwargs.update(volume=True)
     return segment(image, loaded, **kwargs)
 
 

@@ -112,6 +112,13 @@ class SegmentResult:
     ``labels``: int32 instance labels of the image's stack + spatial shape (``axes`` order), each
     plane numbered 1..n on its own. ``count``: int for a 2-D plane, 1-D int64 array per plane
     for stacks.
+
+    ``segment(..., volume=True)`` on a stack with a ``Z`` axis adds ``volume_labels`` (int32,
+    the shape of ``labels``: the per-plane objects linked across Z by overlap, one id per 3-D
+    object, numbered per volume), ``volume_count`` (an int for one volume, a 1-D array
+    with one per volume for ``TZYX``) and ``volume_points`` (the 3-D objects' centroids, ``axes``
+    order); see :func:`.volume.link_labels`. ``level`` / ``level_scale`` as in
+    :class:`CountResult`.
     """
 
     labels: np.ndarray
@@ -123,6 +130,9 @@ class SegmentResult:
     diameter_source: str = "model"
     level: int | None = None
     level_scale: tuple[float, ...] | None = None
+    volume_labels: np.ndarray | None = None
+    volume_count: int | np.ndarray | None = None
+    volume_points: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------------------------
@@ -793,9 +803,7 @@ def _level_scale(ms: Any, plan: _axes.PlanePlan) -> tuple[float, ...]:
     return tuple(float(by_axis[a]) for a in plan.out_axes)
 
 
-def _read_block(
-    lazy: Any, plan: _axes.PlanePlan, ys: slice, xs: slice
-) -> np.ndarray:
+def _read_block(lazy: Any, plan: _axes.PlanePlan, ys: slice, xs: slice) -> np.ndarray:
     """A ``(h, w)`` block of one plane of the canonical view (``[C,] Y, X``), channels reduced."""
     block = _axes._materialize(lazy[..., ys, xs])
     if "C" in plan.axes:
@@ -977,6 +985,7 @@ def segment(
     count_model: Any = "nuclei-count",
     min_size: int | None = None,
     level: int | None = None,
+    volume: bool = False,
 ) -> SegmentResult:
     """Instance segmentation with an interior/boundary model and a seeded watershed.
 
@@ -994,10 +1003,14 @@ def segment(
         For a multiscale ``image``: the level to segment (0 by default), as in :func:`count`;
         the chosen level is read plane by plane (whole planes, not blocks: the watershed
         needs the whole plane). ``SegmentResult.level_scale`` says its size factor.
+    volume
+        For stacks with a ``Z`` axis: also link the per-plane objects across Z into 3-D objects
+        (``SegmentResult.volume_labels``, ``.volume_count``, ``.volume_points``).
     """
     ms = None if isinstance(image, (str, os.PathLike)) else _multiscale.resolve(image, level)
     if ms is not None:
         image = ms.array
+    volume = _check_flag(volume, "volume")
     if not isinstance(seeds, str) or seeds not in _post.SEED_MODES:
         raise InputError(f"seeds must be one of {_post.SEED_MODES}, got {seeds!r}")
     image, axes, diameter, device = _inputs.check_call(
@@ -1028,6 +1041,11 @@ def segment(
         d = scale.card_diameter or 10.0
         min_size = max(8, int(np.pi * d * d / 4.0 / 16.0))
 
+    if volume and "Z" not in plan.out_axes:
+        raise InputError(
+            f"volume=True needs a Z axis; the image's axes are {plan.axes!r} (pass axes='ZYX' "
+            "or 'TZYX')"
+        )
     counter = None
     if seeds == "count":
         counter = _resolve_model(count_model, "count", dev)
@@ -1090,6 +1108,11 @@ def segment(
         target = labels[idx] if idx else labels
         target[...] = lab
     runner.report("segment: done")
+    vol_labels = vol_count = vol_points = None
+    if volume:
+        vol_labels, vol_count, vol_points = _link_volume(labels, plan)
+        vol_labels = _axes.to_output_order(vol_labels, plan)
+        vol_points = _axes.points_to_output_order(vol_points, plan)
     return SegmentResult(
         labels=_axes.to_output_order(labels, plan),
         count=counts if plan.is_stack else int(counts[0]),
@@ -1100,4 +1123,39 @@ def segment(
         diameter_source=scale.source,
         level=None if ms is None else ms.index,
         level_scale=None if ms is None else _level_scale(ms, plan),
+        volume_labels=vol_labels,
+        volume_count=vol_count,
+        volume_points=vol_points,
     )
+
+
+def _link_volume(labels: np.ndarray, plan: _axes.PlanePlan) -> tuple[np.ndarray, Any, np.ndarray]:
+    """Per-plane labels (canonical order) linked across Z, per volume: ``(labels_3d, counts,
+    centroids in canonical order)``."""
+    from scipy import ndimage as ndi
+
+    from napari_nalu_count.infer import volume as _volume
+
+    stack_axes = "".join(a for a in plan.axes if a in _axes.STACK_AXES)
+    zi = stack_axes.index("Z")
+    others = [i for i in range(len(stack_axes)) if i != zi]
+    other_shape = tuple(plan.stack_shape[i] for i in others)
+    out = np.zeros(labels.shape, dtype=np.int32)
+    counts, rows = [], []
+    for oidx in np.ndindex(*other_shape) if other_shape else [()]:
+        sel: list[Any] = list(oidx)
+        sel.insert(zi, slice(None))
+        linked, n = _volume.link_labels(labels[tuple(sel)])
+        out[tuple(sel)] = linked
+        counts.append(n)
+        if n:
+            cents = np.asarray(
+                ndi.center_of_mass(np.ones(linked.shape), linked, np.arange(1, n + 1))
+            ).reshape(-1, 3)
+            for z, y, x in cents:
+                row = [float(v) for v in oidx]
+                row.insert(zi, float(z))
+                rows.append(row + [float(y), float(x)])
+    points = np.asarray(rows, dtype=np.float64).reshape(-1, len(stack_axes) + 2)
+    vcount: Any = int(counts[0]) if not other_shape else np.asarray(counts, dtype=np.int64)
+    return out, vcount, points

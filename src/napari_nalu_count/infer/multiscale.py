@@ -48,9 +48,12 @@ def is_multiscale(obj: Any) -> bool:
         return True
     if not isinstance(obj, (list, tuple)) or len(obj) < 1:
         return False
-    if not all(_arrayish(a) for a in obj):
+    try:
+        if not all(_arrayish(a) for a in obj):
+            return False
+        shapes = [tuple(int(s) for s in a.shape) for a in obj]
+    except Exception:  # noqa: BLE001 - an odd object is simply not a pyramid
         return False
-    shapes = [tuple(int(s) for s in a.shape) for a in obj]
     if len({len(s) for s in shapes}) != 1 or len(shapes) < 2:
         return False
     grows = any(

@@ -15,6 +15,10 @@ of the volume). :func:`volume_peaks` finds the nuclei in 3-D instead:
 3. candidates closer than the same ellipsoidal distance are thinned, the highest first; the
    ``z`` of each kept peak is refined to the mass-weighted mean plane of its hill.
 
+Segmentation (``segment(..., volume=True)``): :func:`link_labels` joins the per-plane objects
+of neighbouring planes that overlap by at least half of the smaller one (one partner per plane,
+largest overlaps first) into 3-D labels; each 3-D object is one nucleus.
+
 ``z_diameter`` is estimated, when not given, by :func:`estimate_z_extent`: the per-plane cell
 centres are linked across neighbouring planes (nearest neighbour within ``d / 2``), and the
 median length of the chains (in planes) is the nucleus extent along Z.
@@ -139,3 +143,63 @@ def volume_peaks(
             out[n_, 0] = float((np.arange(z0, z1) * prof).sum() / prof.sum())
     order = np.lexsort((out[:, 2], out[:, 1], out[:, 0]))
     return out[order]
+
+
+def link_labels(labels: Any, min_overlap: float = 0.5) -> tuple[np.ndarray, int]:
+    """Link per-plane instance labels ``(Z, Y, X)`` (numbered per plane) into 3-D objects.
+
+    Objects of neighbouring planes are joined when they overlap by at least ``min_overlap`` of
+    the smaller one, one partner per object and plane (the largest overlaps first). Returns
+    ``(labels_3d, n)``: int32 of the same shape, each 3-D object numbered 1..n in the order
+    of its first plane.
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 3:
+        raise InputError(f"link_labels expects (Z, Y, X) labels, got shape {lab.shape}")
+    nz = lab.shape[0]
+    flat = lab.reshape(nz, -1).astype(np.int64)
+    maxes = [int(p.max(initial=0)) for p in flat]
+    offsets = np.concatenate([[0], np.cumsum([m + 1 for m in maxes])]).astype(np.int64)
+    parent = np.arange(int(offsets[-1]) + 1, dtype=np.int64)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    for z in range(nz - 1):
+        a, b = flat[z], flat[z + 1]
+        both = (a > 0) & (b > 0)
+        if not both.any():
+            continue
+        mb = maxes[z + 1] + 1
+        pairs, cnt = np.unique(a[both] * mb + b[both], return_counts=True)
+        la, lb = pairs // mb, pairs % mb
+        size_a = np.bincount(a, minlength=maxes[z] + 1)
+        size_b = np.bincount(b, minlength=mb)
+        frac = cnt / np.minimum(size_a[la], size_b[lb])
+        used_a: set[int] = set()
+        used_b: set[int] = set()
+        for k in np.argsort(-cnt, kind="stable"):
+            ia, ib = int(la[k]), int(lb[k])
+            if frac[k] < min_overlap or ia in used_a or ib in used_b:
+                continue
+            used_a.add(ia)
+            used_b.add(ib)
+            ra, rb = find(int(offsets[z] + ia)), find(int(offsets[z + 1] + ib))
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    out = np.zeros(flat.shape, dtype=np.int32)
+    lut: dict[int, int] = {}
+    for z in range(nz):
+        ids = np.unique(flat[z])
+        ids = ids[ids > 0]
+        table = np.zeros(maxes[z] + 1, dtype=np.int32)
+        for i in ids:
+            root = find(int(offsets[z] + i))
+            if root not in lut:
+                lut[root] = len(lut) + 1
+            table[i] = lut[root]
+        out[z] = table[flat[z]]
+    return out.reshape(lab.shape), len(lut)
