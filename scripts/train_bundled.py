@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sigma", type=float, default=2.0, help="density target sigma (grid px)")
     p.add_argument("--count-weight", type=float, default=0.01)
     p.add_argument("--no-appearance", action="store_true")
+    p.add_argument("--ema", type=float, default=0.0, help="weight EMA decay (0: off)")
     p.add_argument("--calibrate-count", action="store_true")
     p.add_argument("--fre-b", type=int, default=None)
     p.add_argument("--fre-x", type=float, default=None)
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         appearance=None if args.no_appearance else {"p": 0.35},
         source_weights=weights,
         monitor="mre_mean" if task == "count" else "f1_mean",
+        ema=args.ema,
     )
     if task == "count":
         settings.update(sigma=args.sigma, density_scale=100.0, count_weight=args.count_weight)

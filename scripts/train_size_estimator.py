@@ -8,7 +8,8 @@ Usage (the command that produced the shipped ``size_regressor.json``)::
 
 Training rows: windows of the *train* splits of BBBC039 (x5 each), DSB 2018 (x3) and Aitslab
 (x16), and ``--synthetic`` :func:`~napari_nalu_count.data.synthetic.synthetic_varied` images,
-each resampled so that its median nucleus diameter (from its masks) is log-uniform in 5-150 px,
+each resampled so that its median nucleus diameter (from its masks, over the whole image, since
+objects cut by a window edge look smaller than they are) is log-uniform in 5-150 px,
 then cast back to the image's own integer type like a real camera image. The target is
 log(diameter). An ensemble of ``--ensemble`` MLPs 54 -> 64 -> 64 -> 1 (GELU, AdamW,
 smooth-L1, different seeds; outputs averaged) is fitted on the CPU in seconds.
@@ -43,17 +44,19 @@ def median_diameter(labels: np.ndarray) -> float | None:
     return float(np.median(np.sqrt(4.0 * sizes / np.pi))) if len(sizes) else None
 
 
-def rescaled_window(image, labels, scale, rng, crop=640):
+def rescaled_window(image, labels, scale, rng, crop=640, d_image=None):
     """A window of ``image`` that is at most ``crop`` px after resampling by ``scale``, cast
-    back to the image dtype; and the median diameter of the objects in it (or None)."""
+    back to the image dtype; and the nucleus diameter there (or None when the window holds no
+    object): the median diameter of the whole image's objects (``d_image``), because objects
+    cut by the window edge would make large nuclei look small."""
     h, w = image.shape
     c = int(np.ceil(crop / scale))
     y0 = int(rng.integers(0, max(1, h - c + 1)))
     x0 = int(rng.integers(0, max(1, w - c + 1)))
     win, lab = image[y0 : y0 + c, x0 : x0 + c], labels[y0 : y0 + c, x0 : x0 + c]
-    d = median_diameter(lab)
-    if d is None:
+    if lab.max() == 0:
         return None, None
+    d = d_image if d_image is not None else median_diameter(lab)
     out = rescale_plane(win.astype(np.float32), scale)
     if np.issubdtype(image.dtype, np.integer):
         info = np.iinfo(image.dtype)
@@ -72,7 +75,7 @@ def rows_for(samples, reps, rng, scales=None, lo=5.0, hi=130.0):
             target = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
             todo.append(float(np.clip(target / d0, 1 / 10, 5)))
         for sc in todo:
-            img, d = rescaled_window(s.image, s.labels, sc, rng)
+            img, d = rescaled_window(s.image, s.labels, sc, rng, d_image=d0)
             if img is None:
                 continue
             out.append((img, d, s.meta.get("dataset", "synthetic"), s.name, sc))

@@ -320,3 +320,22 @@ def test_fine_tune_generalist_on_the_model_grid(tmp_path):
     assert res.metrics_before["n_images"] == 1
     assert card["training"]["settings"]["scale_jitter"] == [0.8, 1.25]
     assert any("model grid" in n for n in res.notes)
+
+
+def test_ema_weights_are_kept_and_validated():
+    from napari_nalu_count.train import train
+
+    samples = _items(2)
+    cfg = {"architecture": "unet_count", "widths": [4, 8]}
+
+    def run(ema):
+        c = TrainConfig(epochs=2, steps_per_epoch=3, batch_size=2, patch_size=32, ema=ema, seed=1)
+        return train(cfg, samples, samples[:1], "count", c)
+
+    plain, averaged = run(0.0), run(0.9)
+    p = dict(plain.net.named_parameters())
+    diff = max(float((p[k] - v).abs().max()) for k, v in averaged.net.named_parameters())
+    assert diff > 1e-6  # the kept weights are the average, not the last step's
+    assert averaged.best_metrics and "mae" in averaged.best_metrics
+    with pytest.raises(InputError, match="ema"):
+        TrainConfig(ema=1.0).check()

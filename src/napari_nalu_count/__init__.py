@@ -1,6 +1,7 @@
 """napari-nalu-count: cell counting and segmentation for napari.
 
-The public Python API (see README): ``count``, ``segment``, ``list_models``, ``load_model``.
+The public Python API (see README): ``count``, ``segment``, ``measure``, ``run_batch``,
+``list_models``, ``load_model``.
 Heavy modules (torch, the engine) are imported lazily so that ``import napari_nalu_count``
 stays cheap for napari's plugin discovery.
 """
@@ -9,11 +10,21 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["count", "segment", "list_models", "load_model", "__version__"]
+__all__ = [
+    "count",
+    "segment",
+    "measure",
+    "run_batch",
+    "list_models",
+    "load_model",
+    "__version__",
+]
 
 _API = {
     "count": "napari_nalu_count.infer",
     "segment": "napari_nalu_count.infer",
+    "measure": "napari_nalu_count.analysis.measurements",
+    "run_batch": "napari_nalu_count.infer.batch",
     "list_models": "napari_nalu_count.models",
     "load_model": "napari_nalu_count.models",
 }

@@ -13,6 +13,22 @@ Rows: one per plane of an image, in the order the engine returns its counts.
 
 Extra columns (the count dock's per-region counts) follow ``count`` with the same number
 format as the count, one value per plane.
+
+Optional columns of the batch table (:func:`table_header`, :func:`result_rows`; written only
+when asked, so the table above stays byte for byte what it was), after ``count`` and before the
+extra columns, in this order:
+
+- ``kind``: ``plane`` (a row of one plane) or ``volume`` (a count of 3-D objects in a Z-stack,
+  ``count(..., volume=True)``). For volume rows ``frame`` is the index of the volume: the flat
+  C-order index over the stack axes other than ``Z`` (0 for a ``ZYX`` stack, ``t`` for
+  ``TZYX``).
+- ``region``: ``all`` (the whole plane) or a region id; per plane the ``all`` row comes first,
+  then one row per region in increasing id.
+- an area column and a density column: ``area_um2`` and ``density_per_mm2`` (cells per mm²)
+  with a pixel size, else ``area_px`` and ``density_per_mpx`` (cells per 10^6 pixels); the
+  area of the whole plane or of the region in that plane (for volume rows the region's area in
+  a plane, so the density is cells per mm² of section). Areas have 3 decimals in µm², none in
+  pixels; densities 2 decimals; an empty region's density is empty.
 """
 
 from __future__ import annotations
@@ -65,18 +81,123 @@ def count_rows(
     ]
 
 
+def format_area(value: Any, pixels: bool) -> str:
+    """An area: whole pixels, or µm² with 3 decimals."""
+    v = float(value)
+    return str(int(round(v))) if pixels else f"{v:.3f}"
+
+
+def format_density(value: Any) -> str:
+    """A density with 2 decimals; empty for NaN (a region of zero area)."""
+    v = float(value)
+    return "" if v != v else f"{v:.2f}"
+
+
+def table_header(
+    *,
+    kind: bool = False,
+    region: bool = False,
+    areas: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> tuple[str, ...]:
+    """The batch table's header: ``file,frame,count`` then ``kind``, ``region``, the area and
+    density columns (``areas`` is ``"um"`` or ``"px"``, None for none) and ``extra``."""
+    cols: list[str] = list(HEADER)
+    if kind:
+        cols.append("kind")
+    if region:
+        cols.append("region")
+    if areas is not None:
+        if areas not in ("um", "px"):
+            raise ValueError(f"areas must be 'um', 'px' or None, got {areas!r}")
+        cols += ["area_um2", "density_per_mm2"] if areas == "um" else ["area_px", "density_per_mpx"]
+    return (*cols, *extra)
+
+
+def result_rows(
+    file: str,
+    counts: Any,
+    *,
+    integer: bool = False,
+    kind: str | None = None,
+    regions: Any = None,
+    plane_area_px: float | None = None,
+    pixel_size: tuple[float, float] | None = None,
+    areas: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    frames: Any = None,
+) -> list[list[str]]:
+    """Rows of one image (or its volumes) for the batch table (see the module docstring).
+
+    ``counts``: per-plane counts (flattened in C order) or per-volume counts; ``kind``: None (no
+    ``kind`` column), ``"plane"`` or ``"volume"``; ``regions``: a
+    :class:`~napari_nalu_count.analysis.regions.RegionTable` with one row per entry of
+    ``counts`` (adds the ``region`` column); ``areas``: add the area and density columns, the
+    whole plane being ``plane_area_px`` pixels; ``frames``: the ``frame`` values (default
+    0, 1, ...). Without ``kind``, ``regions`` and ``areas`` this is :func:`count_rows`.
+    """
+    from napari_nalu_count.analysis import units as _units
+
+    if kind is None and regions is None and not areas:
+        return count_rows(file, counts, integer=integer, extra=extra)
+    flat = np.atleast_1d(np.asarray(counts, dtype=np.float64)).ravel()
+    frame_ids = list(range(flat.size)) if frames is None else [int(f) for f in frames]
+    base = count_rows(file, flat, integer=integer, extra=extra)
+    px = pixel_size is None
+    out: list[list[str]] = []
+    for i, row in enumerate(base):
+        head = [row[0], str(frame_ids[i]), row[2]]
+        tail = row[3:]
+        mid: list[str] = []
+        if kind is not None:
+            mid.append(kind)
+        if regions is not None:
+            mid.append("all")
+        if areas:
+            a = float(plane_area_px if plane_area_px is not None else np.nan)
+            mid.append(format_area(_units.areas(a, pixel_size), px))
+            mid.append(format_density(_units.densities(flat[i], a, pixel_size)))
+        out.append(head + mid + tail)
+        if regions is None:
+            continue
+        dens = regions.densities
+        area = regions.areas
+        for j, rid in enumerate(regions.ids):
+            mid = [] if kind is None else [kind]
+            mid.append(str(int(rid)))
+            if areas:
+                mid.append(format_area(area[i, j], px))
+                mid.append(format_density(dens[i, j]))
+            out.append(
+                head[:2] + [format_count(regions.counts[i, j], integer)] + mid + [""] * len(tail)
+            )
+    return out
+
+
 class CountsWriter:
     """Streams the table to an open text file: the header first, then rows per image.
 
     ``extra_columns`` names columns after ``count`` (their values are given to :meth:`write`).
     """
 
-    def __init__(self, fh: IO[str], extra_columns: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        fh: IO[str],
+        extra_columns: tuple[str, ...] = (),
+        *,
+        header: tuple[str, ...] | None = None,
+    ) -> None:
         self.fh = fh
         self.extra_columns = tuple(extra_columns)
+        self.header = tuple(header) if header is not None else (*HEADER, *self.extra_columns)
         self._writer = csv.writer(fh, lineterminator="\n")
-        self._writer.writerow([*HEADER, *self.extra_columns])
+        self._writer.writerow(list(self.header))
         fh.flush()
+
+    def write_rows(self, rows: Any) -> None:
+        """Write rows made by :func:`result_rows` (or :func:`count_rows`) and flush."""
+        self._writer.writerows(rows)
+        self.fh.flush()
 
     def write(
         self,

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 
 BENCHMARKS: dict[str, str] = {
+    "accuracy": "count/point/segmentation accuracy per data set and scale, beside LoG and Otsu+WS",
     "arithmetic": "static arithmetic task of the NALU paper and Table I of the counting paper",
     "flops": "parameters and FLOPs per pixel of every architecture and unit type",
     "speed": "megapixels per second of count/segment vs roofline and a blob_log baseline",

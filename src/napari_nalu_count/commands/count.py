@@ -10,25 +10,28 @@ the flat plane index over the stack axes in C order, 0 for a 2-D image; see
 each image is done. A progress bar runs on stderr. Files that cannot be read or processed are
 reported on stderr (one line each) and skipped; the others are still processed and written,
 and the exit status is then 2.
+
+Options that add columns (see ``napari_nalu_count.io_csv``; without them the table is exactly
+``file,frame,count``): ``--regions MASK.tif`` (a label mask, e.g. an atlas or tissue mask, or
+a binary mask; 2-D for every plane or of the stack's shape; adds ``region``: ``all`` and one
+row per region id), ``--pixel-size UM`` (µm per pixel, ``0.65`` or ``0.65,0.5`` for y,x; adds
+``area_um2`` and ``density_per_mm2``), ``--areas`` (the area and density columns in pixels,
+``area_px`` and ``density_per_mpx`` = cells per 10^6 px, when there is no pixel size) and, for
+``count``, ``--volume`` (each Z-stack is also counted as a volume, cells detected in 3-D; adds
+``kind``: ``plane`` or ``volume``, whose ``frame`` is the volume's index; needs axes with Z, e.g.
+``--axes ZYX`` or an ImageJ file with ``slices=``). The engine is
+``napari_nalu_count.infer.batch.run_batch``.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-
-from napari_nalu_count.errors import Cancelled, InputError
-
-#: suffixes picked up from folders and globs (an explicit file is always tried)
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-
+from napari_nalu_count.errors import InputError
 
 # ------------------------------------------------------------------------------------------
 # argument helpers shared with ``segment``
@@ -96,85 +99,73 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="write each density map as DIR/<name>_density.tif (float32, cells per pixel)",
     )
+    add_table_arguments(parser)
+    parser.add_argument(
+        "--volume",
+        action="store_true",
+        help="also count each Z-stack as a volume (cells detected in 3-D); rows with kind=volume",
+    )
+    parser.add_argument(
+        "--z-diameter",
+        type=float,
+        metavar="PLANES",
+        help="nucleus extent along Z in planes for --volume (default: estimated)",
+    )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 # ------------------------------------------------------------------------------------------
-# inputs
+# inputs: the engine's (napari_nalu_count.infer.batch), re-exported lazily for older imports
+# (importing the engine at module level would load torch for ``nalu-count --help``)
+
+_ENGINE_NAMES = ("IMAGE_SUFFIXES", "expand_inputs", "read_input", "unique_output")
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+def __getattr__(name: str) -> Any:
+    if name in _ENGINE_NAMES:
+        from napari_nalu_count.infer import batch
+
+        return getattr(batch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def expand_inputs(specs: Iterable[str]) -> tuple[list[Path], list[str]]:
-    """Files to process (in order, without duplicates) and problems (one message each)."""
-    files: list[Path] = []
-    problems: list[str] = []
-    seen: set[Path] = set()
-
-    def add(p: Path) -> None:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            files.append(p)
-
-    def add_dir(d: Path) -> int:
-        found = [f for f in sorted(d.iterdir()) if f.is_file() and _is_image(f)]
-        for f in found:
-            add(f)
-        return len(found)
-
-    for spec in specs:
-        p = Path(spec).expanduser()
-        if p.is_dir():
-            if add_dir(p) == 0:
-                problems.append(f"{spec}: no TIFF/PNG images in this folder")
-        elif p.is_file():
-            add(p)
-        elif glob.has_magic(spec):
-            matches = [Path(m) for m in sorted(glob.glob(str(p), recursive=True))]
-            n = 0
-            for m in matches:
-                if m.is_dir():
-                    n += add_dir(m)
-                elif m.is_file() and _is_image(m):
-                    add(m)
-                    n += 1
-            if n == 0:
-                problems.append(f"{spec}: no images match this pattern")
-        else:
-            problems.append(f"{spec}: no such file or folder")
-    return files, problems
+def pixel_size_arg(text: str) -> tuple[float, float]:
+    """argparse type of ``--pixel-size``: ``UM`` or ``UMY,UMX`` micrometres per pixel."""
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected micrometres per pixel (e.g. 0.65 or 0.65,0.5), got {text!r}"
+        ) from None
+    if len(vals) == 1:
+        vals *= 2
+    if len(vals) != 2 or not all(v > 0 and v != float("inf") for v in vals):
+        raise argparse.ArgumentTypeError(
+            f"pixel size must be one or two positive numbers (y,x), got {text!r}"
+        )
+    return vals[0], vals[1]
 
 
-def read_input(
-    path: Path, axes: str | None, channel: int | str | None
-) -> tuple[np.ndarray, str | None, int | str | None]:
-    """Read an image; return it with its axes and the channel choice.
-
-    With ``--axes`` the array is taken as stored and the axes are the user's; otherwise they are
-    the file's own (:func:`~napari_nalu_count.data.readers.read_image_axes`, which may merge
-    several frame axes into one), else None (inferred from the shape). ``channel`` is
-    ``--channel``, else None: the model card's rule, max over RGB(A) colours by default.
-    """
-    from napari_nalu_count.data.readers import read_image, read_image_axes
-
-    if axes:
-        return read_image(path), axes, channel
-    image, found = read_image_axes(path)
-    return image, found, channel
-
-
-def unique_output(directory: Path, stem: str, suffix: str, used: set[Path]) -> Path:
-    """``directory/stem+suffix``, with ``-2``, ``-3`` ... appended when already used."""
-    out = directory / f"{stem}{suffix}"
-    k = 2
-    while out in used:
-        out = directory / f"{stem}-{k}{suffix}"
-        k += 1
-    used.add(out)
-    return out
+def add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that add columns to the table (shared by ``count`` and ``segment``)."""
+    parser.add_argument(
+        "--regions",
+        metavar="MASK",
+        help="label mask (atlas/tissue mask; 0 = outside) or binary mask image: one row per "
+        "region id and plane (2-D mask: every plane; a mask of the stack's shape: per plane)",
+    )
+    parser.add_argument(
+        "--pixel-size",
+        type=pixel_size_arg,
+        metavar="UM",
+        help="micrometres per pixel (UM or UMY,UMX): areas in um^2, densities in cells/mm^2",
+    )
+    parser.add_argument(
+        "--areas",
+        action="store_true",
+        help="add area and density columns (pixels and cells per 10^6 px without --pixel-size)",
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -184,23 +175,24 @@ def unique_output(directory: Path, stem: str, suffix: str, used: set[Path]) -> P
 def run_batch(
     args: argparse.Namespace,
     task: str,
-    process: Callable[..., tuple[np.ndarray, Any]],
-    integer: bool,
-    write_extra: Callable[[Path, Any], None] | None,
+    engine_options: dict[str, Any] | None = None,
+    *,
+    density_dir: str | None = None,
+    labels_dir: str | None = None,
+    volume: bool = False,
+    z_diameter: float | None = None,
+    measure_csv: str | None = None,
 ) -> int:
-    """Expand inputs, load the model once, process every file, stream the CSV rows.
-
-    ``process(image, axes, channel, loaded_model, progress)`` returns
-    ``(per-plane counts, result)``; ``integer`` says whether counts are whole objects (the
-    shared table writer :class:`napari_nalu_count.io_csv.CountsWriter` formats them);
-    ``write_extra(path, result)`` writes optional per-file outputs.
+    """Expand inputs, load the model once, run :func:`napari_nalu_count.infer.batch.run_batch`
+    with a progress bar on stderr, stream the table to ``--csv`` or stdout; the exit status.
     """
     from tqdm import tqdm
 
+    from napari_nalu_count.infer import batch
     from napari_nalu_count.infer.device import resolve_device
     from napari_nalu_count.models import load_model
 
-    files, problems = expand_inputs(args.inputs)
+    files, problems = batch.expand_inputs(args.inputs)
     for msg in problems:
         print(f"nalu-count: skipped {msg}", file=sys.stderr)
     if not files:
@@ -212,8 +204,11 @@ def run_batch(
             f"model {loaded.name!r} is a {loaded.task!r} model; nalu-count {task} needs a "
             f"{task} model"
         )
+    regions = getattr(args, "regions", None)
+    if regions is not None:
+        from napari_nalu_count.data.readers import read_image
 
-    from napari_nalu_count.io_csv import CountsWriter
+        regions = read_image(regions)  # a bad mask is a bad argument: exit 2 before any work
 
     out_fh: IO[str]
     if args.csv:
@@ -223,44 +218,56 @@ def run_batch(
         out_fh = open(csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
     else:
         out_fh = sys.stdout
-    failed = len(problems)
     try:
-        writer = CountsWriter(out_fh)
         bar = tqdm(total=len(files), unit="img", file=sys.stderr, desc=task, dynamic_ncols=True)
         last = [0.0]
 
-        def progress(done: int, total: int, message: str) -> None:
-            now = time.monotonic()
-            if now - last[0] > 0.5:
-                last[0] = now
-                bar.set_postfix_str(f"tiles {done}/{total}", refresh=False)
-                bar.update(0)
+        def progress(event: batch.BatchEvent) -> None:
+            if event.kind == "start":
+                bar.set_description_str(f"{task} {Path(event.path).name}", refresh=False)
+            elif event.kind == "tiles":
+                now = time.monotonic()
+                if now - last[0] > 0.5:
+                    last[0] = now
+                    bar.set_postfix_str(f"tiles {event.done}/{event.tiles}", refresh=False)
+                    bar.update(0)
+            elif event.kind == "skipped":
+                tqdm.write(f"nalu-count: {event.message}", file=sys.stderr)
+                bar.update(1)
+            elif event.kind == "output":
+                tqdm.write(f"nalu-count: {event.message}", file=sys.stderr)
+            elif event.kind == "file":
+                bar.update(1)
 
         with bar:
-            for path in files:
-                bar.set_description_str(f"{task} {path.name}", refresh=False)
-                try:
-                    image, axes, channel = read_input(path, args.axes, args.channel)
-                    counts, result = process(image, axes, channel, loaded, progress)
-                except (Cancelled, KeyboardInterrupt):
-                    raise
-                except Exception as exc:  # never lose the batch for one bad file
-                    failed += 1
-                    reason = str(exc) or type(exc).__name__
-                    tqdm.write(f"nalu-count: skipped {path}: {reason}", file=sys.stderr)
-                    bar.update(1)
-                    continue
-                writer.write(str(path), counts, integer=integer)
-                if write_extra is not None:
-                    try:
-                        write_extra(path, result)
-                    except OSError as exc:
-                        failed += 1
-                        tqdm.write(f"nalu-count: cannot write output for {path}: {exc}")
-                bar.update(1)
+            result = batch.run_batch(
+                files,
+                task,
+                loaded,
+                diameter=args.diameter,
+                axes=args.axes,
+                channel=args.channel,
+                device=args.device,
+                tile_size=args.tile_size,
+                regions=regions,
+                pixel_size=getattr(args, "pixel_size", None),
+                areas=True if getattr(args, "areas", False) else None,
+                volume=volume,
+                z_diameter=z_diameter,
+                density_dir=density_dir,
+                labels_dir=labels_dir,
+                measure_csv=measure_csv,
+                csv=out_fh,
+                engine_options=engine_options,
+                progress=progress,
+            )
     finally:
         if out_fh is not sys.stdout:
             out_fh.close()
+    failed = len(problems) + len(result.skipped)
+    if result.cancelled:
+        print(f"nalu-count: {result.message}", file=sys.stderr)
+        return 1
     if failed:
         print(f"nalu-count: {failed} input(s) could not be processed (see above)", file=sys.stderr)
         return 2
@@ -268,33 +275,10 @@ def run_batch(
 
 
 def run(args: argparse.Namespace) -> int:
-    import tifffile
-
-    from napari_nalu_count.infer import count
-
-    density_dir = Path(args.density_dir) if args.density_dir else None
-    used: set[Path] = set()
-    if density_dir is not None:
-        density_dir.mkdir(parents=True, exist_ok=True)
-
-    def process(image: np.ndarray, axes: str | None, channel: Any, loaded: Any, progress: Callable):
-        res = count(
-            image,
-            loaded,
-            axes=axes,
-            diameter=args.diameter,
-            device=args.device,
-            progress=progress,
-            tile_size=args.tile_size,
-            channel=channel,
-        )
-        return res.plane_counts, res
-
-    def write_density(path: Path, res: Any) -> None:
-        if density_dir is not None:
-            out = unique_output(density_dir, path.stem, "_density.tif", used)
-            tifffile.imwrite(
-                out, np.asarray(res.density, dtype=np.float32), photometric="minisblack"
-            )
-
-    return run_batch(args, "count", process, False, write_density)
+    return run_batch(
+        args,
+        "count",
+        density_dir=args.density_dir,
+        volume=bool(args.volume),
+        z_diameter=args.z_diameter,
+    )

@@ -1,24 +1,23 @@
 """Segment nuclei into instances: ``nalu-count segment INPUT... [--model ...] [--csv OUT]
-[--labels-dir DIR]``.
+[--labels-dir DIR] [--measure-csv OUT]``.
 
 Inputs, table (``file,frame,count``, the count being the number of instances per plane),
-progress bar and error handling are those of ``nalu-count count``. ``--labels-dir`` writes each
-image's instance labels as ``DIR/<name>_labels.tif`` (int32, 0 = background, same shape as the
-image without its channel axis). ``--seeds count`` (the default) seeds the watershed with a
-counting model's cell centres (``--count-model``); ``--seeds interior`` uses the predicted nucleus
-interiors instead.
+progress bar and error handling are those of ``nalu-count count``, and so are ``--regions``
+(objects whose centroid falls in each region), ``--pixel-size`` and ``--areas``.
+``--labels-dir`` writes each image's instance labels as ``DIR/<name>_labels.tif`` (int32, 0 =
+background, same shape as the image without its channel axis). ``--measure-csv`` writes one row
+per object (``file,label,frame,centroid_y_px,centroid_x_px,...,area_px|area_um2,
+equivalent_diameter_px|_um,mean_intensity,max_intensity,eccentricity,solidity``; see
+``napari_nalu_count.measure``). ``--seeds count`` (the default) seeds the watershed with a
+counting model's cell centres (``--count-model``); ``--seeds interior`` uses the predicted
+nucleus interiors instead.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from napari_nalu_count.commands.count import add_common_arguments, run_batch, unique_output
+from napari_nalu_count.commands.count import add_common_arguments, add_table_arguments, run_batch
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,43 +40,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="NAME|PATH",
         help="counting model for --seeds count (default: nuclei-count)",
     )
+    add_table_arguments(parser)
+    parser.add_argument(
+        "--measure-csv",
+        metavar="OUT",
+        help="write per-object measurements (area, diameter, intensity, eccentricity, "
+        "solidity; um with --pixel-size) to this CSV",
+    )
+    parser.add_argument(
+        "--volume",
+        action="store_true",
+        help="also count each Z-stack as a volume (objects linked across planes by overlap); "
+        "rows with kind=volume, and DIR/<name>_labels3d.tif with --labels-dir",
+    )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def run(args: argparse.Namespace) -> int:
-    import tifffile
-
-    from napari_nalu_count.infer import segment
-
-    labels_dir = Path(args.labels_dir) if args.labels_dir else None
-    used: set[Path] = set()
-    if labels_dir is not None:
-        labels_dir.mkdir(parents=True, exist_ok=True)
-    counter: list[Any] = []
-
-    def process(image: np.ndarray, axes: str | None, channel: Any, loaded: Any, progress: Callable):
-        if args.seeds == "count" and not counter:
-            from napari_nalu_count.models import load_model
-
-            counter.append(load_model(args.count_model, device=str(loaded.device)))
-        res = segment(
-            image,
-            loaded,
-            axes=axes,
-            diameter=args.diameter,
-            device=args.device,
-            progress=progress,
-            tile_size=args.tile_size,
-            channel=channel,
-            seeds=args.seeds,
-            count_model=counter[0] if counter else args.count_model,
-        )
-        return res.plane_counts, res
-
-    def write_labels(path: Path, res: Any) -> None:
-        if labels_dir is not None:
-            out = unique_output(labels_dir, path.stem, "_labels.tif", used)
-            labels = np.asarray(res.labels, dtype=np.int32)
-            tifffile.imwrite(out, labels, compression="zlib", photometric="minisblack")
-
-    return run_batch(args, "segment", process, True, write_labels)
+    options = {"seeds": args.seeds}
+    if args.seeds == "count":
+        options["count_model"] = args.count_model
+    return run_batch(
+        args,
+        "segment",
+        options,
+        labels_dir=args.labels_dir,
+        measure_csv=args.measure_csv,
+        volume=bool(args.volume),
+    )

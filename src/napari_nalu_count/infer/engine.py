@@ -47,6 +47,7 @@ from napari_nalu_count.events import Event, Progress, drive
 from napari_nalu_count.infer import axes as _axes
 from napari_nalu_count.infer import device as _device
 from napari_nalu_count.infer import inputs as _inputs
+from napari_nalu_count.infer import multiscale as _multiscale
 from napari_nalu_count.infer import postprocess as _post
 from napari_nalu_count.infer import scale as _scale
 from napari_nalu_count.infer.tiling import n_tiles, predict_tiled, predict_tiled_steps
@@ -60,13 +61,14 @@ OPTIONS: dict[str, Any] = {
     "compile": False,  # torch.compile the network (pays only for long runs on a GPU)
     "overlap": 64,  # pixels shared by neighbouring tiles
     "batch_size": None,  # tiles per forward pass; None = automatic per device
+    "size_check": True,  # check an estimated diameter with the counter's size head
 }
 #: smallest tile the out-of-memory fallback goes down to
 MIN_TILE = 64
 #: size-head check of an estimated diameter: window edge on the model grid (pixels), the
 #: relative size error above which the image is resampled again, and at most this many checks
 REFINE_WINDOW = 256
-REFINE_TOLERANCE = 1.2
+REFINE_TOLERANCE = 1.25
 REFINE_ROUNDS = 2
 #: the size head's estimate is used only when the window holds at least this many cells
 REFINE_MIN_CELLS = 2.0
@@ -83,6 +85,18 @@ class CountResult:
     ``diameter``: the object diameter used for rescaling (pixels of the image), None when not
     rescaled; ``diameter_source``: ``"given"`` (by the caller), ``"estimated"`` (see the module
     docstring) or ``"model"`` (no rescaling but the card's ``input_scale``).
+
+    Multiscale inputs: ``level`` is the pyramid level counted (None for a plain array) and
+    ``level_scale`` its size factor per axis of ``axes`` relative to level 0 (level-0 size /
+    level size; 1 on stack axes): the results have that level's geometry, so a layer over
+    level 0 takes ``scale = level0_scale * level_scale``.
+
+    ``count(..., volume=True)`` on a stack with a ``Z`` axis adds ``volume_count`` (cells
+    detected in 3-D: a float for one volume, a 1-D array with one per volume, i.e. per index of
+    the other stack axes in C order, for ``TZYX``), ``volume_points`` (``(N, len(axes))``
+    centres in ``axes`` order, ``z`` refined to a fraction of a plane) and ``z_diameter`` (the
+    nucleus extent along Z in planes used, given or estimated); see :mod:`.volume`. They are
+    None otherwise.
     """
 
     count: float | np.ndarray
@@ -92,6 +106,11 @@ class CountResult:
     diameter: float | None = None
     model: str = ""
     diameter_source: str = "model"
+    level: int | None = None
+    level_scale: tuple[float, ...] | None = None
+    volume_count: float | np.ndarray | None = None
+    volume_points: np.ndarray | None = None
+    z_diameter: float | None = None
 
     @property
     def plane_counts(self) -> np.ndarray:
@@ -107,6 +126,13 @@ class SegmentResult:
     ``labels``: int32 instance labels of the image's stack + spatial shape (``axes`` order), each
     plane numbered 1..n on its own. ``count``: int for a 2-D plane, 1-D int64 array per plane
     for stacks.
+
+    ``segment(..., volume=True)`` on a stack with a ``Z`` axis adds ``volume_labels`` (int32,
+    the shape of ``labels``: the per-plane objects linked across Z by overlap, one id per 3-D
+    object, numbered per volume), ``volume_count`` (an int for one volume, a 1-D array
+    with one per volume for ``TZYX``) and ``volume_points`` (the 3-D objects' centroids, ``axes``
+    order); see :func:`.volume.link_labels`. ``level`` / ``level_scale`` as in
+    :class:`CountResult`.
     """
 
     labels: np.ndarray
@@ -116,6 +142,11 @@ class SegmentResult:
     model: str = ""
     seeds: str = "count"
     diameter_source: str = "model"
+    level: int | None = None
+    level_scale: tuple[float, ...] | None = None
+    volume_labels: np.ndarray | None = None
+    volume_count: int | np.ndarray | None = None
+    volume_points: np.ndarray | None = None
 
     @property
     def plane_counts(self) -> np.ndarray:
@@ -544,6 +575,10 @@ def count(
     tile_size: int | None = None,
     channel: int | str | None = None,
     min_mass: float = 0.3,
+    level: int | None = None,
+    block_size: int | None = None,
+    volume: bool = False,
+    z_diameter: float | None = None,
 ) -> CountResult:
     """Count cells with a density-regression model.
 
@@ -580,6 +615,24 @@ def count(
         none; see :mod:`.axes`).
     min_mass
         Minimum density mass (cells) around a peak for it to become a point.
+    level
+        For a multiscale ``image`` (a list/tuple of arrays from largest to smallest, napari's
+        ``MultiScaleData``, a dask pyramid; see :mod:`.multiscale`): the level to count, 0
+        (full resolution) by default. ``diameter`` is then in pixels of that level. Results have
+        that level's geometry; ``CountResult.level_scale`` says its size factor.
+    block_size
+        Read and process each plane in blocks of this edge (pixels of the image), each read
+        from the (lazy) array on its own, instead of reading the whole plane: memory is then
+        bounded by the output density plus one block. Default: blocks of
+        :data:`BLOCK_SIZE` for multiscale inputs, whole planes for everything else (as before).
+        Blocks overlap by a margin, percentiles for the normalisation come from a regular
+        subsample of the plane and the size estimate from its central window.
+    volume
+        For stacks with a ``Z`` axis: also detect cells in 3-D and count them once per volume
+        (``CountResult.volume_count``, ``.volume_points``; see :mod:`.volume`).
+    z_diameter
+        Nucleus extent along Z in planes for ``volume=True`` (None: estimated by linking the
+        per-plane cells across planes).
     """
     _inputs.check_callbacks(progress, None)
     steps = count_events(
@@ -592,6 +645,10 @@ def count(
         tile_size=tile_size,
         channel=channel,
         min_mass=min_mass,
+        level=level,
+        block_size=block_size,
+        volume=volume,
+        z_diameter=z_diameter,
     )
     return drive(steps, _tile_callback(progress))
 
@@ -607,11 +664,24 @@ def count_events(
     tile_size: int | None = None,
     channel: int | str | None = None,
     min_mass: float = 0.3,
+    level: int | None = None,
+    block_size: int | None = None,
+    volume: bool = False,
+    z_diameter: float | None = None,
 ) -> Generator[Event, None, CountResult]:
     """:func:`count` as an event generator: yields a :class:`~napari_nalu_count.events.Progress`
     per tile (and while the nucleus size is estimated) and returns the :class:`CountResult`.
     Arguments are checked when it starts (the first ``next``), as :func:`count` checks them.
     """
+    ms = None if isinstance(image, (str, os.PathLike)) else _multiscale.resolve(image, level)
+    if ms is None and level not in (None, 0):
+        raise InputError(f"level={level} given but the image is not multiscale")
+    if ms is not None:
+        image = ms.array
+    block = _check_block(block_size, ms is not None)
+    volume = _check_flag(volume, "volume")
+    if z_diameter is not None:
+        z_diameter = _check_positive(z_diameter, "z_diameter")
     image, axes, diameter, device = _inputs.check_call(
         image, axes, diameter, device, None, cancel, tile_size, channel
     )
@@ -642,7 +712,13 @@ def count_events(
     counts = np.zeros(plan.n_planes, dtype=np.float64)
     all_points: list[np.ndarray] = []
     total_set = False
-    for k, (idx, raw) in enumerate(_axes.iter_planes(image, plan)):
+    if volume and "Z" not in plan.out_axes:
+        raise InputError(
+            f"volume=True needs a Z axis; the image's axes are {plan.axes!r} (pass axes='ZYX' "
+            "or 'TZYX')"
+        )
+    planes = _axes.iter_planes(image, plan) if block is None else iter(())
+    for k, (idx, raw) in enumerate(planes):
         runner.check_cancel()
         _check_finite(raw, idx)
         if _is_constant(raw):
@@ -657,7 +733,7 @@ def count_events(
         if scale.pending:
             yield runner.report("count: estimating the nucleus size")
             scale.resolve(raw)
-            if n_out == 2 and scale.source == "estimated":
+            if n_out == 2 and scale.source == "estimated" and OPTIONS["size_check"]:
                 model_plane, reuse = _refine_diameter(runner, norm, scale)
             else:
                 model_plane = _scale.rescale_plane(norm, scale.factor)
@@ -684,6 +760,10 @@ def count_events(
         target = density[idx] if idx else density
         target[...] = _scale.density_to_original(dens, (h, w))
         del dens
+    if block is not None:
+        yield from _count_blocked(
+            image, plan, card, runner, scale, min_mass, block, density, counts, all_points, n_out
+        )
     yield runner.report("count: done")
 
     ncol = len(plan.stack_shape) + 2
@@ -692,6 +772,13 @@ def count_events(
         if any(len(p) for p in all_points)
         else np.zeros((0, ncol))
     )
+    vol_count = vol_points = zd_used = None
+    if volume:
+        yield runner.report("count: detecting cells in 3-D")
+        vol_count, vol_points, zd_used = _volume_count(
+            density, points, plan, scale, z_diameter, min_mass
+        )
+        vol_points = _axes.points_to_output_order(vol_points, plan)
     return CountResult(
         count=counts if plan.is_stack else float(counts[0]),
         density=_axes.to_output_order(density, plan),
@@ -700,7 +787,215 @@ def count_events(
         diameter=scale.diameter if isinstance(scale.diameter, float) else None,
         model=str(getattr(loaded, "name", "")),
         diameter_source=scale.source,
+        level=None if ms is None else ms.index,
+        level_scale=None if ms is None else _level_scale(ms, plan),
+        volume_count=vol_count,
+        volume_points=vol_points,
+        z_diameter=zd_used,
     )
+
+
+# ------------------------------------------------------------------------------------------
+# multiscale / blocks / volumes
+
+#: block edge (pixels of the image) for multiscale inputs when ``block_size`` is None
+BLOCK_SIZE = 2048
+#: the normalisation percentiles of a blocked plane come from a regular subsample of at most
+#: this many pixels
+SAMPLE_PIXELS = 1 << 20
+#: edge of the central window a blocked plane's object size is estimated on
+ESTIMATE_WINDOW = 1024
+
+
+def _check_block(block_size: Any, multiscale: bool) -> int | None:
+    if block_size is None:
+        return BLOCK_SIZE if multiscale else None
+    v = _inputs.check_int(block_size, "block_size", 64, 1 << 20)
+    return int(v)
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_positive(value: Any, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise InputError(f"{name} must be a positive number, got {value!r}")
+    v = float(value)
+    if not (np.isfinite(v) and v > 0):
+        raise InputError(f"{name} must be a positive number, got {value!r}")
+    return v
+
+
+def _level_scale(ms: Any, plan: _axes.PlanePlan) -> tuple[float, ...]:
+    by_axis = dict(zip(plan.axes, ms.factors, strict=True))
+    return tuple(float(by_axis[a]) for a in plan.out_axes)
+
+
+def _read_block(lazy: Any, plan: _axes.PlanePlan, ys: slice, xs: slice) -> np.ndarray:
+    """A ``(h, w)`` block of one plane of the canonical view (``[C,] Y, X``), channels reduced."""
+    block = _axes._materialize(lazy[..., ys, xs])
+    if "C" in plan.axes:
+        block = _axes._reduce_channels(block, plan.channel)
+    if block.dtype == np.bool_:
+        block = block.astype(np.float32)
+    return block
+
+
+def _block_starts(length: int, block: int) -> list[tuple[int, int]]:
+    return [(a, min(length, a + block)) for a in range(0, length, block)]
+
+
+def _count_blocked(
+    image: Any,
+    plan: _axes.PlanePlan,
+    card: dict,
+    runner: _Runner,
+    scale: _ScaleState,
+    min_mass: float,
+    block: int,
+    density: np.ndarray,
+    counts: np.ndarray,
+    all_points: list[np.ndarray],
+    n_out: int,
+) -> Generator[Progress, None, None]:
+    """The plane loop of :func:`count` in blocks read one at a time (``block_size``); yields
+    the progress events."""
+    norm_cfg = card.get("normalization") or {"method": "percentile", "low": 1.0, "high": 99.8}
+    method = norm_cfg.get("method", "percentile")
+    if method not in ("percentile", None, "none"):
+        raise InputError(f"unsupported normalization method {method!r} in the model card")
+    view = _axes.canonical_view(image, plan)
+    h, w = plan.plane_shape
+    step = max(1, int(np.ceil(np.sqrt(h * w / SAMPLE_PIXELS))))
+    idxs = list(np.ndindex(*plan.stack_shape)) if plan.stack_shape else [()]
+    for k, idx in enumerate(idxs):
+        idx = tuple(int(i) for i in idx)
+        runner.check_cancel()
+        lazy = view[idx] if idx else view
+        sample = _read_block(lazy, plan, slice(None, None, step), slice(None, None, step))
+        _check_finite(sample, idx)
+        if _is_constant(sample):
+            yield runner.report(f"count: plane {k + 1}/{plan.n_planes} (empty)")
+            continue
+        if method == "percentile":
+            q = [norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8)]
+            lo, hi = (float(v) for v in np.percentile(sample, q))
+        else:
+            lo, hi = 0.0, 1.0
+        span = hi - lo
+
+        def normalize(raw: np.ndarray, lo: float = lo, span: float = span) -> np.ndarray:
+            if not span > 1e-20:
+                return np.zeros(raw.shape, dtype=np.float32)
+            work_dtype = np.float64 if raw.dtype == np.float64 else np.float32
+            work = raw.astype(work_dtype, copy=False)
+            return ((work - work_dtype(lo)) * work_dtype(1.0 / span)).astype(np.float32)
+
+        if scale.pending:
+            yield runner.report("count: estimating the nucleus size")
+            wy, wx = min(ESTIMATE_WINDOW, h), min(ESTIMATE_WINDOW, w)
+            y0, x0 = (h - wy) // 2, (w - wx) // 2
+            window = _read_block(lazy, plan, slice(y0, y0 + wy), slice(x0, x0 + wx))
+            scale.resolve(window)
+            if n_out == 2 and scale.source == "estimated":
+                _refine_diameter(runner, normalize(window), scale)
+            del window
+        f = float(scale.factor or 1.0)
+        card_d = scale.card_diameter or 10.0
+        halo = int(np.ceil(max(float(OPTIONS["overlap"]), 3.0 * card_d) / f))
+        grid = [(ya, xa) for ya in _block_starts(h, block) for xa in _block_starts(w, block)]
+
+        def padded(
+            y: tuple[int, int], x: tuple[int, int], halo: int = halo
+        ) -> tuple[int, int, int, int]:
+            a, b = max(0, y[0] - halo), min(h, y[1] + halo)
+            return a, b, max(0, x[0] - halo), min(w, x[1] + halo)
+
+        tiles = 0
+        for y, x in grid:
+            a, b, c, d = padded(y, x)
+            shape = _scale.scaled_shape((b - a, d - c), f)
+            tiles += n_tiles(shape, runner.tile, runner._overlap_for(runner.tile))
+        runner.total = runner.done + tiles * (plan.n_planes - k)
+        target = density[idx] if idx else density
+        pts_plane = []
+        for y, x in grid:
+            runner.check_cancel()
+            a, b, c, d = padded(y, x)
+            raw = _read_block(lazy, plan, slice(a, b), slice(c, d))
+            _check_finite(raw, idx)
+            model_block = _scale.rescale_plane(normalize(raw), f)
+            del raw
+            pred = yield from runner.run(model_block, k)
+            dens = pred[0]
+            del pred, model_block
+            pts = _post.density_peaks(dens, scale.model_grid_diameter, min_mass=min_mass)
+            pts = _scale.points_to_original(pts, dens.shape, (b - a, d - c))
+            if len(pts):
+                pts = pts + np.array([a, c], dtype=np.float64)
+                keep = (pts[:, 0] >= y[0] - 0.5) & (pts[:, 0] < y[1] - 0.5)
+                keep &= (pts[:, 1] >= x[0] - 0.5) & (pts[:, 1] < x[1] - 0.5)
+                pts_plane.append(pts[keep])
+            full = _scale.density_to_original(dens, (b - a, d - c))
+            target[y[0] : y[1], x[0] : x[1]] = full[y[0] - a : y[1] - a, x[0] - c : x[1] - c]
+            del dens, full
+        counts[k] = float(target.sum(dtype=np.float64))
+        pts = np.vstack(pts_plane) if pts_plane else np.zeros((0, 2))
+        if len(pts):
+            pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]
+        if plan.is_stack and len(pts):
+            pts = np.hstack([np.tile(np.asarray(idx, dtype=np.float64), (len(pts), 1)), pts])
+        all_points.append(pts)
+
+
+def _volume_count(
+    density: np.ndarray,
+    points: np.ndarray,
+    plan: _axes.PlanePlan,
+    scale: _ScaleState,
+    z_diameter: float | None,
+    min_mass: float,
+) -> tuple[Any, np.ndarray, float | None]:
+    """3-D detections per volume: ``(volume counts, points in canonical order, z extent)``."""
+    from napari_nalu_count.infer import volume as _volume
+
+    stack_axes = "".join(a for a in plan.axes if a in _axes.STACK_AXES)
+    zi = stack_axes.index("Z")
+    others = [i for i in range(len(stack_axes)) if i != zi]
+    other_shape = tuple(plan.stack_shape[i] for i in others)
+    d_img = float(scale.model_grid_diameter) / float(scale.factor or 1.0)
+    nz = plan.stack_shape[zi]
+    results, rows = [], []
+    used: list[float] = []
+    for oidx in np.ndindex(*other_shape) if other_shape else [()]:
+        sel: list[Any] = list(oidx)
+        sel.insert(zi, slice(None))
+        stack = density[tuple(sel)]  # (Z, H, W)
+        if len(points):
+            mask = np.ones(len(points), dtype=bool)
+            for pos, v in zip(others, oidx, strict=True):
+                mask &= np.rint(points[:, pos]) == v
+            mine = points[mask]
+            per_plane = [mine[np.rint(mine[:, zi]) == z][:, -2:] for z in range(nz)]
+        else:
+            per_plane = [np.zeros((0, 2)) for _ in range(nz)]
+        zd = z_diameter
+        if zd is None:
+            zd = _volume.estimate_z_extent(per_plane, d_img) or 1.0
+        used.append(float(zd))
+        found = _volume.volume_peaks(stack, d_img, zd, min_mass=min_mass)
+        results.append(len(found))
+        for z, y, x in found:
+            row = [float(v) for v in oidx]
+            row.insert(zi, float(z))
+            rows.append(row + [float(y), float(x)])
+    vpoints = np.asarray(rows, dtype=np.float64).reshape(-1, len(stack_axes) + 2)
+    vcount: Any = float(results[0]) if not other_shape else np.asarray(results, dtype=np.float64)
+    zd_out = float(np.median(used)) if used else None
+    return vcount, vpoints, zd_out
 
 
 # ------------------------------------------------------------------------------------------
@@ -721,6 +1016,8 @@ def segment(
     seeds: str = "count",
     count_model: Any = "nuclei-count",
     min_size: int | None = None,
+    level: int | None = None,
+    volume: bool = False,
 ) -> SegmentResult:
     """Instance segmentation with an interior/boundary model and a seeded watershed.
 
@@ -734,6 +1031,13 @@ def segment(
     min_size
         Smallest object kept, in pixels of the model grid (default: ~1/16 of the area of a disc
         of the card's diameter, at least 8).
+    level
+        For a multiscale ``image``: the level to segment (0 by default), as in :func:`count`;
+        the chosen level is read plane by plane (whole planes, not blocks: the watershed
+        needs the whole plane). ``SegmentResult.level_scale`` says its size factor.
+    volume
+        For stacks with a ``Z`` axis: also link the per-plane objects across Z into 3-D objects
+        (``SegmentResult.volume_labels``, ``.volume_count``, ``.volume_points``).
     """
     _inputs.check_callbacks(progress, None)
     steps = segment_events(
@@ -748,6 +1052,8 @@ def segment(
         seeds=seeds,
         count_model=count_model,
         min_size=min_size,
+        level=level,
+        volume=volume,
     )
     return drive(steps, _tile_callback(progress))
 
@@ -765,10 +1071,16 @@ def segment_events(
     seeds: str = "count",
     count_model: Any = "nuclei-count",
     min_size: int | None = None,
+    level: int | None = None,
+    volume: bool = False,
 ) -> Generator[Event, None, SegmentResult]:
     """:func:`segment` as an event generator: yields a :class:`~napari_nalu_count.events.
     Progress` per tile (the seed counter's tiles included) and returns the
     :class:`SegmentResult`."""
+    ms = None if isinstance(image, (str, os.PathLike)) else _multiscale.resolve(image, level)
+    if ms is not None:
+        image = ms.array
+    volume = _check_flag(volume, "volume")
     if not isinstance(seeds, str) or seeds not in _post.SEED_MODES:
         raise InputError(f"seeds must be one of {_post.SEED_MODES}, got {seeds!r}")
     image, axes, diameter, device = _inputs.check_call(
@@ -798,6 +1110,11 @@ def segment_events(
         d = scale.card_diameter or 10.0
         min_size = max(8, int(np.pi * d * d / 4.0 / 16.0))
 
+    if volume and "Z" not in plan.out_axes:
+        raise InputError(
+            f"volume=True needs a Z axis; the image's axes are {plan.axes!r} (pass axes='ZYX' "
+            "or 'TZYX')"
+        )
     counter = None
     if seeds == "count":
         counter = _resolve_model(count_model, "count", dev)
@@ -864,6 +1181,11 @@ def segment_events(
         target = labels[idx] if idx else labels
         target[...] = lab
     yield runner.report("segment: done")
+    vol_labels = vol_count = vol_points = None
+    if volume:
+        vol_labels, vol_count, vol_points = _link_volume(labels, plan)
+        vol_labels = _axes.to_output_order(vol_labels, plan)
+        vol_points = _axes.points_to_output_order(vol_points, plan)
     return SegmentResult(
         labels=_axes.to_output_order(labels, plan),
         count=counts if plan.is_stack else int(counts[0]),
@@ -872,7 +1194,44 @@ def segment_events(
         model=str(getattr(loaded, "name", "")),
         seeds=seeds,
         diameter_source=scale.source,
+        level=None if ms is None else ms.index,
+        level_scale=None if ms is None else _level_scale(ms, plan),
+        volume_labels=vol_labels,
+        volume_count=vol_count,
+        volume_points=vol_points,
     )
+
+
+def _link_volume(labels: np.ndarray, plan: _axes.PlanePlan) -> tuple[np.ndarray, Any, np.ndarray]:
+    """Per-plane labels (canonical order) linked across Z, per volume: ``(labels_3d, counts,
+    centroids in canonical order)``."""
+    from scipy import ndimage as ndi
+
+    from napari_nalu_count.infer import volume as _volume
+
+    stack_axes = "".join(a for a in plan.axes if a in _axes.STACK_AXES)
+    zi = stack_axes.index("Z")
+    others = [i for i in range(len(stack_axes)) if i != zi]
+    other_shape = tuple(plan.stack_shape[i] for i in others)
+    out = np.zeros(labels.shape, dtype=np.int32)
+    counts, rows = [], []
+    for oidx in np.ndindex(*other_shape) if other_shape else [()]:
+        sel: list[Any] = list(oidx)
+        sel.insert(zi, slice(None))
+        linked, n = _volume.link_labels(labels[tuple(sel)])
+        out[tuple(sel)] = linked
+        counts.append(n)
+        if n:
+            cents = np.asarray(
+                ndi.center_of_mass(np.ones(linked.shape), linked, np.arange(1, n + 1))
+            ).reshape(-1, 3)
+            for z, y, x in cents:
+                row = [float(v) for v in oidx]
+                row.insert(zi, float(z))
+                rows.append(row + [float(y), float(x)])
+    points = np.asarray(rows, dtype=np.float64).reshape(-1, len(stack_axes) + 2)
+    vcount: Any = int(counts[0]) if not other_shape else np.asarray(counts, dtype=np.int64)
+    return out, vcount, points
 
 
 # ------------------------------------------------------------------------------------------

@@ -72,6 +72,9 @@ class TrainConfig:
     log-uniform factor (objects ``lo``-``hi`` times their size on the model grid), so an object
     size estimate that is off by that much costs little; ``appearance`` (True or a dict of
     :class:`~napari_nalu_count.data.augment.Appearance` settings) simulates other microscopes;
+    ``ema`` > 0 keeps an exponential moving average of the weights (decay ``ema`` per step, with
+    a short warm-up) that is validated and kept instead of the raw weights, which smooths the
+    step-to-step noise of small-batch training;
     ``wide_jitter``/``wide_prob``: that fraction of the patches is resampled in the wider range
     instead; they train only a size head (``size_weight`` x the density-weighted MSE of the
     predicted log object size), so the network can tell how far off a size estimate is;
@@ -112,6 +115,7 @@ class TrainConfig:
     bn_recalibrate: int = 0
     count_weight: float = 0.0
     size_weight: float = 0.1
+    ema: float = 0.0
     scale_jitter: list[float] | None = None
     wide_jitter: list[float] | None = None
     wide_prob: float = 0.0
@@ -144,6 +148,8 @@ class TrainConfig:
             raise InputError(
                 f"bn_recalibrate must be a non-negative integer, got {self.bn_recalibrate!r}"
             )
+        if not 0.0 <= self.ema < 1.0:
+            raise InputError(f"ema must be a decay in [0, 1), got {self.ema!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise InputError(f"max_minutes must be positive, got {self.max_minutes!r}")
         if not (self.count_weight >= 0 and math.isfinite(self.count_weight)):
@@ -449,6 +455,31 @@ def recalibrate_bn(
     return len(use)
 
 
+class _Ema:
+    """Exponential moving average of a network's floating-point parameters and buffers."""
+
+    def __init__(self, net: nn.Module, decay: float) -> None:
+        self.decay = float(decay)
+        self.n = 0
+        self.state = {
+            k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()
+        }
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        self.n += 1
+        d = min(self.decay, (1.0 + self.n) / (10.0 + self.n))
+        for k, v in net.state_dict().items():
+            if k in self.state:
+                self.state[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
+
+    def swap_in(self, net: nn.Module) -> dict[str, torch.Tensor]:
+        """Load the averaged weights; return the live ones to restore afterwards."""
+        live = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        net.load_state_dict({**live, **self.state})
+        return live
+
+
 def _better(a: float, b: float | None, monitor: str) -> bool:
     if b is None or not math.isfinite(b):
         return math.isfinite(a)
@@ -561,6 +592,7 @@ def train_events(
         progress = min(1.0, progress)
         return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
+    ema = _Ema(net, cfg.ema) if cfg.ema > 0 else None
     history: list[dict[str, Any]] = []
     losses: list[float] = []
     best_state: dict[str, torch.Tensor] | None = None
@@ -603,6 +635,8 @@ def train_events(
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
+            if ema is not None:
+                ema.update(net)
             step += 1
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -626,6 +660,7 @@ def train_events(
         # validation (skipped when cancelled: the run must stop within one step)
         metrics: dict[str, Any] = {}
         improved = False
+        live = ema.swap_in(net) if ema is not None and not cancelled else None
         if not cancelled:
             if cfg.bn_recalibrate:
                 try:
@@ -666,6 +701,9 @@ def train_events(
                 bad_epochs += 1
             if plateau is not None and metrics:
                 plateau.step(float(metrics.get(monitor, float("nan"))))
+        if live is not None:
+            net.load_state_dict(live)
+            net.train()
         record = {
             "epoch": epoch,
             "step": step,

@@ -1,0 +1,667 @@
+"""Many files, one table: the batch engine behind ``nalu-count count|segment`` (and a GUI
+"Run on folder...").
+
+:func:`run_batch` expands folders and globs (:func:`expand_inputs`), loads the model once, reads
+every file with the axes it records (:func:`~napari_nalu_count.data.readers.read_image_axes`,
+or as stored with ``axes=``), runs :func:`~napari_nalu_count.infer.count` or
+:func:`~napari_nalu_count.infer.segment` on it and appends its rows to one table (the shared
+writer :mod:`napari_nalu_count.io_csv`: ``file,frame,count``, plus ``kind``, ``region`` and the
+area / density columns when asked), streamed to ``csv`` as each file is done. Optional
+per-file outputs: density maps (``density_dir``), instance labels (``labels_dir``), per-object
+measurements (``measure=True``, see :func:`napari_nalu_count.measure`).
+
+A file that cannot be read or processed is listed in :attr:`BatchResult.skipped` with the
+reason and the others go on. A cancel (``cancel`` token) stops between tiles: the rows of the
+files finished so far are kept (and written), :attr:`BatchResult.cancelled` is True and
+:attr:`BatchResult.message` says how far it got.
+
+Progress: ``progress(event)`` receives :class:`BatchEvent` objects (frozen dataclasses):
+``start`` (a file begins), ``tiles`` (tile progress inside it), ``file`` (its rows are in the
+table), ``skipped`` (it failed; ``message`` says why), ``output`` (an optional output could
+not be written), ``done``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from napari_nalu_count.errors import Cancelled, CancelToken, InputError
+
+#: suffixes picked up from folders and globs (an explicit file is always tried)
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+TASKS = ("count", "segment")
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    """One progress message of :func:`run_batch` (see the module docstring for ``kind``).
+
+    ``index`` is the 0-based file number, ``total`` the number of files, ``done`` / ``tiles``
+    the tiles finished / planned in the current file, ``message`` a human-readable line.
+    """
+
+    kind: str
+    index: int
+    total: int
+    path: str = ""
+    done: int = 0
+    tiles: int = 0
+    message: str = ""
+
+
+@dataclass
+class BatchResult:
+    """What :func:`run_batch` produced.
+
+    ``header`` and ``rows``: the table as written (strings); ``files``: the files processed,
+    in order; ``skipped``: ``(path or pattern, reason)`` per input that failed; ``outputs``:
+    density / labels / measurement files written; ``measurements``: the per-object table of
+    every file (a pandas DataFrame with a leading ``file`` column) when ``measure=True``;
+    ``cancelled``: True when a cancel stopped the run (the rows so far are kept).
+    """
+
+    header: tuple[str, ...]
+    rows: list[list[str]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+    measurements: Any = None
+    cancelled: bool = False
+    n_inputs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """Every input processed and written, nothing cancelled."""
+        return not self.skipped and not self.cancelled
+
+    @property
+    def message(self) -> str:
+        """One line: how many files were done, skipped, and whether it was cancelled."""
+        done = f"{len(self.files)} of {self.n_inputs} file(s) done"
+        if self.cancelled:
+            return f"cancelled: {done}; the table holds the rows of the finished files only"
+        if self.skipped:
+            return f"{done}, {len(self.skipped)} input(s) could not be processed"
+        return done
+
+    def to_frame(self) -> Any:
+        """The table as a pandas DataFrame (numbers parsed)."""
+        import io
+
+        import pandas as pd
+
+        buf = io.StringIO()
+        import csv
+
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(self.header)
+        w.writerows(self.rows)
+        buf.seek(0)
+        return pd.read_csv(buf, keep_default_na=False, na_values=[""])
+
+
+# ------------------------------------------------------------------------------------------
+# inputs
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def expand_inputs(specs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """Files to process (in order, without duplicates) and problems (one message each).
+
+    A spec is a file (always tried), a folder (its image files, sorted, not recursive) or a
+    glob pattern (``**`` recursive); see :data:`IMAGE_SUFFIXES`.
+    """
+    files: list[Path] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            files.append(p)
+
+    def add_dir(d: Path) -> int:
+        found = [f for f in sorted(d.iterdir()) if f.is_file() and _is_image(f)]
+        for f in found:
+            add(f)
+        return len(found)
+
+    for spec in specs:
+        spec = os.fspath(spec)
+        p = Path(spec).expanduser()
+        if p.is_dir():
+            if add_dir(p) == 0:
+                problems.append(f"{spec}: no TIFF/PNG images in this folder")
+        elif p.is_file():
+            add(p)
+        elif glob.has_magic(spec):
+            matches = [Path(m) for m in sorted(glob.glob(str(p), recursive=True))]
+            n = 0
+            for m in matches:
+                if m.is_dir():
+                    n += add_dir(m)
+                elif m.is_file() and _is_image(m):
+                    add(m)
+                    n += 1
+            if n == 0:
+                problems.append(f"{spec}: no images match this pattern")
+        else:
+            problems.append(f"{spec}: no such file or folder")
+    return files, problems
+
+
+def read_input(
+    path: Path, axes: str | None, channel: int | str | None
+) -> tuple[np.ndarray, str | None, int | str | None]:
+    """Read an image; return it with its axes and the channel choice.
+
+    With ``axes`` the array is taken as stored and the axes are the caller's; otherwise they
+    are the file's own (:func:`~napari_nalu_count.data.readers.read_image_axes`), else None
+    (inferred from the shape).
+    """
+    from napari_nalu_count.data.readers import read_image, read_image_axes
+
+    if axes:
+        return read_image(path), axes, channel
+    image, found = read_image_axes(path)
+    return image, found, channel
+
+
+def unique_output(directory: Path, stem: str, suffix: str, used: set[Path]) -> Path:
+    """``directory/stem+suffix``, with ``-2``, ``-3`` ... appended when already used."""
+    out = directory / f"{stem}{suffix}"
+    k = 2
+    while out in used:
+        out = directory / f"{stem}-{k}{suffix}"
+        k += 1
+    used.add(out)
+    return out
+
+
+def read_regions(regions: Any) -> Any:
+    """A region mask as given (array) or read from a file path (label image or mask)."""
+    if isinstance(regions, (str, os.PathLike)):
+        from napari_nalu_count.data.readers import read_image
+
+        return read_image(regions)
+    return regions
+
+
+# ------------------------------------------------------------------------------------------
+# the loop
+
+
+def _stack_axes(axes: str) -> str:
+    return "".join(a for a in axes if a in "TZ")
+
+
+def _volume_regions(
+    points: np.ndarray,
+    axes: str,
+    stack_shape: tuple[int, ...],
+    regions: Any,
+    n_vol: int,
+    pixel_size: Any,
+) -> Any:
+    """Volume points per region: a RegionTable with one row per volume (2-D areas)."""
+    from napari_nalu_count.analysis.regions import RegionTable, as_regions
+
+    plane_shape = regions.plane_shape
+    regs = as_regions(regions.raw, plane_shape, stack_shape)
+    k = len(regs.ids)
+    counts = np.zeros((n_vol, k))
+    sizes = np.zeros((n_vol, k))
+    stack = _stack_axes(axes)
+    zi = stack.index("Z")
+    others = [i for i in range(len(stack)) if i != zi]
+    other_shape = tuple(stack_shape[i] for i in others)
+    flat_planes = list(np.ndindex(*stack_shape))
+    for v, oidx in enumerate(np.ndindex(*other_shape) if other_shape else [()]):
+        # region areas: the mean over the volume's planes (the same for a 2-D mask)
+        plane_ids = [
+            i
+            for i, p in enumerate(flat_planes)
+            if all(p[o] == oidx[j] for j, o in enumerate(others))
+        ]
+        from napari_nalu_count.analysis.regions import _region_sizes
+
+        sizes[v] = np.mean([_region_sizes(regs, f, stack_shape) for f in plane_ids], axis=0)
+        if not len(points):
+            continue
+        # points are in `axes` order without C: stack columns then Y, X in axes order
+        out_axes = axes.replace("C", "")
+        cols = {a: out_axes.index(a) for a in out_axes}
+        mine = np.ones(len(points), dtype=bool)
+        for j, o in enumerate(others):
+            mine &= np.rint(points[:, cols[stack[o]]]) == oidx[j]
+        pts = points[mine]
+        for p in pts:
+            plane_idx = [0] * len(stack)
+            for j, o in enumerate(others):
+                plane_idx[o] = oidx[j]
+            plane_idx[zi] = int(np.clip(np.rint(p[cols["Z"]]), 0, stack_shape[zi] - 1))
+            f = flat_planes.index(tuple(plane_idx)) if stack_shape else 0
+            reg = regs.plane(f, stack_shape)
+            iy = int(np.clip(np.rint(p[cols["Y"]]), 0, plane_shape[0] - 1))
+            ix = int(np.clip(np.rint(p[cols["X"]]), 0, plane_shape[1] - 1))
+            if regs.labels is not None:
+                hit = np.flatnonzero(regs.ids == reg[iy, ix])
+                counts[v, hit] += 1
+            else:
+                counts[v] += reg[:, iy, ix]
+    return RegionTable(
+        ids=regs.ids, counts=counts, areas_px=sizes, pixel_size=pixel_size, integer=True
+    )
+
+
+@dataclass
+class _RegionSource:
+    raw: Any
+    plane_shape: tuple[int, int]
+
+
+def _canonical_stack(arr: np.ndarray, axes: str) -> np.ndarray:
+    """A result array (``axes`` without C) with its stack axes first, in their order."""
+    out_axes = axes.replace("C", "")
+    canon = _stack_axes(out_axes) + "YX"
+    if canon == out_axes:
+        return arr
+    return np.transpose(arr, [out_axes.index(a) for a in canon])
+
+
+def run_batch(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    task: str,
+    model: Any,
+    *,
+    diameter: float | str | None = None,
+    axes: str | None = None,
+    channel: int | str | None = None,
+    device: str = "auto",
+    tile_size: int | None = None,
+    regions: Any = None,
+    pixel_size: Any = None,
+    areas: bool | None = None,
+    volume: bool = False,
+    z_diameter: float | None = None,
+    density_dir: str | os.PathLike | None = None,
+    labels_dir: str | os.PathLike | None = None,
+    measure: bool = False,
+    measure_csv: str | os.PathLike | None = None,
+    csv: str | os.PathLike | IO[str] | None = None,
+    engine_options: dict[str, Any] | None = None,
+    progress: Callable[[BatchEvent], Any] | None = None,
+    cancel: CancelToken | None = None,
+) -> BatchResult:
+    """Run ``task`` (``"count"`` or ``"segment"``) with ``model`` on every file of ``paths``.
+
+    Parameters
+    ----------
+    paths
+        Files, folders and glob patterns (one, or an iterable of them); see
+        :func:`expand_inputs`.
+    model
+        Model name, path or ``LoadedModel`` of the task; loaded once.
+    diameter, axes, channel, device, tile_size
+        As for :func:`~napari_nalu_count.infer.count` (``axes`` then describes every file as
+        stored; None: each file's own axes).
+    regions
+        A region mask for every file: a label mask (atlas / tissue mask, integer ids, 0 =
+        outside) or boolean masks, an array or a path to an image file; ``(Y, X)`` applies to
+        every plane, one of the stack's shape per plane (see
+        :mod:`napari_nalu_count.analysis.regions`). Or a function ``regions(path) -> mask or
+        None`` for a mask per file. Adds the ``region`` column: per plane the whole-plane row
+        (``all``) and one row per region id (the density integral in it when counting, the
+        objects whose centroid is in it when segmenting).
+    pixel_size
+        µm per pixel (scalar or ``(y, x)``): areas in µm² and densities in cells per mm²;
+        without it pixels and cells per 10⁶ px.
+    areas
+        Add the area and density columns; None (default): when ``pixel_size`` or ``regions``
+        is given.
+    volume, z_diameter
+        Also count each Z-stack as volumes (``count(..., volume=True)``: 3-D peaks;
+        ``segment(..., volume=True)``: objects linked across Z; ``z_diameter`` is for counting
+        only); the table gets a ``kind`` column (``plane`` / ``volume``), see
+        :mod:`napari_nalu_count.io_csv`. With ``labels_dir`` a segmentation then writes the
+        linked 3-D labels (``<name>_labels3d.tif``) beside the per-plane ones.
+    density_dir, labels_dir
+        Write each density map (counting; float32 cells per pixel) as
+        ``DIR/<name>_density.tif`` / instance labels (segmentation; int32) as
+        ``DIR/<name>_labels.tif``; names made unique with ``-2``, ``-3`` ...
+    measure, measure_csv
+        Segmentation only: measure every object (:func:`napari_nalu_count.measure`, with the
+        image's intensities and ``pixel_size``) into :attr:`BatchResult.measurements`; with
+        ``measure_csv`` also written there (implies ``measure``).
+    csv
+        A path or an open text stream to stream the table to (header first, then each file's
+        rows as soon as it is done); None: the table is only returned.
+    engine_options
+        Further keyword arguments of ``count`` / ``segment`` (``seeds``, ``count_model``,
+        ``min_mass``, ``level`` ...).
+    progress, cancel
+        ``progress(BatchEvent)``; a :class:`~napari_nalu_count.errors.CancelToken`.
+
+    Raises :class:`InputError` for bad arguments, no images at all, or a model of the other
+    task; every per-file problem is reported in the result instead.
+    """
+    from napari_nalu_count import io_csv
+    from napari_nalu_count.analysis import units as _units
+    from napari_nalu_count.infer.device import resolve_device
+    from napari_nalu_count.models import load_model
+
+    if task not in TASKS:
+        raise InputError(f"task must be 'count' or 'segment', got {task!r}")
+    integer = task == "segment"
+    ps = _units.check_pixel_size(pixel_size)
+    if not isinstance(volume, (bool, np.bool_)):
+        raise InputError(f"volume must be True or False, got {volume!r}")
+    if measure_csv is not None:
+        measure = True
+    if measure and task != "segment":
+        raise InputError("measurements need instance labels: use task 'segment'")
+    region_fn: Callable[[Path], Any] | None = None
+    if callable(regions):
+        region_fn = regions
+    elif regions is not None:
+        fixed = read_regions(regions)
+        region_fn = lambda _p: fixed  # noqa: E731
+    if areas is None:
+        areas = ps is not None or region_fn is not None
+    header = io_csv.table_header(
+        kind=bool(volume),
+        region=region_fn is not None,
+        areas=None if not areas else ("um" if ps is not None else "px"),
+    )
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files, problems = expand_inputs(paths)
+    result = BatchResult(header=header, n_inputs=len(files))
+    for msg in problems:
+        spec, _, reason = msg.partition(": ")
+        result.skipped.append((spec, reason))
+    if not files:
+        raise InputError("no images to process" + (f" ({problems[0]})" if problems else ""))
+
+    device = str(resolve_device(device))
+    loaded = (
+        model
+        if hasattr(model, "net") and hasattr(model, "card")
+        else load_model(model, device=device)
+    )
+    if loaded.task != task:
+        raise InputError(
+            f"model {loaded.name!r} is a {loaded.task!r} model; {task} needs a {task} model"
+        )
+    options = dict(engine_options or {})
+    if task == "segment" and options.get("seeds", "count") == "count":
+        cm = options.get("count_model", "nuclei-count")
+        if not hasattr(cm, "net"):
+            options["count_model"] = load_model(cm, device=str(loaded.device))
+
+    density_out = Path(density_dir) if density_dir is not None and task == "count" else None
+    labels_out = Path(labels_dir) if labels_dir is not None and task == "segment" else None
+    for d in (density_out, labels_out):
+        if d is not None:
+            d.mkdir(parents=True, exist_ok=True)
+    used: set[Path] = set()
+
+    def emit(
+        kind: str, index: int, path: Any = "", done: int = 0, tiles: int = 0, message: str = ""
+    ) -> None:
+        if progress is not None:
+            progress(BatchEvent(kind, index, len(files), str(path), done, tiles, message))
+
+    own_fh = False
+    fh: IO[str] | None
+    if csv is None:
+        fh = None
+    elif hasattr(csv, "write"):
+        fh = csv  # type: ignore[assignment]
+    else:
+        csv_path = Path(csv)  # type: ignore[arg-type]
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        own_fh = True
+    measured: list[Any] = []
+    try:
+        writer = io_csv.CountsWriter(fh, header=header) if fh is not None else None
+        for i, path in enumerate(files):
+            emit("start", i, path, message=f"{task} {path.name} ({i + 1}/{len(files)})")
+
+            def tile_progress(
+                done: int, total: int, message: str, i: int = i, path: Path = path
+            ) -> None:
+                emit("tiles", i, path, done, total, message)
+
+            try:
+                image, file_axes, ch = read_input(path, axes, channel)
+                res = _run_one(
+                    task,
+                    image,
+                    loaded,
+                    file_axes,
+                    ch,
+                    diameter,
+                    device,
+                    tile_size,
+                    volume,
+                    z_diameter,
+                    options,
+                    tile_progress,
+                    cancel,
+                )
+                rows, per_file = _rows_for(
+                    path, res, task, integer, region_fn, ps, bool(areas), bool(volume)
+                )
+            except (Cancelled, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # never lose the batch for one bad file
+                reason = str(exc) or type(exc).__name__
+                result.skipped.append((str(path), reason))
+                emit("skipped", i, path, message=f"skipped {path}: {reason}")
+                continue
+            result.rows.extend(rows)
+            result.files.append(path)
+            if writer is not None:
+                writer.write_rows(rows)
+            try:
+                if density_out is not None:
+                    out = unique_output(density_out, path.stem, "_density.tif", used)
+                    _write_tiff(out, np.asarray(res.density, dtype=np.float32), False)
+                    result.outputs.append(out)
+                if labels_out is not None:
+                    out = unique_output(labels_out, path.stem, "_labels.tif", used)
+                    _write_tiff(out, np.asarray(res.labels, dtype=np.int32), True)
+                    result.outputs.append(out)
+                    if getattr(res, "volume_labels", None) is not None:
+                        out = unique_output(labels_out, path.stem, "_labels3d.tif", used)
+                        _write_tiff(out, np.asarray(res.volume_labels, dtype=np.int32), True)
+                        result.outputs.append(out)
+            except OSError as exc:
+                result.skipped.append((str(path), f"cannot write output: {exc}"))
+                emit("output", i, path, message=f"cannot write output for {path}: {exc}")
+            if measure:
+                from napari_nalu_count.analysis.measurements import measure as _measure
+
+                try:
+                    plane_image = _intensity_for(image, file_axes, res, ch, loaded)
+                    df = _measure(res.labels, plane_image, pixel_size=ps, axes=res.axes)
+                    df.insert(0, "file", str(path))
+                    measured.append(df)
+                except Exception as exc:  # noqa: BLE001 - reported like any per-file problem
+                    result.skipped.append((str(path), f"cannot measure: {exc}"))
+                    emit("output", i, path, message=f"cannot measure {path}: {exc}")
+            del image, res, per_file
+            emit("file", i, path, message=f"{path.name}: done")
+    except Cancelled:
+        result.cancelled = True
+    finally:
+        if own_fh and fh is not None:
+            fh.close()
+        if measure:
+            result.measurements = _concat_measurements(measured, ps)
+            if measure_csv is not None:
+                out = Path(measure_csv)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                result.measurements.to_csv(out, index=False, lineterminator="\n")
+                result.outputs.append(out)
+    emit("done", len(files), message=result.message)
+    return result
+
+
+def _write_tiff(path: Path, arr: np.ndarray, compress: bool) -> None:
+    import tifffile
+
+    if compress:
+        tifffile.imwrite(path, arr, compression="zlib", photometric="minisblack")
+    else:
+        tifffile.imwrite(path, arr, photometric="minisblack")
+
+
+def _run_one(
+    task,
+    image,
+    loaded,
+    axes,
+    channel,
+    diameter,
+    device,
+    tile_size,
+    volume,
+    z_diameter,
+    options,
+    progress,
+    cancel,
+):
+    from napari_nalu_count.infer import count, segment
+
+    kwargs = dict(
+        axes=axes,
+        diameter=diameter,
+        device=device,
+        progress=progress,
+        cancel=cancel,
+        tile_size=tile_size,
+        channel=channel,
+        **options,
+    )
+    if task == "count":
+        if volume:
+            kwargs.update(volume=True, z_diameter=z_diameter)
+        return count(image, loaded, **kwargs)
+    if volume:
+        kwargs.update(volume=True)
+    return segment(image, loaded, **kwargs)
+
+
+def _rows_for(
+    path: Path,
+    res: Any,
+    task: str,
+    integer: bool,
+    region_fn: Any,
+    ps: Any,
+    areas: bool,
+    volume: bool,
+) -> tuple[list[list[str]], Any]:
+    """The table rows of one file (plane rows, then volume rows)."""
+    from napari_nalu_count import io_csv
+    from napari_nalu_count.analysis.regions import count_in_regions, objects_in_regions
+
+    arr = res.density if task == "count" else res.labels
+    canon = _canonical_stack(np.asarray(arr), res.axes)
+    stack_shape = canon.shape[:-2]
+    plane_area = float(canon.shape[-1] * canon.shape[-2])
+    table = None
+    mask = region_fn(path) if region_fn is not None else None
+    if region_fn is not None:
+        if mask is None:
+            raise InputError(f"no region mask for {path}")
+        fn = count_in_regions if task == "count" else objects_in_regions
+        table = fn(canon, mask, pixel_size=ps)
+    kind = "plane" if volume else None
+    rows = io_csv.result_rows(
+        str(path),
+        res.count,
+        integer=integer,
+        kind=kind,
+        regions=table,
+        plane_area_px=plane_area,
+        pixel_size=ps,
+        areas=areas,
+    )
+    if volume:
+        vcounts = np.atleast_1d(np.asarray(res.volume_count, dtype=np.float64)).ravel()
+        vtable = None
+        if table is not None:
+            vtable = _volume_regions(
+                np.asarray(res.volume_points),
+                res.axes,
+                stack_shape,
+                _RegionSource(mask, canon.shape[-2:]),
+                len(vcounts),
+                ps,
+            )
+        rows += io_csv.result_rows(
+            str(path),
+            vcounts,
+            integer=True,
+            kind="volume",
+            regions=vtable,
+            plane_area_px=plane_area,
+            pixel_size=ps,
+            areas=areas,
+        )
+    return rows, table
+
+
+def _intensity_for(image: Any, axes: str | None, res: Any, channel: Any, loaded: Any) -> Any:
+    """The image as planes of the labels' shape (channels reduced by the model's rule), for
+    intensity measurements; None when it cannot be matched."""
+    from napari_nalu_count.infer import axes as _axes
+
+    plan = _axes.make_plan(image, axes, channel, _axes.input_rule(loaded.card))
+    planes = _axes.to_planes(image, axes, channel, _axes.input_rule(loaded.card))
+    planes = _axes.to_output_order(np.asarray(planes), plan)
+    if planes.shape != np.asarray(res.labels).shape:
+        return None
+    return planes
+
+
+def _concat_measurements(parts: list[Any], ps: Any) -> Any:
+    import pandas as pd
+
+    from napari_nalu_count.analysis import units as _units
+    from napari_nalu_count.analysis.measurements import measure as _measure
+
+    if parts:
+        df = pd.concat(parts, ignore_index=True)
+    else:
+        df = _measure(np.zeros((1, 1), dtype=np.int32), pixel_size=ps)
+        df.insert(0, "file", pd.Series(dtype=str))
+    df.attrs["units"] = "um" if ps is not None else "px"
+    df.attrs["pixel_size"] = ps
+    df.attrs["note"] = _units.unit_note(ps)
+    return df
+
+
+def print_table(result: BatchResult, fh: IO[str] = sys.stdout) -> None:
+    """Write ``result``'s table to an open text stream (header first)."""
+    from napari_nalu_count.io_csv import CountsWriter
+
+    CountsWriter(fh, header=result.header).write_rows(result.rows)
