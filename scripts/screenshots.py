@@ -4,9 +4,10 @@
 
 Opens napari with the bundled samples, runs each dock widget the way a user would (pick, click
 Run, wait) and saves the whole window: ``count.png`` (BBBC039 crop, density, cells and two
-regions), ``segment.png``, ``stack.png`` (time-lapse with the per-frame table),
-``finetune.png`` (fine-tuning on dots, live curves, before/after) and ``count_finetuned.png``
-(the same image counted again with the new model). Models default to the bundled ones.
+regions), ``regions.png`` (the Count in regions dock on that density map), ``segment.png``,
+``stack.png`` (time-lapse with the per-frame table), ``finetune.png`` (fine-tuning on dots,
+live curves, before/after) and ``count_finetuned.png`` (the same image counted again with the
+new model). Models default to the bundled ones. ``--theme light`` shoots napari's light theme.
 """
 
 from __future__ import annotations
@@ -62,13 +63,11 @@ def dock(viewer, title: str, tabify: bool = False):
     return widget
 
 
-def choose(combo, data) -> None:
-    index = combo.findData(data)
-    if index < 0:
-        raise SystemExit(
-            f"{data!r} is not offered; have {[combo.itemText(i) for i in range(combo.count())]}"
-        )
-    combo.setCurrentIndex(index)
+def choose(combo, value) -> None:
+    """Pick ``value`` in a dock's picker (a magicgui ComboBox), as a click would."""
+    if value not in combo.choices:
+        raise SystemExit(f"{value!r} is not offered; have {list(combo.choices)}")
+    combo.value = value
 
 
 def close_docks(viewer) -> None:
@@ -83,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--only", nargs="*", default=None, help="subset of the shots")
+    parser.add_argument("--theme", default="dark", choices=("dark", "light"))
+    parser.add_argument("--suffix", default="", help="appended to each file name")
     args = parser.parse_args(argv)
-    want = set(args.only or ["count", "segment", "stack", "finetune"])
+    want = set(args.only or ["count", "regions", "segment", "stack", "finetune"])
     OUT.mkdir(parents=True, exist_ok=True)
 
     import napari
@@ -94,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     get_settings().application.gui_notification_level = "error"
     viewer = napari.Viewer(title="napari-nalu-count")
     viewer.window.resize(1500, 950)
-    viewer.theme = "dark"
+    viewer.theme = args.theme
+
+    def shot(name: str) -> Path:
+        return shoot(viewer, name.replace(".png", f"{args.suffix}.png"))
 
     if "count" in want:
         viewer.open_sample(PLUGIN, "bbbc039_crop")
@@ -108,13 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         count = dock(viewer, "Count cells")
         choose(count.model_combo, args.count_model)
-        count.regions_combo.setCurrentIndex(count.regions_combo.findText("regions"))
-        count.image_combo.setCurrentIndex(count.image_combo.findText("BBBC039 crop"))
+        choose(count.regions_combo, viewer.layers["regions"])
+        choose(count.image_combo, viewer.layers["BBBC039 crop"])
         count.run()
         wait_for(count)
         viewer.layers.selection.active = viewer.layers["BBBC039 crop cells"]
-        shoot(viewer, "count.png")
+        shot("count.png")
         close_docks(viewer)
+        if "regions" in want:
+            regions = dock(viewer, "Count in regions")
+            choose(regions.regions_combo, viewer.layers["regions"])
+            regions.count()
+            viewer.layers.selection.active = viewer.layers["regions"]
+            shot("regions.png")
+            close_docks(viewer)
         viewer.layers.clear()
 
     if "segment" in want:
@@ -123,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         choose(segment.model_combo, args.segment_model)
         segment.run()
         wait_for(segment)
-        shoot(viewer, "segment.png")
+        shot("segment.png")
         close_docks(viewer)
         viewer.layers.clear()
 
@@ -131,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         viewer.open_sample(PLUGIN, "synthetic_timelapse")
         count = dock(viewer, "Count cells")
         choose(count.model_combo, args.count_model)
-        count.diameter_edit.setText("estimate")  # synthetic cells are smaller than BBBC039's
+        count.diameter_edit.value = "estimate"  # synthetic cells are smaller than BBBC039's
         count.run()
         wait_for(count)
         viewer.dims.set_current_step(0, 3)
-        shoot(viewer, "stack.png")
+        shot("stack.png")
         close_docks(viewer)
         viewer.layers.clear()
 
@@ -145,28 +156,32 @@ def main(argv: list[str] | None = None) -> int:
         truth.visible = True
         truth.name = "my dots"
         finetune = dock(viewer, "Fine-tune model")
-        row = finetune.rows[0]
-        row.image_combo.setCurrentIndex(row.image_combo.findText("synthetic high"))
-        row.annotation_combo.setCurrentIndex(row.annotation_combo.findText("my dots (dots)"))
+        row = finetune.pairs.rows[0]
+        choose(row.image_combo, viewer.layers["synthetic high"])
+        choose(row.annotation_combo, truth)
         choose(finetune.model_combo, args.count_model)
-        finetune.name_edit.setText("my-nuclei-count")
-        finetune.diameter_edit.setText("estimate")
-        finetune.epochs_spin.setValue(args.epochs)
-        finetune.steps_spin.setValue(args.steps)
+        finetune.name_edit.value = "my-nuclei-count"
+        finetune.replace_check.value = True  # a rerun of this script replaces its own model
+        finetune.epochs_spin.value = args.epochs
+        finetune.steps_spin.value = args.steps
         finetune.run()
         wait_for(finetune, timeout=1800)
         if finetune.result is None:
             print("fine-tuning saved no model:", finetune.status_label.text(), file=sys.stderr)
             return 1
-        shoot(viewer, "finetune.png")
+        shot("finetune.png")
+        if args.theme == "dark":  # the loss plot follows napari's theme
+            viewer.theme = "light"
+            shot("finetune_light.png")
+            viewer.theme = "dark"
 
         count = dock(viewer, "Count cells", tabify=True)
         choose(count.model_combo, "my-nuclei-count")
-        count.image_combo.setCurrentIndex(count.image_combo.findText("synthetic high"))
+        choose(count.image_combo, viewer.layers["synthetic high"])
         count.run()
         wait_for(count)
         viewer.layers["my dots"].visible = False
-        shoot(viewer, "count_finetuned.png")
+        shot("count_finetuned.png")
 
     viewer.close()
     return 0

@@ -70,13 +70,13 @@ def test_streaming_writer_and_file_writer_agree(tmp_path):
 
 def _dock_files(tmp_path: Path, path: Path, stack: np.ndarray) -> tuple[Path, Path]:
     """What the docks' plain functions export for the stack (no GUI)."""
-    from napari_nalu_count._widgets._common import write_counts_csv as dock_write
+    from napari_nalu_count._widgets._inference import RunParams
     from napari_nalu_count._widgets.count_widget import run_count
     from napari_nalu_count._widgets.segment_widget import run_segment
+    from napari_nalu_count.io_csv import write_counts_csv as dock_write
 
-    params = {"device": "cpu", "diameter": None, "axes": "TZYX"}
-    counted = run_count(stack, {**params, "model": "csv-count"})
-    segmented = run_segment(stack, {**params, "model": "csv-seg"})
+    counted = run_count(stack, RunParams("csv-count", "cpu", None, "TZYX"))
+    segmented = run_segment(stack, RunParams("csv-seg", "cpu", None, "TZYX"))
     assert counted.counts.shape == (2, 3)
     a = dock_write(tmp_path / "dock_count.csv", str(path), counted.counts)
     b = dock_write(tmp_path / "dock_seg.csv", str(path), segmented.counts, integer=True)
@@ -99,8 +99,10 @@ def test_cli_and_dock_functions_write_identical_files_for_tzyx(tmp_path, monkeyp
     # the dock segments with count seeds by default; use interior seeds like the CLI call
     from napari_nalu_count import infer
 
-    real = infer.segment
-    monkeypatch.setattr(infer, "segment", lambda *a, **k: real(*a, **{**k, "seeds": "interior"}))
+    real = infer.segment_events
+    monkeypatch.setattr(
+        infer, "segment_events", lambda *a, **k: real(*a, **{**k, "seeds": "interior"})
+    )
     dock_count, dock_seg = _dock_files(tmp_path, path, stack)
     assert cli_count.read_bytes() == dock_count.read_bytes()
     assert cli_seg.read_bytes() == dock_seg.read_bytes()
@@ -130,13 +132,14 @@ def test_cli_and_count_dock_export_identical_files(make_napari_viewer, qtbot, tm
     (layer,) = viewer.open(str(path), plugin="napari")
     assert layer.data.shape == (2, 3, 40, 48)
     widget = CountWidget(viewer)
-    widget.image_combo.setCurrentIndex(widget.image_combo.findData(layer))
-    widget.model_combo.setCurrentIndex(widget.model_combo.findData("csv-count"))
-    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
-    widget.axes_edit.setText("TZYX")
+    widget.image_combo.value = layer
+    widget.model_combo.value = "csv-count"
+    widget.device_combo.value = "cpu"
+    widget.axes_edit.value = "TZYX"
     widget.run()
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
-    assert widget.table.rowCount() == 6
-    assert [widget.table.item(r, 0).text() for r in range(6)] == [str(k) for k in range(6)]
+    table = widget.results.table
+    assert table.rowCount() == 6
+    assert [table.item(r, 0).text() for r in range(6)] == [str(k) for k in range(6)]
     dock_file = widget.export_csv(tmp_path / "dock.csv")
     assert dock_file.read_bytes() == cli_file.read_bytes()

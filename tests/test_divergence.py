@@ -155,6 +155,7 @@ def test_fine_tune_refuses_bad_arguments(tmp_path):
 
 
 def _dock_run(make_napari_viewer, qtbot, monkeypatch, steps_before_nan: int):
+    from napari_nalu_count._widgets import _viewer
     from napari_nalu_count._widgets import finetune_widget as fw
     from napari_nalu_count._widgets.count_widget import CountWidget
 
@@ -162,7 +163,7 @@ def _dock_run(make_napari_viewer, qtbot, monkeypatch, steps_before_nan: int):
     net = build_model({"architecture": "unet_count", "widths": [4, 8]})
     save_model(net, make_card("dock-start", "count", net.config, diameter=9.0), "dock-start")
     notes: list[str] = []
-    monkeypatch.setattr(fw, "notify_error", notes.append)
+    monkeypatch.setattr(_viewer, "notify_error", notes.append)
     _nan_after(monkeypatch, steps_before_nan)
     viewer = make_napari_viewer()
     sample = _samples()[0]
@@ -170,13 +171,14 @@ def _dock_run(make_napari_viewer, qtbot, monkeypatch, steps_before_nan: int):
     points = viewer.add_points(sample.dots, name="dots")
     counter = CountWidget(viewer)
     widget = fw.FineTuneWidget(viewer)
-    row = widget.rows[0]
-    row.annotation_combo.setCurrentIndex(row.annotation_combo.findData(points))
-    widget.model_combo.setCurrentIndex(widget.model_combo.findData("dock-start"))
-    widget.name_edit.setText("dock-ft")
-    widget.epochs_spin.setValue(3)
-    widget.steps_spin.setValue(2)
-    widget.patch_spin.setValue(32)
+    row = widget.pairs.rows[0]
+    row.annotation_combo.value = points
+    widget.model_combo.value = "dock-start"
+    widget.name_edit.value = "dock-ft"
+    widget.device_combo.value = "cpu"
+    widget.epochs_spin.value = 3
+    widget.steps_spin.value = 2
+    widget.patch_spin.value = 32
     assert widget.run_button.isEnabled(), widget.hint_label.text()
     widget.run()
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
@@ -192,8 +194,11 @@ def test_dock_shows_divergence_and_keeps_the_last_good_model(
     assert "diverged at epoch 2" in status and "lower the learning rate" in status
     assert "kept 'dock-ft' from epoch 1" in status
     assert len(notes) == 1 and "training diverged" in notes[0]
-    assert counter.model_combo.findData("dock-ft") >= 0  # the kept model is offered
+    assert "dock-ft" in counter.model_combo.choices  # the kept model is offered
     assert load_model("dock-ft").card["training"]["diverged"]["epoch"] == 2
+    # the kept model now has that name: a new run must not replace it unasked
+    assert not widget.run_button.isEnabled() and "exists" in widget.hint_label.text()
+    widget.replace_check.value = True
     assert widget.run_button.isEnabled()
 
 
@@ -204,7 +209,7 @@ def test_dock_divergence_before_any_epoch_saves_nothing(make_napari_viewer, qtbo
     assert "diverged at epoch 1, step 1" in status
     assert "no model saved; 'dock-start' is unchanged" in status
     assert len(notes) == 1
-    assert counter.model_combo.findData("dock-ft") < 0
+    assert "dock-ft" not in counter.model_combo.choices
     assert not (user_model_dir() / "dock-ft.json").exists()
     assert sorted(p.name for p in user_model_dir().iterdir()) == [
         "dock-start.json",

@@ -51,7 +51,11 @@ def test_fine_tune_one_image_with_dots(start_model):
     # no labels, no diameter given: estimated from the image (cells of 9 px), on the model grid
     assert card["diameter"] == pytest.approx(9.0, rel=0.3)
     assert "input_scale" not in card and not card["training"]["cancelled"]
-    assert events[-1]["kind"] == "done"
+    kinds = [e.kind for e in events]
+    # measure the start model, train (the loop's events end with "done"), measure the new one
+    assert kinds[0] == "stage" and events[0].name == "measure"
+    assert [k for k in kinds if k in ("step", "epoch", "done")][-1] == "done"
+    assert [e.name for e in events if e.kind == "stage"] == ["measure", "train", "validate"]
     # the saved weights are the returned best weights
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
@@ -127,3 +131,94 @@ def test_fine_tune_rejects_wrong_task_and_split_of_several_images(start_model):
     tr, held, how = split_holdout(samples, 0.25, seed=0)
     assert len(tr) == 3 and len(held) == 1 and "held-out image" in how
     assert np.isfinite(float(np.asarray(held[0].image).mean()))
+
+
+# ------------------------------------------------------------------------------------------
+# tune then fine-tune; validation as the docks run; names are never silently replaced
+
+
+def test_fine_tune_tunes_from_the_start_model_at_the_users_learning_rate(start_model, monkeypatch):
+    """Each B/X trial starts from the start model's weights at the user's learning rate (not
+    from random weights at a random rate), and the winner is what fine-tuning trains with."""
+    import importlib
+
+    from napari_nalu_count.events import Tuned
+    from napari_nalu_count.train import TuneSettings
+
+    tune_module = importlib.import_module("napari_nalu_count.train.tune")
+    starts = []
+    real = tune_module.train_events
+
+    def spy(model_or_config, *args, **kwargs):
+        cfg = args[3]
+        starts.append((model_or_config, cfg.lr, dict(cfg.fre)))
+        return real(model_or_config, *args, **kwargs)
+
+    monkeypatch.setattr(tune_module, "train_events", spy)
+    samples = [synthetic_cells((64, 64), n_cells=15, diameter=9.0, seed=s) for s in range(2)]
+    events = []
+    res = fine_tune(
+        start_model,
+        samples,
+        name="tuned",
+        cfg=_cfg(lr=2e-3),
+        tune=TuneSettings(n_trials=2, epochs=1, steps_per_epoch=1),
+        callback=events.append,
+    )
+    assert len(starts) == 2
+    for model, lr, fre in starts:
+        assert getattr(model, "name", None) == "tiny-start"  # the start model, its weights
+        assert lr == 2e-3
+        assert set(fre) == {"B", "X", "seed"}
+    (tuned,) = [e for e in events if isinstance(e, Tuned)]
+    assert res.fre["B"] == tuned.fre["B"] and res.fre["X"] == pytest.approx(tuned.fre["X"])
+    tuning = load_model("tuned").card["training"]["tuning"]
+    assert len(tuning["trials"]) == 2 and tuning["lr"] == 2e-3
+    assert all(t["lr"] == 2e-3 for t in tuning["trials"])
+    stages = [e.name for e in events if e.kind == "stage"]
+    assert stages == ["measure", "tune", "train", "validate"]
+
+
+def test_fine_tune_validates_segmentation_as_the_segment_dock_runs(tmp_path, monkeypatch):
+    """Before/after of a segmentation fine-tune come from infer.segment (tiled, probabilities,
+    count-guided seeds) on the held-out images, not from the loop's argmax pass."""
+    from napari_nalu_count import infer
+
+    torch.manual_seed(0)
+    net = build_model({"architecture": "se_unet", "widths": [4, 8]})
+    card = make_card("tiny-seg", "segment", net.config, diameter=9.0, metrics={"split": "-"})
+    start = save_model(net, card, tmp_path / "start" / "tiny-seg")
+    calls = []
+    real = infer.segment_events
+
+    def spy(image, model, **kwargs):
+        calls.append((np.shape(image), getattr(model, "name", model), kwargs))
+        return real(image, model, **kwargs)
+
+    monkeypatch.setattr(infer, "segment_events", spy)
+    samples = [synthetic_cells((64, 64), n_cells=8, diameter=9.0, seed=s) for s in range(2)]
+    res = fine_tune(start, samples, name="seg-ft", cfg=_cfg(epochs=1))
+    assert [c[1] for c in calls] == ["tiny-seg", "seg-ft"]  # before, after: same held-out image
+    assert all(c[0] == (64, 64) for c in calls)
+    for _, _, kwargs in calls:
+        assert kwargs["seeds"] == "count"
+        assert getattr(kwargs["count_model"], "name", None) == "nuclei-count"
+    for metrics in (res.metrics_before, res.metrics_after):
+        assert {"f1", "precision", "recall", "miou", "mae"} <= set(metrics)
+        assert metrics["n_cells"] == 8 and metrics["n_images"] == 1
+    assert "end to end" in res.card["metrics"]["split"]
+
+
+def test_fine_tune_never_replaces_a_model_unasked(start_model):
+    s = synthetic_cells((64, 64), n_cells=20, diameter=9.0, seed=1)
+    first = fine_tune(start_model, [s], name="mine", cfg=_cfg(epochs=1))
+    before = first.path.read_bytes()
+    events = []
+    with pytest.raises(InputError, match="exists"):
+        fine_tune(start_model, [s], name="mine", cfg=_cfg(epochs=1), callback=events.append)
+    assert events == []  # refused before any work
+    assert first.path.read_bytes() == before
+    with pytest.raises(InputError, match="bundled"):
+        fine_tune(start_model, [s], name="nuclei-count", cfg=_cfg(epochs=1))
+    again = fine_tune(start_model, [s], name="mine", cfg=_cfg(epochs=1), overwrite=True)
+    assert again.path == first.path

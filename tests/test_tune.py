@@ -31,7 +31,9 @@ def test_tune_two_trials_of_one_tiny_epoch():
     assert set(res.best_params) == {"B", "X", "lr"}
     assert 0 <= res.best_params["B"] <= 8 and 1.0 <= res.best_params["X"] <= 10.0
     assert res.best_value == min(t["value"] for t in res.trials)
-    assert [e["number"] for e in events] == [0, 1]
+    assert [e.number for e in events if e.kind == "trial"] == [0, 1]
+    steps = [e for e in events if e.kind == "progress"]  # every trial's steps, over all trials
+    assert [(e.done, e.total) for e in steps] == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
 def test_cli_train_on_synthetic(capsys):

@@ -8,23 +8,15 @@ import time
 import numpy as np
 import pytest
 
-from napari_nalu_count._widgets import _common
-from napari_nalu_count._widgets._common import (
-    InputError,
-    Outcome,
-    check_axes,
-    default_axes,
-    parse_diameter,
-    pump,
-    write_counts_csv,
-)
+from napari_nalu_count._widgets import _models, _viewer
+from napari_nalu_count._widgets._inference import RunParams, check_run
 from napari_nalu_count._widgets.count_widget import (
     CountOutput,
     apply_count_results,
-    region_counts,
     run_count,
 )
-from napari_nalu_count.errors import Cancelled, CancelToken
+from napari_nalu_count.errors import Cancelled, CancelToken, InputError
+from napari_nalu_count.events import Progress
 
 
 def save_tiny(name: str, task: str = "count", diameter: float = 12.0) -> str:
@@ -56,110 +48,21 @@ def _image(shape=(64, 64), seed=0) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- plain functions
-def test_parse_diameter():
-    assert parse_diameter("") is None
-    assert parse_diameter(" Estimate ") == "auto"
-    assert parse_diameter("12.5") == 12.5
-    for bad in ("abc", "-3", "0", "nan"):
-        with pytest.raises(InputError):
-            parse_diameter(bad)
-
-
-def test_axes_helpers():
-    assert default_axes(2) == "YX"
-    assert default_axes(3) == "TYX"
-    assert default_axes(3, rgb=True) == "YXC"
-    assert check_axes("tyx", 3) == "TYX"
-    for bad, ndim in (("YX", 3), ("TYQ", 3), ("YYX", 3), ("TZX", 3)):
-        with pytest.raises(InputError):
-            check_axes(bad, ndim)
-
-
-def test_region_counts_2d_and_stack():
-    density = np.zeros((2, 10, 10), np.float32)
-    density[0, 2, 2] = 1.0
-    density[1, 2, 2] = 2.0
-    density[1, 8, 8] = 0.5
-    masks = np.zeros((2, 10, 10), bool)
-    masks[0, :5, :5] = True
-    masks[1, 5:, 5:] = True
-    out = region_counts(density, masks)
-    np.testing.assert_allclose(out["region 1"], [1.0, 2.0])
-    np.testing.assert_allclose(out["region 2"], [0.0, 0.5])
-    assert region_counts(density[1], masks)["region 2"] == pytest.approx(0.5)
-    with pytest.raises(InputError):
-        region_counts(density, masks[:, :5])
-
-
-def test_write_counts_csv(tmp_path):
-    path = write_counts_csv(
-        tmp_path / "c.csv", "img.tif", np.array([1.0, 2.5]), {"region 1": np.array([0, 1])}
-    )
-    rows = list(csv.reader(path.open()))
-    assert rows == [  # the shared table format (io_csv): cells with two decimals
-        ["file", "frame", "count", "region 1"],
-        ["img.tif", "0", "1.00", "0.00"],
-        ["img.tif", "1", "2.50", "1.00"],
-    ]
-    rows = list(csv.reader(write_counts_csv(tmp_path / "d.csv", "x", 3.0).open()))
-    assert rows[1] == ["x", "0", "3.00"]
-    rows = list(csv.reader(write_counts_csv(tmp_path / "e.csv", "x", 3.0, integer=True).open()))
-    assert rows[1] == ["x", "0", "3"]
-
-
-def test_pump_yields_progress_and_catches_errors():
-    def work(n, *, progress, cancel):
-        for i in range(n):
-            progress(i + 1, n, "step")
-        return "ok"
-
-    gen = pump(work, 3)
-    events = []
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            outcome = stop.value
-            break
-        if event is not None:
-            events.append(event)
-    assert events == [(1, 3, "step"), (2, 3, "step"), (3, 3, "step")]
-    assert outcome.value == "ok" and outcome.error is None
-
-    def broken(*, progress, cancel):
-        raise InputError("bad image")
-
-    outcome = _drain(pump(broken))
-    assert isinstance(outcome.error, InputError)
-
-    def cancelled(*, progress, cancel):
-        raise Cancelled("stop")
-
-    assert _drain(pump(cancelled)).cancelled
-
-
-def _drain(gen) -> Outcome:
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
 def test_run_count_2d_and_stack(tiny_count):
-    calls = []
-    out = run_count(
-        _image(), {"model": tiny_count, "axes": "YX"}, progress=lambda *a: calls.append(a)
-    )
-    assert out.density.shape == (64, 64) and out.density.dtype == np.float32
-    assert np.ndim(out.counts) == 0 and out.total == pytest.approx(float(out.density.sum()), 1e-3)
-    assert out.points.shape[1] == 2
-    assert calls and calls[-1][0] == calls[-1][1]
+    events = []
+    out = run_count(_image(), RunParams(tiny_count, axes="YX"), progress=events.append)
+    assert out.result.density.shape == (64, 64) and out.result.density.dtype == np.float32
+    assert np.ndim(out.counts) == 0
+    assert out.total == pytest.approx(float(out.result.density.sum()), 1e-3)
+    assert out.result.points.shape[1] == 2
+    assert events and all(isinstance(e, Progress) for e in events)
+    assert events[-1].done == events[-1].total
+    assert out.diameter == 12.0 and out.diameter_source == "model"  # the card's, not rescaled
 
     masks = np.zeros((1, 64, 64), bool)
     masks[0, :32] = True
-    out = run_count(_image((3, 64, 64)), {"model": tiny_count, "axes": "TYX"}, region_masks=masks)
-    assert out.density.shape == (3, 64, 64) and out.counts.shape == (3,)
+    out = run_count(_image((3, 64, 64)), RunParams(tiny_count, axes="TYX"), region_masks=masks)
+    assert out.result.density.shape == (3, 64, 64) and out.counts.shape == (3,)
     assert out.regions["region 1"].shape == (3,)
 
 
@@ -167,15 +70,40 @@ def test_run_count_cancel(tiny_count):
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
-        run_count(_image(), {"model": tiny_count, "axes": "YX"}, cancel=token)
+        run_count(_image(), RunParams(tiny_count, axes="YX"), cancel=token)
+
+
+def test_check_run_uses_the_engine_rules(tiny_count):
+    """The dock's checks are the engine's: the diameter rule, axes, and channels."""
+    from napari.layers import Image
+
+    layer = Image(_image())
+    params = check_run(layer, tiny_count, task="count", diameter=" estimate ", axes="yx")
+    assert params == RunParams(tiny_count, "auto", "auto", "YX", None)
+    assert check_run(layer, tiny_count, task="count").diameter is None  # blank: automatic
+    for kwargs, match in (
+        ({"diameter": "-4"}, "diameter"),
+        ({"axes": "TYX"}, "letters"),
+        ({"axes": "YQ"}, "unknown letter"),
+    ):
+        with pytest.raises(InputError, match=match):
+            check_run(layer, tiny_count, task="count", **kwargs)
+    with pytest.raises(InputError, match="no count model"):
+        check_run(layer, None, task="count")
+    two = Image(np.stack([_image(), _image(seed=1)]))
+    with pytest.raises(InputError, match="channel picker"):
+        check_run(two, tiny_count, task="count", axes="CYX")
+    assert check_run(two, tiny_count, task="count", axes="CYX", channel=1).channel == 1
 
 
 # ----------------------------------------------------------------------------- viewer
-def _fake_output(shape=(32, 32), n=3) -> CountOutput:
+def _fake_output(shape=(32, 32), n=3, axes="YX") -> CountOutput:
+    from napari_nalu_count.infer import CountResult
+
     density = np.full(shape, 0.01, np.float32)
     points = np.array([[5.0] * len(shape)] * n)
-    counts = density.sum(axis=(-2, -1)) if len(shape) > 2 else np.array(density.sum())
-    return CountOutput(density=density, points=points, counts=counts, out_axes="YX")
+    counts = density.sum(axis=(-2, -1)).ravel() if len(shape) > 2 else float(density.sum())
+    return CountOutput(CountResult(counts, density, points, axes), diameter=10.0)
 
 
 @pytest.mark.gui
@@ -183,23 +111,37 @@ def test_apply_results_bound_to_source_and_replaced(make_napari_viewer):
     viewer = make_napari_viewer()
     src = viewer.add_image(np.zeros((32, 32)), name="cells", scale=(2, 3), translate=(5, 7))
     other = viewer.add_image(np.zeros((32, 32)), name="other")
-    apply_count_results(viewer, src, _fake_output(), {"axes": "YX"})
-    apply_count_results(viewer, other, _fake_output(), {"axes": "YX"})
+    apply_count_results(viewer, src, _fake_output(), RunParams("m", axes="YX"))
+    apply_count_results(viewer, other, _fake_output(), RunParams("m", axes="YX"))
     assert len(viewer.layers) == 6
     density = viewer.layers["cells density"]
     assert tuple(density.scale) == (2, 3) and tuple(density.translate) == (5, 7)
     assert density.blending == "additive" and density.colormap.name == "inferno"
+    assert tuple(density.axis_labels) == ("Y", "X")
     assert tuple(viewer.layers["cells cells"].scale) == (2, 3)
+    meta = density.metadata[_viewer.META_KEY]
+    assert meta["diameter"] == 10.0 and meta["diameter_source"] == "model"
     # the user renames the result: a re-run still replaces it (tracked by metadata)
     density.name = "my density"
-    apply_count_results(viewer, src, _fake_output(n=5), {"axes": "YX"})
+    apply_count_results(viewer, src, _fake_output(n=5), RunParams("m", axes="YX"))
     assert len(viewer.layers) == 6
     assert "my density" not in viewer.layers
     assert len(viewer.layers["cells cells"].data) == 5
+    # a stack of RGB frames: the result drops the colour axis and is labelled T, Y, X
+    rgb = viewer.add_image(np.zeros((2, 32, 32, 3), np.uint8), name="rgb", rgb=True)
+    apply_count_results(
+        viewer, rgb, _fake_output((2, 32, 32), axes="TYX"), RunParams("m", axes="TYXC")
+    )
+    assert tuple(viewer.layers["rgb density"].axis_labels) == ("T", "Y", "X")
 
 
 def _wait(qtbot, widget, timeout=60_000):
     qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def _pick(combo, value) -> None:
+    assert value in combo.choices, (value, combo.choices)
+    combo.value = value
 
 
 @pytest.mark.gui
@@ -210,23 +152,27 @@ def test_count_widget_end_to_end(make_napari_viewer, qtbot, tiny_count, tmp_path
     layer = viewer.add_image(_image(), name="nuclei", scale=(0.5, 0.5))
     widget = CountWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    assert widget.image_combo.currentData() is layer
-    assert widget.model_combo.findData(tiny_count) >= 0
-    widget.model_combo.setCurrentIndex(widget.model_combo.findData(tiny_count))
-    assert not widget.axes_edit.isVisibleTo(widget)  # 2-D: no axes field
+    assert widget.image_combo.value is layer
+    assert widget.diameter_edit.native.placeholderText() == "automatic; or pixels"
+    _pick(widget.model_combo, tiny_count)
+    assert not widget.axes_edit.native.isVisibleTo(widget)  # 2-D: no axes field
+    assert not widget.channel_combo.native.isVisibleTo(widget)
     assert widget.run_button.isEnabled()
 
     # a rectangle region
     viewer.add_shapes([[[0, 0], [16, 16]]], shape_type="rectangle", name="roi", scale=(0.5, 0.5))
-    widget.regions_combo.setCurrentIndex(widget.regions_combo.findText("roi"))
+    _pick(widget.regions_combo, viewer.layers["roi"])
 
-    widget.run()
+    job = widget.run()
     _wait(qtbot, widget)
+    assert job.activity is not None and job.activity.n == job.activity.total > 0  # activity dock
     density = viewer.layers["nuclei density"]
     assert tuple(density.scale) == (0.5, 0.5)
     assert "nuclei cells" in viewer.layers
-    assert "cells" in widget.total_label.text()
-    assert widget.table.isVisibleTo(widget) and widget.table.columnCount() == 3  # region column
+    results = widget.results
+    assert "cells" in results.total_label.text()
+    assert "nucleus diameter 12.0 px (the model's own)" in results.detail_label.text()
+    assert results.table.isVisibleTo(widget) and results.table.columnCount() == 3  # regions
     n_layers = len(viewer.layers)
 
     widget.run()  # re-run replaces
@@ -247,24 +193,86 @@ def test_count_widget_stack_table_follows_frame(make_napari_viewer, qtbot, tiny_
     viewer = make_napari_viewer()
     viewer.add_image(_image((4, 48, 48)), name="movie")
     widget = CountWidget(viewer)
-    widget.model_combo.setCurrentIndex(widget.model_combo.findData(tiny_count))
-    assert widget.axes_edit.text() == "TYX" and widget.axes_edit.isVisibleTo(widget)
-    widget.axes_edit.setText("TQX")
-    assert not widget.run_button.isEnabled() and "letters" in widget.hint_label.text()
-    widget.axes_edit.setText("TYX")
+    _pick(widget.model_combo, tiny_count)
+    assert widget.axes_edit.value == "TYX" and widget.axes_edit.native.isVisibleTo(widget)
+    widget.axes_edit.value = "TQX"
+    assert not widget.run_button.isEnabled() and "letter" in widget.hint_label.text()
+    widget.axes_edit.value = "TYX"
     assert widget.run_button.isEnabled()
 
     widget.run()
     _wait(qtbot, widget)
-    assert widget.table.rowCount() == 4
+    results = widget.results
+    assert results.table.rowCount() == 4
     assert viewer.layers["movie density"].data.shape == (4, 48, 48)
     viewer.dims.set_current_step(0, 2)
-    assert widget.current_row() == 2
-    assert widget.table.selectionModel().selectedRows()[0].row() == 2
-    assert widget.total_label.text().endswith("cells in frame 2")
-    assert widget.detail_label.text().startswith("sum over 4 planes")
-    widget.table.selectRow(3)  # clicking a row moves the viewer
+    assert results.current_row() == 2
+    assert results.table.selectionModel().selectedRows()[0].row() == 2
+    assert results.total_label.text().endswith("cells in frame 2")
+    assert results.detail_label.text().startswith("sum over 4 planes")
+    results.table.selectRow(3)  # clicking a row moves the viewer
     assert viewer.dims.current_step[0] == 3
+
+
+@pytest.mark.gui
+def test_axes_edit_survives_layer_events(make_napari_viewer, qtbot, tiny_count):
+    """A typed ZTYX stays ZTYX when layers come and go (the dock's own result layers too), so
+    the per-frame table follows Z-major planes; each layer remembers its own axes."""
+    from napari_nalu_count._widgets.count_widget import CountWidget
+
+    viewer = make_napari_viewer()
+    volume = _image((6, 32, 32)).reshape(3, 2, 32, 32)  # Z=3, T=2
+    layer = viewer.add_image(volume, name="zt")
+    widget = CountWidget(viewer)
+    _pick(widget.model_combo, tiny_count)
+    assert widget.axes_edit.value == "TZYX"  # the guess
+    widget.axes_edit.value = "ZTYX"
+    other = viewer.add_image(np.zeros((5, 16, 16)), name="other")  # a layer event
+    viewer.layers.move(viewer.layers.index(other), 0)
+    assert widget.axes_edit.value == "ZTYX"
+    widget.run()  # adds the density and cells layers
+    _wait(qtbot, widget)
+    assert widget.axes_edit.value == "ZTYX"
+    assert widget.results.summary.counts.shape == (3, 2)  # (Z, T): frame = z * 2 + t
+    np.testing.assert_allclose(
+        widget.results.summary.counts,
+        viewer.layers["zt density"].data.sum(axis=(-2, -1)),
+        rtol=1e-5,
+    )
+    assert tuple(viewer.layers["zt density"].axis_labels) == ("Z", "T", "Y", "X")
+    # another layer has its own axes; coming back restores the typed ones
+    _pick(widget.image_combo, other)
+    assert widget.axes_edit.value == "TYX"
+    _pick(widget.image_combo, layer)
+    assert widget.axes_edit.value == "ZTYX"
+
+
+@pytest.mark.gui
+def test_channel_picker_counts_the_chosen_channel(make_napari_viewer, qtbot, tiny_count):
+    """A 2-channel image that is not RGB: the dock offers the channels and counts the one
+    picked, as infer.count(channel=...) does."""
+    from napari_nalu_count import infer
+    from napari_nalu_count._widgets.count_widget import CountWidget
+
+    viewer = make_napari_viewer()
+    image = np.stack([np.zeros((48, 48), np.float32), _image((48, 48), seed=3)])
+    viewer.add_image(image, name="two")
+    widget = CountWidget(viewer)
+    _pick(widget.model_combo, tiny_count)
+    widget.axes_edit.value = "CYX"
+    assert widget.channel_combo.native.isVisibleTo(widget)
+    assert list(widget.channel_combo.choices) == [None, 0, 1, "mean", "max"]
+    assert not widget.run_button.isEnabled() and "channel" in widget.hint_label.text()
+    widget.channel_combo.value = 1
+    assert widget.run_button.isEnabled(), widget.hint_label.text()
+    widget.run()
+    _wait(qtbot, widget)
+    expected = infer.count(image, tiny_count, axes="CYX", channel=1, device="cpu")
+    density = viewer.layers["two density"]
+    np.testing.assert_allclose(density.data, expected.density, rtol=1e-5)
+    assert density.data.shape == (48, 48)
+    widget.axes_edit.value = "cyx"  # the same axes: the choice stays
+    assert widget.channel_combo.value == 1
 
 
 @pytest.mark.gui
@@ -272,31 +280,32 @@ def test_count_widget_cancel_and_layer_switch(make_napari_viewer, qtbot, monkeyp
     from napari_nalu_count._widgets import count_widget
     from napari_nalu_count._widgets.count_widget import CountWidget
 
-    monkeypatch.setattr(_common, "model_names", lambda task=None: ["fake"])
+    monkeypatch.setattr(_models, "model_names", lambda task=None: ["fake"])
+    monkeypatch.setattr(_models, "model_card", lambda name: {"diameter": 10.0})
     gate = {"go": False}
 
-    def slow_count(image, params, *, region_masks=None, progress=None, cancel=None):
+    def slow_count(image, params, *, region_masks=None, cancel=None):
         for i in range(2000):
             if cancel is not None:
                 cancel.raise_if_cancelled()
             if gate["go"]:
                 break
-            progress(i, 2000, "working")
+            yield Progress(i, 2000, "working")
             time.sleep(0.005)
         return _fake_output(image.shape)
 
-    monkeypatch.setattr(count_widget, "run_count", slow_count)
+    monkeypatch.setattr(count_widget, "count_job", slow_count)
     viewer = make_napari_viewer()
     a = viewer.add_image(np.zeros((32, 32)), name="a")
     b = viewer.add_image(np.zeros((32, 32)), name="b")
     widget = CountWidget(viewer)
-    assert widget.model_combo.currentData() == "fake"
+    assert widget.model_combo.value == "fake"
 
-    widget.image_combo.setCurrentIndex(widget.image_combo.findData(a))
+    _pick(widget.image_combo, a)
     widget.run()
     assert widget.running and widget.cancel_button.isEnabled()
     assert not widget.run_button.isEnabled()
-    qtbot.wait(50)
+    qtbot.waitUntil(lambda: widget.progress_bar.maximum() == 2000, timeout=10_000)
     widget.cancel()
     _wait(qtbot, widget, 10_000)
     assert widget.status_label.text() == "cancelled"
@@ -304,7 +313,7 @@ def test_count_widget_cancel_and_layer_switch(make_napari_viewer, qtbot, monkeyp
 
     # switching the picked layer mid-run must not move the result to it
     widget.run()
-    widget.image_combo.setCurrentIndex(widget.image_combo.findData(b))
+    _pick(widget.image_combo, b)
     gate["go"] = True
     _wait(qtbot, widget, 10_000)
     assert "a density" in viewer.layers and "b density" not in viewer.layers
@@ -312,12 +321,13 @@ def test_count_widget_cancel_and_layer_switch(make_napari_viewer, qtbot, monkeyp
 
 @pytest.mark.gui
 def test_count_widget_errors_and_model_refresh(make_napari_viewer, qtbot, monkeypatch, tmp_path):
+    from napari_nalu_count._widgets import count_widget
     from napari_nalu_count._widgets.count_widget import CountWidget
     from napari_nalu_count.models import store
 
     monkeypatch.setattr(store, "bundled_model_dir", lambda: tmp_path / "no_bundled")
     errors = []
-    monkeypatch.setattr(_common, "notify_error", errors.append)
+    monkeypatch.setattr(_viewer, "notify_error", errors.append)
     viewer = make_napari_viewer()
     widget = CountWidget(viewer)
     assert not widget.run_button.isEnabled()
@@ -326,21 +336,20 @@ def test_count_widget_errors_and_model_refresh(make_napari_viewer, qtbot, monkey
     assert "model" in widget.hint_label.text()  # no count model yet
 
     save_tiny("fresh-count")
-    _common.notify_model_added("fresh-count")
-    assert widget.model_combo.findData("fresh-count") >= 0
+    _models.notify_model_added("fresh-count")
+    assert "fresh-count" in widget.model_combo.choices
     assert widget.run_button.isEnabled()
-    widget.diameter_edit.setText("-4")
+    widget.diameter_edit.value = "-4"
     assert not widget.run_button.isEnabled()
     assert "diameter" in widget.hint_label.text()
-    widget.diameter_edit.setText("")
+    widget.diameter_edit.value = ""
 
     # an engine error becomes a notification with its message, no layers
-    from napari_nalu_count._widgets import count_widget
-
     def failing(*args, **kwargs):
         raise InputError("image is all NaN")
+        yield  # a generator, like the real job
 
-    monkeypatch.setattr(count_widget, "run_count", failing)
+    monkeypatch.setattr(count_widget, "count_job", failing)
     widget.run()
     _wait(qtbot, widget, 10_000)
     assert errors == ["image is all NaN"]
@@ -351,13 +360,23 @@ def test_count_widget_errors_and_model_refresh(make_napari_viewer, qtbot, monkey
 def test_closed_dock_lets_go_of_the_viewer(make_napari_viewer, qtbot):
     from napari_nalu_count._widgets.count_widget import CountWidget
     from napari_nalu_count._widgets.finetune_widget import FineTuneWidget
+    from napari_nalu_count._widgets.regions_widget import RegionsWidget
 
     viewer = make_napari_viewer()
-    widgets = [CountWidget(viewer), FineTuneWidget(viewer)]
+    viewer.add_image(np.zeros((8, 8)), name="img")
+    points = viewer.add_points(np.zeros((6, 2)), name="dots")
     n_inserted = len(viewer.layers.events.inserted.callbacks)
+    n_steps = len(viewer.dims.events.current_step.callbacks)
+    n_theme = len(viewer.events.theme.callbacks)
+    n_data = len(points.events.data.callbacks)
+    widgets = [CountWidget(viewer), FineTuneWidget(viewer), RegionsWidget(viewer)]
+    assert len(points.events.data.callbacks) == n_data + 1  # the fine-tune dock watches it
     for widget in widgets:
         widget.deleteLater()
     qtbot.wait(50)
-    assert len(viewer.layers.events.inserted.callbacks) == n_inserted - 2
+    assert len(viewer.layers.events.inserted.callbacks) == n_inserted
+    assert len(viewer.dims.events.current_step.callbacks) == n_steps
+    assert len(viewer.events.theme.callbacks) == n_theme
+    assert len(points.events.data.callbacks) == n_data
     viewer.add_image(np.zeros((8, 8)))  # no callbacks into deleted widgets
-    _common.notify_model_added("anything")
+    _models.notify_model_added("anything")

@@ -1,21 +1,28 @@
-"""Fine-tune dock: input guards, the plain functions, and a two-step run in a viewer."""
+"""Fine-tune dock: input guards, the plain functions, and runs in a viewer."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from napari_nalu_count._widgets import _common
+from napari_nalu_count._widgets import _models, _viewer
+from napari_nalu_count._widgets.finetune_log import TrainingLog, metrics_summary, summary_html
+from napari_nalu_count._widgets.finetune_samples import MIN_DOTS, collect_samples
 from napari_nalu_count._widgets.finetune_widget import (
-    MIN_DOTS,
     FineTuneParams,
-    TrainingLog,
-    collect_samples,
     fre_defaults,
-    metrics_summary,
     run_finetune,
 )
 from napari_nalu_count.errors import InputError
+from napari_nalu_count.events import (
+    EpochEnd,
+    Progress,
+    Stage,
+    TrainDone,
+    TrainStep,
+    Tuned,
+    TuneTrial,
+)
 
 
 def save_tiny(name: str = "tiny-count", task: str = "count") -> str:
@@ -55,6 +62,7 @@ def _fast_params(**kw) -> FineTuneParams:
         steps_per_epoch=2,
         patch_size=32,
         fre={"B": 2, "X": 2.0, "seed": 0},
+        device="cpu",
     )
     base.update(kw)
     return FineTuneParams(**base)
@@ -62,17 +70,24 @@ def _fast_params(**kw) -> FineTuneParams:
 
 # ----------------------------------------------------------------------------- plain functions
 def test_training_log_and_summary():
-    log = TrainingLog(task="count", total_steps=4)
-    log.add({"kind": "step", "epoch": 1, "step": 2, "loss": 0.5})
-    log.add({"kind": "epoch", "epoch": 1, "step": 2, "loss": 0.5, "metrics": {"mae": 3.0}})
+    log = TrainingLog(task="count")
+    log.add(Stage("train", "fine-tuning"))
+    log.add(TrainStep(epoch=1, step=2, loss=0.5, lr=1e-3, total_steps=4))
+    log.add(EpochEnd(epoch=1, step=2, loss=0.5, lr=1e-3, metrics={"mae": 3.0}))
     assert log.steps == [2] and log.losses == [0.5] and log.metric == [3.0]
-    assert log.fraction == 0.5 and "mae" in log.status
-    log.add({"kind": "tune", "number": 0, "n_trials": 4, "value": 1.5})
+    assert log.fraction == 0.5 and "mae" in log.status and log.stage == "train"
+    log.add(TuneTrial(number=0, n_trials=4, params={"B": 1}, value=1.5))
     assert log.fraction == 0.25 and "1/4" in log.status
-    log.add({"kind": "tuned", "fre": {"B": 3, "X": 7.0}})
-    assert log.fraction == 0.5 and log.tuned == {"B": 3, "X": 7.0}
+    log.add(Tuned({"B": 3, "X": 7.0, "seed": 0}))
+    assert log.tuned == {"B": 3, "X": 7.0, "seed": 0}
+    log.add(Progress(1, 2, "measuring: image 2/2"))
+    assert log.fraction == 0.5 and log.status == "measuring: image 2/2"
+    log.add(TrainDone(epoch=1, step=4, loss=0.4))
+    assert log.fraction == 1.0
     rows = metrics_summary("count", {"mae": 4.0, "rmse": 5.0, "split": "x"}, {"mae": 1.0})
     assert rows == [("mae", 4.0, 1.0)]
+    html = summary_html("count", {"mae": 4.0}, {"mae": 1.0, "n_cells": 12})
+    assert "12 cells" in html and "before" in html
 
 
 def test_fre_defaults_follow_the_model_card():
@@ -94,9 +109,21 @@ def test_run_finetune_saves_a_loadable_model():
     result = run_finetune(samples, _fast_params(), progress=events.append)
     assert result.path is not None and not result.cancelled
     assert models.load_model("tiny-ft").task == "count"
-    kinds = {e["kind"] for e in events}
-    assert {"step", "epoch", "done"} <= kinds
+    kinds = {e.kind for e in events}
+    assert {"stage", "progress", "step", "epoch", "done"} <= kinds
     assert "mae" in result.metrics_after
+
+
+def test_run_finetune_with_tuning_reports_trials():
+    save_tiny()
+    samples = [_sample(seed=s) for s in range(2)]
+    events = []
+    params = _fast_params(tune=True, tune_trials=2, tune_epochs=1, name="tiny-tuned")
+    result = run_finetune(samples, params, progress=events.append)
+    trials = [e for e in events if isinstance(e, TuneTrial)]
+    assert [t.number for t in trials] == [0, 1]
+    (tuned,) = [e for e in events if isinstance(e, Tuned)]
+    assert result.fre["B"] == tuned.fre["B"]
 
 
 # ----------------------------------------------------------------------------- guards
@@ -141,8 +168,14 @@ def test_collect_samples_guards(make_napari_viewer):
 
 
 # ----------------------------------------------------------------------------- widget
+def _wait(qtbot, widget, timeout=60_000):
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
 @pytest.mark.gui
 def test_finetune_widget_end_to_end(make_napari_viewer, qtbot, no_bundled):
+    """A run from the dock, then a second run: the auto-filled name moves on, so the first
+    model is never replaced without the user saying so."""
     from napari_nalu_count import models
     from napari_nalu_count._widgets.count_widget import CountWidget
     from napari_nalu_count._widgets.finetune_widget import FineTuneWidget
@@ -154,58 +187,73 @@ def test_finetune_widget_end_to_end(make_napari_viewer, qtbot, no_bundled):
     count = CountWidget(viewer)
     widget = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    row = widget.rows[0]
-    assert row.image_combo.currentData() is image
+    row = widget.pairs.rows[0]
+    assert row.image_combo.value is image
     assert not widget.run_button.isEnabled() and "annotate" in widget.hint_label.text()
 
     points = viewer.add_points(sample.dots[:3], name="dots")
-    row.annotation_combo.setCurrentIndex(row.annotation_combo.findData(points))
+    row.annotation_combo.value = points
     assert "at least" in widget.hint_label.text()
     points.data = sample.dots  # the hint follows the annotation as it grows
     assert widget.hint_label.text() == "" and widget.run_button.isEnabled()
 
-    assert widget.model_combo.currentData() == "tiny-count"
-    assert widget.name_edit.text() == "tiny-count-finetuned"
-    assert widget.fre_check.isChecked() and widget.fre_b_spin.value() == 2
-    widget.name_edit.setText("tiny-count")
+    assert widget.model_combo.value == "tiny-count"
+    assert widget.name_edit.value == "tiny-count-finetuned"
+    assert widget.fre_check.value and widget.fre_b_spin.value == 2
+    widget.name_edit.value = "tiny-count"
     assert not widget.run_button.isEnabled()
-    widget.name_edit.setText("bad name!")
+    widget.name_edit.value = "bad name!"
     assert not widget.run_button.isEnabled()
-    widget.name_edit.setText("mine")
-    widget.epochs_spin.setValue(2)
-    widget.steps_spin.setValue(2)
-    widget.patch_spin.setValue(32)
-    widget.diameter_edit.setText("0")
+    widget.name_edit.value = "tiny-count-finetuned"
+    widget.device_combo.value = "cpu"
+    widget.epochs_spin.value = 2
+    widget.steps_spin.value = 2
+    widget.patch_spin.value = 32
+    widget.diameter_edit.value = "0"
     assert "diameter" in widget.hint_label.text()
-    widget.diameter_edit.setText("9.5")
+    widget.diameter_edit.value = "9.5"
+    assert widget.params().device == "cpu"
 
     widget.run()
-    assert widget.running and widget.stop_button.isEnabled()
-    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert widget.running and widget.cancel_button.isEnabled()
+    _wait(qtbot, widget)
     assert widget.result is not None, widget.status_label.text()
-    assert "saved 'mine'" in widget.status_label.text()
+    assert "saved 'tiny-count-finetuned'" in widget.status_label.text()
     assert "before" in widget.result_label.text()
     assert widget.plot.loss_ax.lines  # loss curve drawn
-    assert models.load_model("mine").task == "count"
-    card = models.load_model("mine").card
+    card = models.load_model("tiny-count-finetuned").card
     # the user's cells are 9.5 px: images are resampled onto the start model's grid (10 px), so
     # the card keeps the grid diameter and records the resampling factor as input_scale
     assert card["diameter"] == 10.0
     assert abs(card["input_scale"] - 10.0 / 9.5) < 1e-5  # stored to 6 decimals
-    assert count.model_combo.findData("mine") >= 0  # offered right away
+    assert "tiny-count-finetuned" in count.model_combo.choices  # offered right away
+    first = (models.user_model_dir() / "tiny-count-finetuned.json").read_bytes()
 
-    # Stop right away: the run ends cleanly and the dock is usable again
-    widget.name_edit.setText("mine2")
-    widget.epochs_spin.setValue(50)
+    # the auto-filled name moved on; typing the taken name asks before replacing
+    assert widget.name_edit.value == "tiny-count-finetuned-2"
+    widget.name_edit.value = "tiny-count-finetuned"
+    assert not widget.run_button.isEnabled() and "exists" in widget.hint_label.text()
+    widget.replace_check.value = True
+    assert widget.run_button.isEnabled() and widget.params().overwrite
+
+    # Stop right away: the run ends cleanly, the dock is usable again, nothing replaced
+    widget.name_edit.value = "tiny-count-finetuned-2"
+    widget.epochs_spin.value = 50
     widget.run()
     widget.stop()
-    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    _wait(qtbot, widget)
     assert widget.run_button.isEnabled()
     assert "stop" in widget.status_label.text() or "saved" in widget.status_label.text()
+    assert (models.user_model_dir() / "tiny-count-finetuned.json").read_bytes() == first
 
 
 @pytest.mark.gui
-def test_finetune_widget_segmentation_switches_models(make_napari_viewer, monkeypatch, no_bundled):
+def test_finetune_settings_survive_refreshes_and_watchers_are_let_go(
+    make_napari_viewer, qtbot, monkeypatch, no_bundled
+):
+    """A model refresh (a new model saved elsewhere) keeps the FRE box, B, X and the name;
+    annotation watchers follow the picks and are disconnected when the dock closes; the
+    segmentation models come with Labels; the device picker reaches the training config."""
     from napari_nalu_count._widgets.finetune_widget import FineTuneWidget
 
     save_tiny("tiny-count")
@@ -213,30 +261,84 @@ def test_finetune_widget_segmentation_switches_models(make_napari_viewer, monkey
     viewer = make_napari_viewer()
     sample = _sample()
     viewer.add_image(sample.image, name="img")
+    # a machine with a GPU, as far as the dock can tell
+    monkeypatch.setattr(_models, "device_names", lambda: ["auto", "cpu", "cuda"])
     widget = FineTuneWidget(viewer)
-    assert widget.model_combo.findData("tiny-seg") < 0
-    viewer.add_labels(sample.labels, name="masks")  # preselected: same shape as the image
-    assert widget.rows[0].annotation_combo.currentText() == "masks (masks)"
-    assert widget.model_combo.currentData() == "tiny-seg"
-    assert widget.run_button.isEnabled()
+    assert "tiny-seg" not in widget.model_combo.choices
+    assert widget.device_combo.choices == ("auto", "cpu", "cuda")
+
+    widget.fre_b_spin.value = 3
+    widget.fre_x_spin.value = 7.5
+    widget.name_edit.value = "mine"
+    widget.fre_check.value = False
+    save_tiny("another")
+    _models.notify_model_added("another")
+    assert widget.model_combo.value == "tiny-count"
+    assert (widget.fre_b_spin.value, widget.fre_x_spin.value) == (3, 7.5)
+    assert widget.fre_check.value is False and widget.name_edit.value == "mine"
+    widget.model_combo.changed.emit("tiny-count")  # a picker re-emitting its unchanged value
+    assert (widget.fre_b_spin.value, widget.fre_x_spin.value) == (3, 7.5)
+    assert widget.fre_check.value is False and widget.name_edit.value == "mine"
+    widget.fre_check.value = True
+
+    masks = viewer.add_labels(sample.labels, name="masks")  # preselected: same shape
+    row = widget.pairs.rows[0]
+    assert row.annotation_combo.value is masks
+    assert widget.model_combo.value == "tiny-seg"
+    assert widget.run_button.isEnabled(), widget.hint_label.text()
+    assert widget.pairs.watch.layers == [masks]
+    n_paint = len(masks.events.paint.callbacks)
+
+    dots = viewer.add_points(sample.dots, name="dots")
+    row.annotation_combo.value = dots
+    assert widget.pairs.watch.layers == [dots]  # the labels layer is let go
+    assert len(masks.events.paint.callbacks) == n_paint - 1
+    assert widget.model_combo.value == "tiny-count"
+
+    # the device picked is the device trained on (it used to be the CPU whatever the choice)
+    from napari_nalu_count.infer import device as device_module
+
+    asked = []
+    monkeypatch.setattr(device_module, "resolve_device", lambda d: asked.append(d) or f"dev-{d}")
+    for choice in ("cuda", "cpu", "auto"):
+        widget.device_combo.value = choice
+        params = widget.params()
+        assert params.device == choice
+        assert params.train_config().device == f"dev-{choice}"
+    assert asked == ["cuda", "cpu", "auto"]
 
     errors = []
-    monkeypatch.setattr("napari_nalu_count._widgets.finetune_widget.notify_error", errors.append)
-    widget.add_row()
-    assert len(widget.rows) == 2
-    widget.remove_row(widget.rows[1])
-    assert len(widget.rows) == 1
-    _common.notify_model_added("x")  # refresh keeps the choice
-    assert widget.model_combo.currentData() == "tiny-seg"
+    monkeypatch.setattr(_viewer, "notify_error", errors.append)
+    widget.pairs.add_row()
+    assert len(widget.pairs.rows) == 2
+    widget.pairs.remove_row(widget.pairs.rows[1])
+    assert len(widget.pairs.rows) == 1
+    n_data = len(dots.events.data.callbacks)
+    widget.deleteLater()
+    qtbot.wait(50)
+    assert len(dots.events.data.callbacks) == n_data - 1
 
 
-def test_run_finetune_with_tuning_reports_trials():
-    save_tiny()
-    samples = [_sample(seed=s) for s in range(2)]
-    events = []
-    params = _fast_params(tune=True, tune_trials=2, tune_epochs=1, name="tiny-tuned")
-    result = run_finetune(samples, params, progress=events.append)
-    trials = [e for e in events if e["kind"] == "tune" and e.get("number") is not None]
-    assert len(trials) == 2
-    tuned = [e for e in events if e["kind"] == "tuned"]
-    assert len(tuned) == 1 and result.fre["B"] == tuned[0]["fre"]["B"]
+@pytest.mark.gui
+def test_loss_plot_follows_the_theme(make_napari_viewer):
+    from napari_nalu_count._widgets.finetune_widget import FineTuneWidget
+    from napari_nalu_count._widgets.loss_plot import _luminance
+
+    viewer = make_napari_viewer()
+    viewer.theme = "dark"
+    widget = FineTuneWidget(viewer)
+    plot = widget.plot
+
+    def colors():
+        face = plot.figure.get_facecolor()
+        text = plot.loss_ax.xaxis.label.get_color()
+        from matplotlib.colors import to_hex
+
+        return _luminance(to_hex(face)), _luminance(to_hex(text))
+
+    face, text = colors()
+    assert face < 0.3 < 0.7 < text  # dark background, light text
+    viewer.theme = "light"
+    face, text = colors()
+    assert face > 0.7 > 0.3 > text  # light background, dark text
+    assert _luminance(plot.colors["metric"]) < 0.5 and _luminance(plot.colors["loss"]) < 0.5

@@ -7,6 +7,7 @@ import csv
 import numpy as np
 import pytest
 
+from napari_nalu_count._widgets._inference import RunParams
 from napari_nalu_count._widgets.segment_widget import (
     SegmentOutput,
     apply_segment_results,
@@ -42,12 +43,14 @@ def _image(shape=(48, 48)) -> np.ndarray:
 
 
 def test_run_segment_2d_and_stack(tiny_seg):
-    out = run_segment(_image(), {"model": tiny_seg, "axes": "YX"})
-    assert out.labels.shape == (48, 48) and np.issubdtype(out.labels.dtype, np.integer)
+    out = run_segment(_image(), RunParams(tiny_seg, axes="YX"))
+    labels = out.result.labels
+    assert labels.shape == (48, 48) and np.issubdtype(labels.dtype, np.integer)
     assert np.ndim(out.counts) == 0
-    assert out.total == len(np.unique(out.labels[out.labels > 0]))
-    out = run_segment(_image((3, 48, 48)), {"model": tiny_seg, "axes": "TYX"})
-    assert out.labels.shape == (3, 48, 48) and out.counts.shape == (3,)
+    assert out.total == len(np.unique(labels[labels > 0]))
+    assert out.diameter == 12.0 and out.diameter_source == "model"
+    out = run_segment(_image((3, 48, 48)), RunParams(tiny_seg, axes="TYX"))
+    assert out.result.labels.shape == (3, 48, 48) and out.counts.shape == (3,)
 
 
 @pytest.mark.gui
@@ -56,12 +59,15 @@ def test_apply_segment_results(make_napari_viewer):
     src = viewer.add_image(np.zeros((3, 16, 16)), name="movie", scale=(1, 2, 2))
     labels = np.zeros((3, 16, 16), np.int32)
     labels[1, 2:5, 2:5] = 1
-    out = SegmentOutput(labels=labels, counts=np.array([0.0, 1.0, 0.0]), out_axes="TYX")
-    summary = apply_segment_results(viewer, src, out, {"axes": "TYX"})
+    from napari_nalu_count.infer import SegmentResult
+
+    out = SegmentOutput(SegmentResult(labels, np.array([0, 1, 0]), "TYX"), diameter=9.0)
+    summary = apply_segment_results(viewer, src, out, RunParams("m", axes="TYX"))
     layer = viewer.layers["movie labels"]
-    assert tuple(layer.scale) == (1, 2, 2)
-    assert summary["unit"] == "objects" and summary["layers"] == (layer,)
-    apply_segment_results(viewer, src, out, {"axes": "TYX"})
+    assert tuple(layer.scale) == (1, 2, 2) and tuple(layer.axis_labels) == ("T", "Y", "X")
+    assert summary.unit == "objects" and summary.layers == (layer,) and summary.integer
+    assert summary.details == ["nucleus diameter 9.0 px (the model's own)"]
+    apply_segment_results(viewer, src, out, RunParams("m", axes="TYX"))
     assert len(viewer.layers) == 2
 
 
@@ -73,14 +79,16 @@ def test_segment_widget_end_to_end(make_napari_viewer, qtbot, tiny_seg, tmp_path
     viewer.add_image(_image((3, 48, 48)), name="movie", translate=(0, 10, 10))
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    assert widget.model_combo.findData(tiny_seg) >= 0
-    assert widget.model_combo.findData("tiny-count") < 0  # only segmentation models
-    widget.model_combo.setCurrentIndex(widget.model_combo.findData(tiny_seg))
+    assert tiny_seg in widget.model_combo.choices
+    assert all(c != "tiny-count" for c in widget.model_combo.choices)  # segmentation only
+    assert widget.model_combo.value == "nuclei-seg"  # the default, preselected
+    widget.model_combo.value = tiny_seg
     widget.run()
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     layer = viewer.layers["movie labels"]
     assert layer.data.shape == (3, 48, 48) and tuple(layer.translate) == (0, 10, 10)
-    assert widget.table.rowCount() == 3 and "objects" in widget.total_label.text()
+    assert widget.results.table.rowCount() == 3
+    assert "objects" in widget.results.total_label.text()
     widget.run()
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert len(viewer.layers) == 2

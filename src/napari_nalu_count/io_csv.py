@@ -169,10 +169,7 @@ def result_rows(
                 mid.append(format_area(area[i, j], px))
                 mid.append(format_density(dens[i, j]))
             out.append(
-                head[:2]
-                + [format_count(regions.counts[i, j], integer)]
-                + mid
-                + [""] * len(tail)
+                head[:2] + [format_count(regions.counts[i, j], integer)] + mid + [""] * len(tail)
             )
     return out
 

@@ -1,12 +1,15 @@
-"""napari dock widgets: Count cells, Segment cells, Fine-tune model.
+"""napari docks: Count cells, Segment cells, Count in regions, Fine-tune model.
 
-Each module keeps a plain, GUI-free function (``run_count``, ``run_segment``,
-``collect_samples``/``run_finetune``) beside the widget class that calls it in a worker.
+Each dock module keeps plain, GUI-free functions (``count_job``/``run_count``,
+``segment_job``/``run_segment``, ``region_summary``, ``collect_samples``/``finetune_job``)
+beside the widget that drives them in a thread worker. Shared parts: ``_base`` (the job
+lifecycle), ``_inference`` (the Count/Segment form), ``_results`` (totals and the per-frame
+table), ``_jobs`` (worker and activity dock), ``_viewer`` (layers), ``_models`` (pickers).
 """
 
 from __future__ import annotations
 
-__all__ = ["CountWidget", "FineTuneWidget", "SegmentWidget"]
+__all__ = ["CountWidget", "FineTuneWidget", "RegionsWidget", "SegmentWidget"]
 
 
 def __getattr__(name: str):
@@ -15,6 +18,7 @@ def __getattr__(name: str):
     modules = {
         "CountWidget": "count_widget",
         "SegmentWidget": "segment_widget",
+        "RegionsWidget": "regions_widget",
         "FineTuneWidget": "finetune_widget",
     }
     if name in modules:

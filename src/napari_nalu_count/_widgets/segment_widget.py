@@ -1,120 +1,112 @@
 """The "Segment cells" dock: instance labels and object counts per frame.
 
-``run_segment`` and ``apply_segment_results`` are plain functions usable without the widget.
+Plain parts: :func:`segment_job` (the engine generator the dock's worker drives),
+:func:`run_segment` (the same, driven here), :func:`apply_segment_results`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from napari_nalu_count._widgets._common import (
-    InferenceWidget,
-    layer_file_label,
-    pump,
-    record_result_info,
-    replace_result_layer,
-    result_axes,
+from napari_nalu_count import infer
+from napari_nalu_count._widgets import _viewer
+from napari_nalu_count._widgets._inference import (
+    InferenceDock,
+    RunParams,
+    diameter_detail,
+    result_diameter,
 )
-from napari_nalu_count._widgets.count_widget import _layer_geometry, per_plane
+from napari_nalu_count._widgets._results import Summary
 from napari_nalu_count.errors import CancelToken
+from napari_nalu_count.events import Event, drive
 
 
 @dataclass
 class SegmentOutput:
-    """Instance labels (``out_axes`` order, ids unique per plane) and objects per plane."""
+    """One segmentation run: the engine's result and the nucleus diameter used."""
 
-    labels: np.ndarray
-    counts: np.ndarray  # per plane (0-d for a 2-D image)
-    out_axes: str
-    diameter: float | None = None  # the nucleus diameter used (pixels), when rescaled
+    result: infer.SegmentResult
+    diameter: float | None = None
     diameter_source: str = "model"
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Objects per plane, shaped like the stack (0-d for a 2-D image)."""
+        return self.result.plane_counts
 
     @property
     def total(self) -> int:
         return int(np.sum(self.counts))
 
 
+def segment_job(
+    image: Any, params: RunParams, *, cancel: CancelToken | None = None
+) -> Generator[Event, None, SegmentOutput]:
+    """Segment nuclei in ``image`` (``infer.segment_events``: count-guided seeds)."""
+    result = yield from infer.segment_events(
+        image, params.model, cancel=cancel, **params.engine_kwargs()
+    )
+    diameter, source = result_diameter(result, params.model)
+    return SegmentOutput(result, diameter, source)
+
+
 def run_segment(
-    image: np.ndarray,
-    params: dict[str, Any],
+    image: Any,
+    params: RunParams,
     *,
-    progress: Any = None,
+    progress: Callable[[Event], Any] | None = None,
     cancel: CancelToken | None = None,
 ) -> SegmentOutput:
-    """Segment nuclei in ``image`` with ``params`` (model, device, diameter, axes)."""
-    from napari_nalu_count import infer
-
-    axes = params.get("axes")
-    result = infer.segment(
-        image,
-        params["model"],
-        axes=axes,
-        diameter=params.get("diameter"),
-        device=params.get("device", "auto"),
-        progress=progress,
-        cancel=cancel,
-    )
-    labels = np.asarray(result.labels)
-    out_axes = result_axes(result, axes)
-    counts = per_plane(result.count, labels.shape[:-2])
-    if counts.ndim == 0 and labels.ndim > 2:
-        planes = labels.reshape(-1, *labels.shape[-2:])
-        counts = np.array([len(np.unique(p[p > 0])) for p in planes], dtype=float)
-        counts = counts.reshape(labels.shape[:-2])
-    return SegmentOutput(
-        labels=labels,
-        counts=counts,
-        out_axes=out_axes,
-        diameter=getattr(result, "diameter", None),
-        diameter_source=str(getattr(result, "diameter_source", "model")),
-    )
+    """:func:`segment_job` run to its end; ``progress`` gets its events."""
+    return drive(segment_job(image, params, cancel=cancel), progress)
 
 
 def apply_segment_results(
-    viewer: Any, source: Any, output: SegmentOutput, params: dict[str, Any]
-) -> dict[str, Any]:
-    """Add (or replace) the labels layer of ``source``; return a result summary."""
-    axes = params.get("axes") or output.out_axes
-    layer = replace_result_layer(
+    viewer: Any, source: Any, output: SegmentOutput, params: RunParams
+) -> Summary:
+    """Add (or replace) the labels layer of ``source``; return what to show."""
+    result = output.result
+    layer = _viewer.replace_result_layer(
         viewer,
         source,
         "labels",
         "labels",
-        output.labels,
+        np.asarray(result.labels),
         name=f"{source.name} labels",
         opacity=0.6,
-        **_layer_geometry(source, axes, output.out_axes),
+        **_viewer.result_geometry(source, params.axes or result.axes, result.axes),
     )
-    record_result_info((layer,), diameter=output.diameter, diameter_source=output.diameter_source)
-    return {
-        "name": source.name,
-        "file": layer_file_label(source),
-        "counts": output.counts,
-        "extra": {},
-        "unit": "objects",
-        "integer": True,
-        "model": params.get("model"),
-        "layers": (layer,),
-        "frame_layer": layer,
-        "diameter": output.diameter,
-        "diameter_source": output.diameter_source,
-    }
+    _viewer.record_result_info(
+        (layer,), diameter=output.diameter, diameter_source=output.diameter_source
+    )
+    return Summary(
+        name=source.name,
+        file=_viewer.layer_file_label(source),
+        counts=output.counts,
+        unit="objects",
+        integer=True,
+        details=diameter_detail(output.diameter, output.diameter_source),
+        layers=(layer,),
+        frame_layer=layer,
+    )
 
 
-class SegmentWidget(InferenceWidget):
+class SegmentWidget(InferenceDock):
     """Dock widget: segment nuclei in an image layer with a segmentation model."""
 
     task = "segment"
     verb = "Segment"
 
-    def _job(self, source: Any, image: np.ndarray, params: dict[str, Any], cancel: Any):
-        def job():
-            return (yield from pump(run_segment, image, params, cancel=cancel))
+    def __init__(self, napari_viewer: Any, parent: Any = None) -> None:
+        super().__init__(napari_viewer, parent)
+        self.ready()
 
-        return job
+    def job_steps(self, source: Any, params: RunParams, cancel: CancelToken):
+        return segment_job(source.data, params, cancel=cancel)
 
-    def _apply(self, source: Any, params: dict[str, Any], value: SegmentOutput) -> dict[str, Any]:
+    def apply(self, source: Any, params: RunParams, value: SegmentOutput) -> Summary:
         return apply_segment_results(self.viewer, source, value, params)

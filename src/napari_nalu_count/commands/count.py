@@ -37,17 +37,15 @@ from napari_nalu_count.errors import InputError
 # argument helpers shared with ``segment``
 
 
-def diameter_arg(text: str) -> float | str:
-    """argparse type of ``--diameter``: a positive number of pixels or ``auto``."""
-    if text.strip().lower() == "auto":
-        return "auto"
+def diameter_arg(text: str) -> float | str | None:
+    """argparse type of ``--diameter``: the engine's rule (:func:`napari_nalu_count.infer.
+    parse_diameter`): a positive number of pixels, ``auto``/``estimate``, or blank."""
+    from napari_nalu_count.infer.inputs import parse_diameter
+
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected pixels or 'auto', got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"diameter must be a positive number, got {text!r}")
-    return value
+        return parse_diameter(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def channel_arg(text: str) -> int | str:

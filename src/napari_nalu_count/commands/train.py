@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_nalu_count.errors import InputError
+from napari_nalu_count.events import EpochEnd, Event
 
 ARCH_BY_TASK = {"count": "unet_count", "segment": "se_unet"}
 
@@ -250,9 +251,11 @@ def _fmt(v: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_nalu_count.infer.scale import native_diameter
     from napari_nalu_count.models import save_model
     from napari_nalu_count.train import train
-    from napari_nalu_count.train.finetune import _measured_diameter, make_trained_card
+    from napari_nalu_count.train.finetune import make_trained_card
+    from napari_nalu_count.train.grid import measured_diameter
 
     start, task, start_card = build_start(args)
     config = dict(start.config) if start_card is not None else dict(start)
@@ -268,24 +271,20 @@ def run(args: argparse.Namespace) -> int:
     in_ch = int(config.get("in_channels", 1))
     tr, va, tr_desc, va_desc = load_data(args.data, task, args.seed, rule, in_ch)
 
-    def progress(ev: dict) -> None:
-        if ev["kind"] == "epoch":
-            m = "  ".join(
-                f"{k}={_fmt(v)}" for k, v in ev["metrics"].items() if isinstance(v, float)
-            )
-            star = " *" if ev["best"] else ""
+    def progress(ev: Event) -> None:
+        if isinstance(ev, EpochEnd):
+            m = "  ".join(f"{k}={_fmt(v)}" for k, v in ev.metrics.items() if isinstance(v, float))
+            star = " *" if ev.best else ""
             print(
-                f"epoch {ev['epoch']:3d}  loss={ev['loss']:.4g}  {m}{star}",
-                file=sys.stderr,
-                flush=True,
+                f"epoch {ev.epoch:3d}  loss={ev.loss:.4g}  {m}{star}", file=sys.stderr, flush=True
             )
 
     result = train(start, tr, va, task, cfg, callback=progress)
-    diameter = _measured_diameter(tr)
-    if diameter is None and start_card is not None and start_card.get("diameter"):
+    diameter = measured_diameter(tr)
+    if diameter is None and start_card is not None:
         # the start card's diameter is on its model grid (resampled by its input_scale); this
         # model is trained on the images as they are
-        diameter = float(start_card["diameter"]) / float(start_card.get("input_scale") or 1.0)
+        diameter = native_diameter(start_card)
     command = "nalu-count train " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "train()"
     card = make_trained_card(
         result,

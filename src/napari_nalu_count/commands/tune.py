@@ -23,6 +23,7 @@ from napari_nalu_count.commands.train import (
     train_config,
 )
 from napari_nalu_count.errors import InputError
+from napari_nalu_count.events import Event, TuneTrial
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +51,11 @@ def run(args: argparse.Namespace) -> int:
     tr, va, tr_desc, va_desc = load_data(args.data, task, args.seed)
     b_max = args.b_max if args.b_max is not None else int(config["widths"][-1])
 
-    def progress(ev: dict) -> None:
-        print(f"trial {ev['number']}: {ev['params']} -> {ev['value']}", file=sys.stderr, flush=True)
+    def progress(ev: Event) -> None:
+        if isinstance(ev, TuneTrial):
+            print(
+                f"trial {ev.number}: {dict(ev.params)} -> {ev.value}", file=sys.stderr, flush=True
+            )
 
     result = tune(
         config,

@@ -121,6 +121,43 @@ def infer_axes(shape: tuple[int, ...]) -> str:
     raise InputError(f"images with {ndim} dimensions (shape {tuple(shape)}) need axes=; {hint}")
 
 
+#: the docks' first guess per number of dimensions when :func:`infer_axes` cannot tell
+_FALLBACK_AXES = {2: "YX", 3: "TYX", 4: "TZYX", 5: "TZCYX"}
+
+
+def guess_axes(
+    shape: tuple[int, ...], rgb: bool = False, labels: tuple[str, ...] | None = None
+) -> str:
+    """A first guess of the axes of ``shape``, for a field the user may edit (never raises).
+
+    ``labels``: per-dimension names (a napari layer's ``axis_labels``, without the colour axis
+    of an RGB layer); used when they are one axis letter each and fit ``shape``. ``rgb``: the
+    last axis holds colours (``C``). Otherwise :func:`infer_axes`, and where it cannot tell,
+    the stack first: ``TYX``, ``TZYX``, ``TZCYX``.
+    """
+    shape = tuple(int(s) for s in shape)
+    if labels is not None:
+        guess = "".join(str(a).strip().upper() for a in labels) + ("C" if rgb else "")
+        if all(len(str(a).strip()) == 1 for a in labels):
+            try:
+                return validate_axes(guess, shape)
+            except InputError:
+                pass
+    if rgb:
+        return {3: "YXC", 4: "TYXC", 5: "TZYXC"}.get(len(shape), "YXC")
+    try:
+        return infer_axes(shape)
+    except InputError:
+        return _FALLBACK_AXES.get(len(shape), "YX")
+
+
+def channel_choices(n_channels: int) -> list[int | str]:
+    """What ``channel=`` may be for an image with ``n_channels`` channels: every index, then
+    the reducers (``luminance`` only for 3 or 4 channels)."""
+    modes = [m for m in CHANNEL_MODES if m != "luminance" or n_channels in (3, 4)]
+    return [*range(int(n_channels)), *modes]
+
+
 def validate_axes(axes: str, shape: tuple[int, ...]) -> str:
     """Check an axes string against an image shape; return it upper-cased."""
     if not isinstance(axes, str):
@@ -221,8 +258,8 @@ def make_plan(
             else:
                 raise InputError(
                     f"the image has {n_ch} channels (axes {ax!r}); choose one with channel=INDEX "
-                    f"(--channel on the command line) or combine them with channel='mean' or "
-                    f"'max'"
+                    f"(--channel on the command line, the channel picker in the docks) or "
+                    f"combine them with channel='mean' or 'max'"
                 )
         else:
             ch = _checked_channel(channel, n_ch, "channel")

@@ -19,16 +19,22 @@ Pipeline per plane (stacks are walked plane by plane, dask arrays computed one p
    ``torch.inference_mode`` with batch norm folded into the convolutions; CUDA out-of-memory
    errors halve the batch, then the tile, and retry the plane;
 5. post-process on the model grid (density peaks, watershed) and map back to the image grid.
+
+Each call exists twice: :func:`count_events` / :func:`segment_events` are generators that yield
+:class:`~napari_nalu_count.events.Progress` events (one per tile) and return the result, for a
+napari ``thread_worker`` to drive; :func:`count` / :func:`segment` drive them and report each
+event to ``progress(done, total, message)``.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,13 +43,14 @@ import torch
 from torch import nn
 
 from napari_nalu_count.errors import CancelToken, InputError
+from napari_nalu_count.events import Event, Progress, drive
 from napari_nalu_count.infer import axes as _axes
 from napari_nalu_count.infer import device as _device
 from napari_nalu_count.infer import inputs as _inputs
 from napari_nalu_count.infer import multiscale as _multiscale
 from napari_nalu_count.infer import postprocess as _post
 from napari_nalu_count.infer import scale as _scale
-from napari_nalu_count.infer.tiling import n_tiles, predict_tiled
+from napari_nalu_count.infer.tiling import n_tiles, predict_tiled, predict_tiled_steps
 
 ProgressFn = Callable[[int, int, str], Any]
 
@@ -105,6 +112,12 @@ class CountResult:
     volume_points: np.ndarray | None = None
     z_diameter: float | None = None
 
+    @property
+    def plane_counts(self) -> np.ndarray:
+        """The counts shaped like the stack (its ``T``/``Z`` axes in ``axes`` order); a 0-d
+        array for a 2-D image. ``plane_counts.ravel()`` is ``count`` (the CSV frame order)."""
+        return _stack_shaped(self.count, self.density.shape, self.axes)
+
 
 @dataclass
 class SegmentResult:
@@ -134,6 +147,16 @@ class SegmentResult:
     volume_labels: np.ndarray | None = None
     volume_count: int | np.ndarray | None = None
     volume_points: np.ndarray | None = None
+
+    @property
+    def plane_counts(self) -> np.ndarray:
+        """Objects per plane shaped like the stack; a 0-d array for a 2-D image."""
+        return _stack_shaped(self.count, self.labels.shape, self.axes)
+
+
+def _stack_shaped(count: Any, shape: tuple[int, ...], axes: str) -> np.ndarray:
+    stack = tuple(int(n) for n, a in zip(shape, axes, strict=False) if a in _axes.STACK_AXES)
+    return np.asarray(count).reshape(stack)
 
 
 # ------------------------------------------------------------------------------------------
@@ -306,7 +329,6 @@ class _Runner:
         out_channels: int,
         tile_size: int | None,
         n_planes: int,
-        progress: ProgressFn | None,
         cancel: CancelToken | None,
         label: str,
     ) -> None:
@@ -325,7 +347,6 @@ class _Runner:
         self.forward = forward
         self.out_channels = out_channels
         self.n_planes = n_planes
-        self.progress = progress
         self.cancel = cancel
         self.label = label
         self.done = 0
@@ -339,18 +360,18 @@ class _Runner:
             shape, self.tile, self._overlap_for(self.tile)
         )
 
-    def report(self, message: str) -> None:
-        if self.progress is not None:
-            self.progress(self.done, max(self.total, self.done), message)
+    def report(self, message: str) -> Progress:
+        """The progress event for now: tiles done of the tiles planned."""
+        return Progress(self.done, max(self.total, self.done), message)
 
     def check_cancel(self) -> None:
         if self.cancel is not None:
             self.cancel.raise_if_cancelled()
 
-    def skip_plane(self, shape: tuple[int, int], plane_no: int, note: str = "empty") -> None:
+    def skip_plane(self, shape: tuple[int, int], plane_no: int, note: str = "empty") -> Progress:
         """Count a plane's tiles as done without running them (empty, or already run)."""
         self.done += n_tiles(shape, self.tile, self._overlap_for(self.tile))
-        self.report(f"{self.label}: plane {plane_no + 1}/{self.n_planes} ({note})")
+        return self.report(f"{self.label}: plane {plane_no + 1}/{self.n_planes} ({note})")
 
     def predict_quiet(self, plane: np.ndarray) -> np.ndarray:
         """One prediction of ``plane`` without progress accounting (diameter checks)."""
@@ -366,19 +387,14 @@ class _Runner:
             on_tile=self.check_cancel,
         )
 
-    def run(self, plane: np.ndarray, plane_no: int) -> np.ndarray:
-        """``(H, W)`` float32 -> ``(C, H, W)`` float32 prediction, with OOM fallback."""
+    def run(self, plane: np.ndarray, plane_no: int) -> Generator[Progress, None, np.ndarray]:
+        """``(H, W)`` float32 -> ``(C, H, W)`` float32 prediction, with OOM fallback; yields a
+        :class:`Progress` after every tile."""
         start = self.done
         msg = f"{self.label}: plane {plane_no + 1}/{self.n_planes}"
-
-        def on_tile() -> None:
-            self.done += 1
-            self.report(msg)
-            self.check_cancel()
-
         while True:
             try:
-                return predict_tiled(
+                steps = predict_tiled_steps(
                     self.forward,
                     plane,
                     self.out_channels,
@@ -387,8 +403,15 @@ class _Runner:
                     batch_size=self.batch,
                     device=self.device,
                     channels_last=OPTIONS["channels_last"],
-                    on_tile=on_tile,
                 )
+                while True:
+                    try:
+                        next(steps)
+                    except StopIteration as stop:
+                        return stop.value
+                    self.done += 1
+                    yield self.report(msg)
+                    self.check_cancel()
             except Exception as exc:
                 if not _device.is_out_of_memory(exc):
                     raise
@@ -405,7 +428,7 @@ class _Runner:
                     ) from exc
                 self.done = start
                 self.set_total(plane.shape, self.n_planes - plane_no)
-                self.report(f"{msg}: out of memory, retrying with {self.tile} px tiles")
+                yield self.report(f"{msg}: out of memory, retrying with {self.tile} px tiles")
 
 
 def _forward_fn(net: nn.Module, task: str, density_scale: float) -> Callable:
@@ -425,37 +448,6 @@ def _forward_fn(net: nn.Module, task: str, density_scale: float) -> Callable:
     return forward
 
 
-def _input_scale(value: Any) -> float:
-    """The card's ``input_scale`` as a resampling factor (1.0 when absent or ~1)."""
-    if value is None:
-        return 1.0
-    s = float(value)
-    if not (np.isfinite(s) and _scale.MIN_SCALE <= s <= _scale.MAX_SCALE):
-        raise InputError(
-            f"the model card's input_scale {value!r} is outside "
-            f"[{_scale.MIN_SCALE:g}, {_scale.MAX_SCALE:g}]"
-        )
-    return 1.0 if abs(s - 1.0) < _scale.SCALE_TOLERANCE else s
-
-
-def _parse_diameter(diameter: Any) -> float | str | None:
-    if diameter is None:
-        return None
-    if isinstance(diameter, str):
-        if diameter.strip().lower() == "auto":
-            return "auto"
-        try:
-            diameter = float(diameter)
-        except ValueError:
-            raise InputError(
-                f"diameter must be a number of pixels or 'auto', got {diameter!r}"
-            ) from None
-    d = float(diameter)
-    if not np.isfinite(d) or d <= 0:
-        raise InputError(f"diameter must be a positive number of pixels, got {diameter!r}")
-    return d
-
-
 class _ScaleState:
     """Resolves the rescaling factor once per call (see the module docstring, step 3).
 
@@ -471,9 +463,9 @@ class _ScaleState:
         input_scale: float | None = None,
         mode: str | None = None,
     ) -> None:
-        self.requested = _parse_diameter(diameter)
+        self.requested = _inputs.parse_diameter(diameter)
         self.card_diameter = float(card_diameter) if card_diameter else None
-        self.input_scale = _input_scale(input_scale)
+        self.input_scale = _scale.input_scale_factor(input_scale)
         self.factor: float | None = None
         self.diameter: float | None = None
         self.source = "model"
@@ -642,6 +634,45 @@ def count(
         Nucleus extent along Z in planes for ``volume=True`` (None: estimated by linking the
         per-plane cells across planes).
     """
+    _inputs.check_callbacks(progress, None)
+    steps = count_events(
+        image,
+        model,
+        axes=axes,
+        diameter=diameter,
+        device=device,
+        cancel=cancel,
+        tile_size=tile_size,
+        channel=channel,
+        min_mass=min_mass,
+        level=level,
+        block_size=block_size,
+        volume=volume,
+        z_diameter=z_diameter,
+    )
+    return drive(steps, _tile_callback(progress))
+
+
+def count_events(
+    image: Any,
+    model: Any = "nuclei-count",
+    *,
+    axes: str | None = None,
+    diameter: float | str | None = None,
+    device: str = "auto",
+    cancel: CancelToken | None = None,
+    tile_size: int | None = None,
+    channel: int | str | None = None,
+    min_mass: float = 0.3,
+    level: int | None = None,
+    block_size: int | None = None,
+    volume: bool = False,
+    z_diameter: float | None = None,
+) -> Generator[Event, None, CountResult]:
+    """:func:`count` as an event generator: yields a :class:`~napari_nalu_count.events.Progress`
+    per tile (and while the nucleus size is estimated) and returns the :class:`CountResult`.
+    Arguments are checked when it starts (the first ``next``), as :func:`count` checks them.
+    """
     ms = None if isinstance(image, (str, os.PathLike)) else _multiscale.resolve(image, level)
     if ms is None and level not in (None, 0):
         raise InputError(f"level={level} given but the image is not multiscale")
@@ -652,7 +683,7 @@ def count(
     if z_diameter is not None:
         z_diameter = _check_positive(z_diameter, "z_diameter")
     image, axes, diameter, device = _inputs.check_call(
-        image, axes, diameter, device, progress, cancel, tile_size, channel
+        image, axes, diameter, device, None, cancel, tile_size, channel
     )
     min_mass = _inputs.check_min_mass(min_mass)
     dev = _device.resolve_device(device)
@@ -669,7 +700,6 @@ def count(
         n_out,
         tile_size,
         plan.n_planes,
-        progress,
         cancel,
         "count",
     )
@@ -696,12 +726,12 @@ def count(
                 runner.set_total(_scale.scaled_shape((h, w), scale.factor), plan.n_planes - k)
                 total_set = True
             shape = _scale.scaled_shape((h, w), scale.factor or 1.0)
-            runner.skip_plane(shape, k)
+            yield runner.skip_plane(shape, k)
             continue
         norm = _normalize(raw, card)
         reuse = None
         if scale.pending:
-            runner.report("count: estimating the nucleus size")
+            yield runner.report("count: estimating the nucleus size")
             scale.resolve(raw)
             if n_out == 2 and scale.source == "estimated" and OPTIONS["size_check"]:
                 model_plane, reuse = _refine_diameter(runner, norm, scale)
@@ -713,12 +743,12 @@ def count(
         if not total_set:
             runner.set_total(model_plane.shape, plan.n_planes - k)
             total_set = True
-            runner.report(f"count: plane 1/{plan.n_planes}")
+            yield runner.report(f"count: plane 1/{plan.n_planes}")
         if reuse is not None:
-            runner.skip_plane(model_plane.shape, k, note="size check reused")
+            yield runner.skip_plane(model_plane.shape, k, note="size check reused")
             pred = reuse
         else:
-            pred = runner.run(model_plane, k)
+            pred = yield from runner.run(model_plane, k)
         dens = pred[0]
         del model_plane, pred
         counts[k] = float(dens.sum(dtype=np.float64))
@@ -731,10 +761,10 @@ def count(
         target[...] = _scale.density_to_original(dens, (h, w))
         del dens
     if block is not None:
-        _count_blocked(
+        yield from _count_blocked(
             image, plan, card, runner, scale, min_mass, block, density, counts, all_points, n_out
         )
-    runner.report("count: done")
+    yield runner.report("count: done")
 
     ncol = len(plan.stack_shape) + 2
     points = (
@@ -744,7 +774,7 @@ def count(
     )
     vol_count = vol_points = zd_used = None
     if volume:
-        runner.report("count: detecting cells in 3-D")
+        yield runner.report("count: detecting cells in 3-D")
         vol_count, vol_points, zd_used = _volume_count(
             density, points, plan, scale, z_diameter, min_mass
         )
@@ -830,8 +860,9 @@ def _count_blocked(
     counts: np.ndarray,
     all_points: list[np.ndarray],
     n_out: int,
-) -> None:
-    """The plane loop of :func:`count` in blocks read one at a time (``block_size``)."""
+) -> Generator[Progress, None, None]:
+    """The plane loop of :func:`count` in blocks read one at a time (``block_size``); yields
+    the progress events."""
     norm_cfg = card.get("normalization") or {"method": "percentile", "low": 1.0, "high": 99.8}
     method = norm_cfg.get("method", "percentile")
     if method not in ("percentile", None, "none"):
@@ -847,7 +878,7 @@ def _count_blocked(
         sample = _read_block(lazy, plan, slice(None, None, step), slice(None, None, step))
         _check_finite(sample, idx)
         if _is_constant(sample):
-            runner.report(f"count: plane {k + 1}/{plan.n_planes} (empty)")
+            yield runner.report(f"count: plane {k + 1}/{plan.n_planes} (empty)")
             continue
         if method == "percentile":
             q = [norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8)]
@@ -864,7 +895,7 @@ def _count_blocked(
             return ((work - work_dtype(lo)) * work_dtype(1.0 / span)).astype(np.float32)
 
         if scale.pending:
-            runner.report("count: estimating the nucleus size")
+            yield runner.report("count: estimating the nucleus size")
             wy, wx = min(ESTIMATE_WINDOW, h), min(ESTIMATE_WINDOW, w)
             y0, x0 = (h - wy) // 2, (w - wx) // 2
             window = _read_block(lazy, plan, slice(y0, y0 + wy), slice(x0, x0 + wx))
@@ -898,7 +929,7 @@ def _count_blocked(
             _check_finite(raw, idx)
             model_block = _scale.rescale_plane(normalize(raw), f)
             del raw
-            pred = runner.run(model_block, k)
+            pred = yield from runner.run(model_block, k)
             dens = pred[0]
             del pred, model_block
             pts = _post.density_peaks(dens, scale.model_grid_diameter, min_mass=min_mass)
@@ -1008,6 +1039,44 @@ def segment(
         For stacks with a ``Z`` axis: also link the per-plane objects across Z into 3-D objects
         (``SegmentResult.volume_labels``, ``.volume_count``, ``.volume_points``).
     """
+    _inputs.check_callbacks(progress, None)
+    steps = segment_events(
+        image,
+        model,
+        axes=axes,
+        diameter=diameter,
+        device=device,
+        cancel=cancel,
+        tile_size=tile_size,
+        channel=channel,
+        seeds=seeds,
+        count_model=count_model,
+        min_size=min_size,
+        level=level,
+        volume=volume,
+    )
+    return drive(steps, _tile_callback(progress))
+
+
+def segment_events(
+    image: Any,
+    model: Any = "nuclei-seg",
+    *,
+    axes: str | None = None,
+    diameter: float | str | None = None,
+    device: str = "auto",
+    cancel: CancelToken | None = None,
+    tile_size: int | None = None,
+    channel: int | str | None = None,
+    seeds: str = "count",
+    count_model: Any = "nuclei-count",
+    min_size: int | None = None,
+    level: int | None = None,
+    volume: bool = False,
+) -> Generator[Event, None, SegmentResult]:
+    """:func:`segment` as an event generator: yields a :class:`~napari_nalu_count.events.
+    Progress` per tile (the seed counter's tiles included) and returns the
+    :class:`SegmentResult`."""
     ms = None if isinstance(image, (str, os.PathLike)) else _multiscale.resolve(image, level)
     if ms is not None:
         image = ms.array
@@ -1015,7 +1084,7 @@ def segment(
     if not isinstance(seeds, str) or seeds not in _post.SEED_MODES:
         raise InputError(f"seeds must be one of {_post.SEED_MODES}, got {seeds!r}")
     image, axes, diameter, device = _inputs.check_call(
-        image, axes, diameter, device, progress, cancel, tile_size, channel
+        image, axes, diameter, device, None, cancel, tile_size, channel
     )
     min_size = _inputs.check_int(min_size, "min_size", 0, 2**31 - 1)
     dev = _device.resolve_device(device)
@@ -1031,7 +1100,6 @@ def segment(
         n_cls,
         tile_size,
         plan.n_planes,
-        progress,
         cancel,
         "segment",
     )
@@ -1063,7 +1131,7 @@ def segment(
             if not total_set:
                 runner.set_total(shape, plan.n_planes - k)
                 total_set = True
-            runner.skip_plane(shape, k)
+            yield runner.skip_plane(shape, k)
             continue
         norm = _normalize(raw, card)
         points = None
@@ -1071,28 +1139,32 @@ def segment(
             # the counter finds the size first (its size head checks the estimate); the
             # segmenter then uses the same diameter
             pending = scale.pending
-            sub = count(
-                raw,
-                counter,
-                axes="YX",
-                diameter="auto" if pending and scale.requested == "auto" else scale.diameter,
-                device=str(dev),
-                cancel=cancel,
-                tile_size=tile_size,
+            seeding = f"segment: plane {k + 1}/{plan.n_planes}: finding the cells"
+            sub = yield from _relay(
+                count_events(
+                    raw,
+                    counter,
+                    axes="YX",
+                    diameter="auto" if pending and scale.requested == "auto" else scale.diameter,
+                    device=str(dev),
+                    cancel=cancel,
+                    tile_size=tile_size,
+                ),
+                functools.partial(runner.report, seeding),
             )
             points = sub.points
             if pending and sub.diameter_source == "estimated" and sub.diameter:
                 scale.set_diameter(float(sub.diameter))
         if scale.pending:
-            runner.report("segment: estimating the nucleus size")
+            yield runner.report("segment: estimating the nucleus size")
         s = scale.resolve(raw)
         model_plane = _scale.rescale_plane(norm, s)
         del norm, raw
         if not total_set:
             runner.set_total(model_plane.shape, plan.n_planes - k)
             total_set = True
-            runner.report(f"segment: plane 1/{plan.n_planes}")
-        probs = runner.run(model_plane, k)
+            yield runner.report(f"segment: plane 1/{plan.n_planes}")
+        probs = yield from runner.run(model_plane, k)
         mshape = model_plane.shape
         del model_plane
         if points is not None and mshape != (h, w):
@@ -1108,7 +1180,7 @@ def segment(
         counts[k] = int(lab.max())
         target = labels[idx] if idx else labels
         target[...] = lab
-    runner.report("segment: done")
+    yield runner.report("segment: done")
     vol_labels = vol_count = vol_points = None
     if volume:
         vol_labels, vol_count, vol_points = _link_volume(labels, plan)
@@ -1160,3 +1232,29 @@ def _link_volume(labels: np.ndarray, plan: _axes.PlanePlan) -> tuple[np.ndarray,
     points = np.asarray(rows, dtype=np.float64).reshape(-1, len(stack_axes) + 2)
     vcount: Any = int(counts[0]) if not other_shape else np.asarray(counts, dtype=np.int64)
     return out, vcount, points
+
+
+# ------------------------------------------------------------------------------------------
+# driving the generators
+
+
+def _tile_callback(progress: ProgressFn | None) -> Callable[[Event], None] | None:
+    """``progress(done, total, message)`` fed from the :class:`Progress` events."""
+    if progress is None:
+        return None
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, Progress):
+            progress(event.done, event.total, event.message)
+
+    return on_event
+
+
+def _relay(steps: Generator[Event, None, Any], make: Callable[[], Event]) -> Generator:
+    """Run a nested event generator, yielding ``make()`` in place of each of its events."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield make()

@@ -96,19 +96,33 @@ def as_image(image: Any, as_stored: bool = False) -> tuple[Any, str | None]:
     return arr, None
 
 
-def check_diameter(diameter: Any) -> float | str | None:
-    """None, ``"auto"`` or a positive pixel count up to :data:`MAX_DIAMETER`."""
+#: words that ask the engine to estimate the diameter
+AUTO_WORDS = ("auto", "estimate")
+
+
+def parse_diameter(diameter: Any) -> float | str | None:
+    """The one diameter rule of the API, the CLI (``--diameter``) and the docks' field.
+
+    None or blank text -> None (the engine decides: it estimates the nucleus size for models
+    whose card says ``diameter_mode: "estimate"``, else uses the model's own resolution);
+    ``"auto"`` or ``"estimate"`` (any case) -> ``"auto"`` (always estimate); a positive number
+    of pixels (or its text) up to :data:`MAX_DIAMETER` -> float. Anything else raises
+    :class:`InputError` saying what is expected.
+    """
     if diameter is None:
         return None
     if isinstance(diameter, str):
         text = diameter.strip().lower()
-        if text == "auto":
+        if not text:
+            return None
+        if text in AUTO_WORDS:
             return "auto"
         try:
             value = float(text)
         except ValueError:
             raise InputError(
-                f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}"
+                f"diameter must be a number of pixels, 'auto' or blank (found automatically), "
+                f"got {diameter!r}"
             ) from None
     elif isinstance(diameter, (bool, np.bool_)) or not isinstance(diameter, numbers.Real):
         raise InputError(
@@ -198,7 +212,7 @@ def check_call(
             f"axes must be a string such as 'YX', 'TYX' or 'YXC', or None, got {axes!r}"
         )
     arr, file_axes = as_image(image, as_stored=axes is not None)
-    diameter = check_diameter(diameter)
+    diameter = parse_diameter(diameter)
     device = check_device(device)
     check_callbacks(progress, cancel)
     check_int(tile_size, "tile_size", MIN_TILE_SIZE, MAX_TILE_SIZE)

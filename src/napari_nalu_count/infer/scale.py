@@ -47,6 +47,33 @@ def scale_factor(diameter: float | None, card_diameter: float | None) -> float:
     return 1.0 if abs(s - 1.0) < SCALE_TOLERANCE else s
 
 
+def input_scale_factor(value: float | None) -> float:
+    """A card's ``input_scale`` as a resampling factor: 1.0 when absent or within
+    :data:`SCALE_TOLERANCE` of 1; :class:`InputError` outside ``[MIN_SCALE, MAX_SCALE]``."""
+    if value is None:
+        return 1.0
+    s = float(value)
+    if not (math.isfinite(s) and MIN_SCALE <= s <= MAX_SCALE):
+        raise InputError(
+            f"the model card's input_scale {value!r} is outside [{MIN_SCALE:g}, {MAX_SCALE:g}]"
+        )
+    return 1.0 if abs(s - 1.0) < SCALE_TOLERANCE else s
+
+
+def native_diameter(card: dict | None) -> float | None:
+    """The object diameter, in pixels of the user's image, that a model expects when the image
+    is not rescaled for a diameter: the card's ``diameter`` (on the model grid) divided by its
+    ``input_scale`` (the model sees the image resampled by that factor). None when the card
+    records no diameter."""
+    value = (card or {}).get("diameter")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        return None
+    s = (card or {}).get("input_scale")
+    if isinstance(s, int | float) and not isinstance(s, bool) and s > 0:
+        return float(value) / float(s)
+    return float(value)
+
+
 def scaled_shape(shape: tuple[int, int], s: float) -> tuple[int, int]:
     """Shape of a ``(H, W)`` plane on the model grid (at least 1 x 1)."""
     return (max(1, round(shape[0] * s)), max(1, round(shape[1] * s)))

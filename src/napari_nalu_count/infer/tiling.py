@@ -13,7 +13,7 @@ Memory: the output (``C x H x W`` float32) plus one batch of tiles.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import numpy as np
 import torch
@@ -90,6 +90,38 @@ def predict_tiled(
     (already scaled or soft-maxed: the blend averages whatever it returns). ``on_tile`` is
     called after every tile (progress, cancel check: it may raise to stop).
     """
+    steps = predict_tiled_steps(
+        forward,
+        plane,
+        out_channels,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        channels_last=channels_last,
+    )
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if on_tile is not None:
+            on_tile()
+
+
+def predict_tiled_steps(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    plane: np.ndarray,
+    out_channels: int,
+    *,
+    tile: int,
+    overlap: int,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+) -> Generator[int, None, np.ndarray]:
+    """:func:`predict_tiled` as a generator: yields the number of tiles done after every tile
+    and returns the ``(C, H, W)`` prediction."""
     h, w = plane.shape
     positions, (th, tw), wy, wx = plan_tiles((h, w), tile, overlap)
     ys = sorted({p[0] for p in positions})
@@ -127,8 +159,7 @@ def predict_tiled(
             else:
                 win = wy[y_index[y]][:, None] * wx[x_index[x]][None, :]
                 out[:, y : y + th, x : x + tw] += pred[k] * win
-            if on_tile is not None:
-                on_tile()
+            yield start + k + 1
         del pred, inp, tiles
     if not single:
         # divide by the separable window sum, row block by row block (no full-size temporary)

@@ -58,6 +58,28 @@ def bundled_model_dir() -> Path:
     return Path(__file__).resolve().parent / "bundled"
 
 
+def name_taken(name: str, directory: str | os.PathLike | None = None) -> str | None:
+    """Why a new model may not be saved as ``name`` without replacing one, or None when free:
+    ``"bundled"`` (a bundled model has it; never replaced) or ``"exists"`` (a model file of
+    that name is in ``directory``, default :func:`user_model_dir`)."""
+    name = check_name(name)
+    dest = Path(directory).expanduser() if directory is not None else user_model_dir()
+    is_user_dir = directory is None or dest.resolve() == user_model_dir().expanduser().resolve()
+    if is_user_dir and _card_path(bundled_model_dir() / name).is_file():
+        return "bundled"
+    if _card_path(dest / name).exists() or _weights_path(dest / name).exists():
+        return "exists"
+    return None
+
+
+def free_name(base: str, directory: str | os.PathLike | None = None) -> str:
+    """``base``, or ``base-2``, ``base-3`` ... : the first name :func:`name_taken` calls free."""
+    name, k = check_name(base), 2
+    while name_taken(name, directory) is not None:
+        name, k = f"{base}-{k}", k + 1
+    return name
+
+
 def _card_path(base: Path) -> Path:
     return base.parent / (base.name + CARD_SUFFIX)
 

@@ -1,31 +1,33 @@
 """Fine-tuning: adapt a bundled or user model to a few annotated images and save it.
 
-:func:`fine_tune` starts from any model (a bundled/user name, a path, or a ``LoadedModel``),
-holds out part of the user's annotations for validation, measures the start model on it, trains
-with Feature Random Enhancement on (FRE, the B/X module at the bottleneck; added to the config
-when the start model has none), measures again and saves the best weights as a new user model
-whose card records the data, the settings and the before/after metrics.
+:func:`fine_tune` (and its event generator :func:`fine_tune_events`) starts from any model (a
+bundled/user name, a path, or a ``LoadedModel``), holds out part of the user's annotations,
+measures the start model on it, optionally searches FRE's B and X (``tune=``: trials start from
+the start model at the user's learning rate), trains with Feature Random Enhancement on (FRE,
+the B/X module at the bottleneck; added to the config when the start model has none), measures
+again and saves the best weights as a new user model whose card records the data, the settings
+and the before/after metrics.
 
 Held-out part: with two or more images, ``holdout`` of the images (at least one) chosen with the
 seed; with a single image, a strip along its longer side (the last ``holdout`` fraction, see
 :func:`~.dataset.spatial_split`), so one image with a few dozen dots is enough. A strip of the
 training image flatters the result (same field, same cells' neighbours), so it is a last
 resort and the result says so; the before/after metrics always report how many images and
-cells they rest on.
+cells they rest on. They are measured end to end (:mod:`.validate`): ``infer.count`` /
+``infer.segment`` on the held-out images at their own resolution, the calls the docks make.
 
 Generalist start models (card ``diameter_mode: "estimate"``, such as the bundled ones) are
 fine-tuned the way they were trained: every image is resampled so that its nuclei have the
 model's grid diameter (measured per image from its labels, or given, or found by the start
 model itself as ``count`` finds it), with the same scale jitter, so the new model still finds
-the nucleus size itself. For counting models the before/after figures are measured end to end,
-with :func:`napari_nalu_count.infer.count` on the held-out images at their own resolution.
+the nucleus size itself.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,22 @@ import numpy as np
 from torch import nn
 
 from napari_nalu_count.errors import CancelToken, InputError, TrainingDiverged
+from napari_nalu_count.events import Event, Stage, Tuned, drive
 
-from .dataset import prepare, spatial_split
-from .loop import TrainConfig, TrainResult, evaluate, train
+from .dataset import spatial_split
+from .grid import model_grid
+from .loop import TrainConfig, TrainResult, train_events
+from .tune import TuneSettings, tune_events
+from .validate import as_model, end_to_end_events
 
-__all__ = ["FineTuneResult", "default_fre", "fine_tune", "make_trained_card", "split_holdout"]
+__all__ = [
+    "FineTuneResult",
+    "default_fre",
+    "fine_tune",
+    "fine_tune_events",
+    "make_trained_card",
+    "split_holdout",
+]
 
 #: FRE defaults for fine-tuning: B = bottleneck channels // 4, X = 2
 DEFAULT_FRE_FRACTION = 0.25
@@ -115,29 +128,6 @@ def _data_summary(samples: Sequence[Any], task: str) -> dict[str, Any]:
     return out
 
 
-def _measured_diameter(samples: Sequence[Any]) -> float | None:
-    from napari_nalu_count.data import typical_diameter
-
-    values = []
-    for s in samples:
-        if s.labels is not None and np.asarray(s.labels).max() > 0:
-            values.append(typical_diameter(s.labels))
-    return float(np.median(values)) if values else None
-
-
-def _estimated_diameter(samples: Sequence[Any], task: str, normalization: dict) -> float | None:
-    """Median of :func:`~napari_nalu_count.infer.scale.estimate_diameter` over the samples'
-    normalised images (first channel), None when no blobs are found."""
-    from napari_nalu_count.infer.scale import estimate_diameter
-
-    values = []
-    for item in prepare(samples, task, normalization=normalization):
-        est = estimate_diameter(item.image[0])
-        if est:
-            values.append(est)
-    return float(np.median(values)) if values else None
-
-
 def make_trained_card(
     result: TrainResult,
     name: str,
@@ -177,65 +167,6 @@ def make_trained_card(
     return make_card(name, task, result.config, **fields)
 
 
-def _image_diameters(
-    samples: Sequence[Any], start: Any, diameter: float | None
-) -> tuple[list[float], str]:
-    """Per-image nucleus diameters (pixels of each image) and how they were found: the given
-    ``diameter``; else each image's labels; else the start model's own estimate (``count``)."""
-    from napari_nalu_count.data import typical_diameter
-
-    if diameter is not None:
-        return [float(diameter)] * len(samples), f"given ({float(diameter):g} px)"
-    out, how = [], set()
-    for s in samples:
-        lab = None if s.labels is None else np.asarray(s.labels)
-        if lab is not None and lab.max() > 0:
-            out.append(typical_diameter(lab))
-            how.add("measured from the labels")
-            continue
-        d = None
-        if start.task == "count":
-            from napari_nalu_count.infer import count
-
-            d = count(np.asarray(s.image), start, axes=None).diameter
-        if d is None:
-            from napari_nalu_count.infer.scale import estimate_diameter
-
-            d = estimate_diameter(np.asarray(s.image))
-        if d is None:
-            raise InputError(
-                f"cannot find the nucleus size of image {getattr(s, 'name', '')!r}; "
-                "pass diameter= (pixels)"
-            )
-        out.append(float(d))
-        how.add("estimated by the start model")
-    return out, " / ".join(sorted(how))
-
-
-def _as_model(net: nn.Module, card: dict[str, Any], name: str) -> Any:
-    """A LoadedModel-like view of an in-memory network for the inference engine."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(net=net, card=card, task=card["task"], config=card["config"], name=name)
-
-
-def end_to_end_counts(model: Any, samples: Sequence[Any], diameters: Sequence[Any]) -> dict:
-    """Count metrics of ``model`` (``infer.count``) on whole ``samples`` at their own
-    resolution, with ``diameters`` per image (None: the engine's default); plus ``n_cells``."""
-    from napari_nalu_count.infer import count
-
-    from .metrics import count_metrics
-
-    pred, true = [], []
-    for s, d in zip(samples, diameters, strict=True):
-        res = count(np.asarray(s.image), model, axes=None, diameter=d, device="cpu")
-        pred.append(float(res.count))
-        true.append(float(s.count or 0))
-    out = count_metrics(pred, true)
-    out["n_cells"] = int(round(sum(true)))
-    return out
-
-
 def _load_start(start_model: Any) -> Any:
     from napari_nalu_count.models import load_model
 
@@ -262,6 +193,8 @@ def _check_args(
     """The samples as a list, every argument checked (:class:`InputError` saying why)."""
     import numbers
 
+    from napari_nalu_count.infer.inputs import parse_diameter
+
     if samples is None or isinstance(samples, (str, bytes, os.PathLike)):
         raise InputError(
             "samples must be annotated images: data.readers.Sample objects (image plus dots or "
@@ -286,10 +219,7 @@ def _check_args(
         raise InputError(f"cancel must be a CancelToken or None, got {type(cancel).__name__}")
     if isinstance(holdout, bool) or not isinstance(holdout, numbers.Real):
         raise InputError(f"holdout must be a fraction between 0 and 1, got {holdout!r}")
-    if diameter is not None and (
-        isinstance(diameter, bool) or not isinstance(diameter, numbers.Real)
-    ):
-        raise InputError(f"diameter must be a number of pixels or None, got {diameter!r}")
+    parse_diameter(diameter)
     if directory is not None and not isinstance(directory, (str, os.PathLike)):
         raise InputError(f"directory must be a folder path or None, got {directory!r}")
     return samples
@@ -302,13 +232,16 @@ def fine_tune(
     name: str,
     task: str | None = None,
     cfg: TrainConfig | None = None,
-    callback: Callable[[dict[str, Any]], None] | None = None,
+    callback: Callable[[Event], None] | None = None,
     cancel: CancelToken | None = None,
     holdout: float = 0.25,
     use_fre: bool = True,
-    diameter: float | None = None,
+    diameter: float | str | None = None,
     directory: str | os.PathLike | None = None,
     overwrite: bool = False,
+    tune: TuneSettings | int | bool | None = None,
+    seeds: str = "count",
+    count_model: Any = "nuclei-count",
 ) -> FineTuneResult:
     """Fine-tune ``start_model`` on ``samples`` (``Sample`` objects with dots or labels) and save
     the result as the user model ``name`` (in ``directory``, default the user model directory).
@@ -318,23 +251,40 @@ def fine_tune(
     ``use_fre`` (default) and no ``cfg.fre``, FRE is switched on with B = bottleneck // 4 and
     X = 2 unless the start model already has FRE.
 
+    ``tune`` (a :class:`~.tune.TuneSettings`, a number of trials or True) first searches FRE's
+    B and X with TPE: every trial starts from the start model's weights at ``cfg.lr`` and is
+    scored on the held-out part; the winner is the FRE the fine-tuning then trains with (the
+    card's ``training.tuning`` keeps the trials).
+
     Images: multi-channel images are reduced to one plane by the start model's image -> plane
     rule (its card's ``input``, max over RGB(A) colours by default), as inference does; the new
     card records that rule, so counting with the new model sees the same plane.
 
-    Object size: with ``diameter=d`` (pixels of the user's images) the samples are resampled by
-    ``start card diameter / d`` so the cells match the start model's grid; without it, by the
-    start model's ``input_scale`` (1.0 when absent), as inference does with ``diameter=None``.
-    That factor becomes the new card's ``input_scale``; the card's ``diameter`` is the object
-    diameter on the model grid: ``d x factor`` when given, else measured from the labels, else
-    estimated from the images (:func:`~napari_nalu_count.infer.scale.estimate_diameter` on the
-    normalised images), times the factor, falling back to the start model's.
+    Object size (``diameter``: pixels of the user's images, ``"auto"`` to estimate it, or None;
+    see :func:`~napari_nalu_count.infer.parse_diameter`): generalist start models (card
+    ``diameter_mode: "estimate"``) are fine-tuned on their model grid, each image resampled so
+    that its nuclei (given, else measured from its labels, else found by the start model as
+    ``count`` finds it) have the grid diameter, and the new model still finds the size itself.
+    Other start models: with a diameter ``d`` the samples are resampled by ``start card diameter
+    / d``; without, by the start model's ``input_scale`` (1.0 when absent), as inference does
+    with ``diameter=None``. That factor becomes the new card's ``input_scale``; the card's
+    ``diameter`` is the object diameter on the model grid.
+
+    Held-out part (see :func:`split_holdout`, taken from the images as given): the before/after
+    metrics are measured end to end, with :func:`napari_nalu_count.infer.count` or
+    :func:`~napari_nalu_count.infer.segment` on the held-out images at their own resolution
+    (segmentation with ``seeds`` / ``count_model`` as the Segment dock runs it; interior seeds
+    when that counting model cannot be loaded, and a note says so); the training loop's
+    per-epoch validation on the model grid only picks the best epoch.
+
+    Names: an existing model ``name`` is replaced only with ``overwrite=True``; without it the
+    call raises :class:`InputError` before any training.
 
     Returns a :class:`FineTuneResult`. A set ``cancel`` token stops within one step: when at
     least one epoch finished (trained and validated), the best weights so far are saved as usual
     (the card's ``training`` says ``"cancelled": true`` and how many epochs were done) and
-    ``path`` points to them; when cancelled before that, nothing is saved (``path`` None and a
-    note says so).
+    ``path`` points to them; when cancelled before that (or while tuning), nothing is saved
+    (``path`` None and a note says so).
 
     Divergence (a NaN or infinite loss) raises :class:`~napari_nalu_count.errors.
     TrainingDiverged`. The last good model is kept: when an epoch was validated before it, the
@@ -343,31 +293,81 @@ def fine_tune(
     start model and any existing model ``name`` stay as they were) and ``saved`` is None.
     Bad arguments raise :class:`~napari_nalu_count.errors.InputError`; unreadable model files
     :class:`~napari_nalu_count.errors.ModelFileError`.
+
+    ``callback`` receives the events of :func:`fine_tune_events`.
     """
+    if callback is not None and not callable(callback):
+        raise InputError(f"callback must be a function or None, got {type(callback).__name__}")
+    steps = fine_tune_events(
+        start_model,
+        samples,
+        name=name,
+        task=task,
+        cfg=cfg,
+        cancel=cancel,
+        holdout=holdout,
+        use_fre=use_fre,
+        diameter=diameter,
+        directory=directory,
+        overwrite=overwrite,
+        tune=tune,
+        seeds=seeds,
+        count_model=count_model,
+    )
+    return drive(steps, callback)
+
+
+def fine_tune_events(
+    start_model: Any,
+    samples: Sequence[Any] | Any,
+    *,
+    name: str,
+    task: str | None = None,
+    cfg: TrainConfig | None = None,
+    cancel: CancelToken | None = None,
+    holdout: float = 0.25,
+    use_fre: bool = True,
+    diameter: float | str | None = None,
+    directory: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    tune: TuneSettings | int | bool | None = None,
+    seeds: str = "count",
+    count_model: Any = "nuclei-count",
+) -> Generator[Event, None, FineTuneResult]:
+    """:func:`fine_tune` as an event generator: yields ``Stage`` (``"measure"``, ``"tune"``,
+    ``"train"``, ``"validate"``), ``Progress`` (held-out images, tuning steps), ``TuneTrial``,
+    ``Tuned`` and the training loop's events; returns the :class:`FineTuneResult`."""
     from napari_nalu_count.infer.axes import input_rule
-    from napari_nalu_count.models import check_name
+    from napari_nalu_count.infer.inputs import parse_diameter
+    from napari_nalu_count.models import check_name, save_model
     from napari_nalu_count.nn import registry
 
     from .dataset import reduce_samples
 
     check_name(name)
-    samples = _check_args(samples, task, cfg, callback, cancel, holdout, diameter, directory)
+    samples = _check_args(samples, task, cfg, None, cancel, holdout, diameter, directory)
+    settings = TuneSettings.of(tune)
+    diameter = parse_diameter(diameter)
+    if not overwrite:
+        _refuse_taken(name, directory)
     start = _load_start(start_model)
     start_task = start.task
     if task is not None and task != start_task:
         raise InputError(f"model {start.name!r} is a {start_task!r} model, not {task!r}")
     task = start_task
+    if settings is not None and not use_fre:
+        raise InputError("tune searches FRE's B and X; it needs use_fre=True")
 
     start_card = start.card
     config = dict(start.config)
     in_ch = int(config.get("in_channels", 1))
     rule = input_rule(start_card)
     samples = reduce_samples(samples, rule, in_ch)
-    settings = (start_card.get("training") or {}).get("settings") or {}
+    train_settings = (start_card.get("training") or {}).get("settings") or {}
     if cfg is None:
         cfg = TrainConfig(epochs=20, steps_per_epoch=20, lr=3e-4, patience=8, warmup_steps=0)
-        if "sigma" in settings:
-            cfg.sigma = float(settings["sigma"])
+        if "sigma" in train_settings:
+            cfg.sigma = float(train_settings["sigma"])
     else:
         cfg = copy.deepcopy(cfg)
     cfg.normalization = dict(start_card["normalization"])
@@ -388,105 +388,53 @@ def fine_tune(
                 cfg.fre = fre
                 notes.append(f"added FRE {fre} at the bottleneck")
 
-    from napari_nalu_count.infer.scale import scale_factor
-
-    start_diam = start_card.get("diameter")
-    start_scale = float(start_card.get("input_scale") or 1.0)
-    generalist = start_card.get("diameter_mode") == "estimate" and bool(start_diam)
+    grid = model_grid(samples, start, task, diameter, cfg, notes)
     originals = list(samples)
-    image_d: list[float] = []
-    extra_card: dict[str, Any] = {}
-    if generalist:
-        image_d, diam_how = _image_diameters(samples, start, diameter)
-        from .dataset import rescale_samples
-
-        grid = []
-        for smp, d in zip(samples, image_d, strict=True):
-            grid += rescale_samples([smp], scale_factor(d, start_diam), task)
-        samples = grid
-        factor, diam = 1.0, float(start_diam)
-        jitter = start_card.get("scale_jitter")
-        if cfg.scale_jitter is None and jitter:
-            cfg.scale_jitter = [float(jitter[0]), float(jitter[1])]
-        extra_card = {"diameter_mode": "estimate"}
-        if jitter:
-            extra_card["scale_jitter"] = list(jitter)
-        notes.append(
-            f"each image resampled so its nuclei ({diam_how}: "
-            + ", ".join(f"{d:.1f}" for d in image_d)
-            + f" px) are {float(start_diam):g} px, the model grid"
-        )
-    elif diameter is not None:
-        d = float(diameter)
-        if not (np.isfinite(d) and d > 0):
-            raise InputError(f"diameter must be a positive number of pixels, got {diameter!r}")
-        factor = scale_factor(d, start_diam) if start_diam else start_scale
-        diam = d * factor
-        diam_how = f"given ({d:g} px)"
-    else:
-        factor = start_scale
-        measured = _measured_diameter(samples)
-        diam_how = "measured from the labels"
-        if measured is None:
-            measured = _estimated_diameter(samples, task, cfg.normalization)
-            diam_how = "estimated from the images (LoG blobs)"
-        if measured is not None:
-            diam = measured * factor
-        else:
-            diam = start_diam
-            diam_how = "the start model's"
-    if factor != 1.0:
-        from .dataset import rescale_samples
-
-        samples = rescale_samples(samples, factor, task)
-        notes.append(f"images resampled by {factor:.4g} to the model grid")
-    if not generalist:
-        notes.append(
-            f"diameter {diam_how}"
-            + ("" if diam is None else f": {float(diam):.1f} px on the model grid")
-        )
-
-    train_s, held_s, held_desc = split_holdout(samples, holdout, cfg.seed)
-    if len(samples) == 1:
+    train_o, held_o, held_desc = split_holdout(originals, holdout, cfg.seed)
+    if len(originals) == 1:
         notes.append(
             "only one image: the before/after metrics come from a strip of the training image, "
             "which flatters them; annotate a second image to measure on an unseen one"
         )
-    held_names = {id(h) for h in held_s}
-    held_orig = [o for o, g in zip(originals, samples, strict=True) if id(g) in held_names]
-    # measured as the user will count: with the diameter they gave, else found by the model
-    held_d = [diameter] * len(held_orig)
-    e2e = generalist and task == "count" and len(originals) >= 2 and len(held_orig) == len(held_s)
-    held_items = prepare(held_s, task, normalization=cfg.normalization, in_channels=in_ch)
-    n_classes = int(config.get("out_channels", 3))
-    if e2e:
-        before = end_to_end_counts(start, held_orig, held_d)
-    else:
-        before = evaluate(
-            copy.deepcopy(start.net).float(),
-            held_items,
-            task,
-            density_scale=cfg.density_scale,
-            n_classes=n_classes,
-            boundary_width=cfg.boundary_width,
-        )
-        before["n_cells"] = int(round(sum(it.count for it in held_items)))
+    samples = grid.rescale(originals, originals, task)
+    train_s = grid.rescale(train_o, originals, task)
+    held_s = grid.rescale(held_o, originals, task)
 
-    def finish(result: TrainResult, extra_training: dict[str, Any]) -> FineTuneResult:
-        fre_used = (result.config or {}).get("fre")
-        if e2e:
-            probe = {**start_card, "config": result.config, "density_scale": cfg.density_scale}
-            after = end_to_end_counts(_as_model(result.net, probe, name), held_orig, held_d)
-        else:
-            after = evaluate(
-                result.net,
-                held_items,
-                task,
-                density_scale=cfg.density_scale,
-                n_classes=n_classes,
-                boundary_width=cfg.boundary_width,
+    # measured as the user will count: with the diameter they gave, else found by the model
+    held_d = [grid.user_diameter] * len(held_o)
+    seeds, counter = _seed_counter(task, seeds, count_model, cfg.device, notes)
+
+    def validate(model: Any, label: str) -> Generator[Event, None, dict[str, Any]]:
+        return end_to_end_events(
+            model, held_o, held_d, device=cfg.device, seeds=seeds, count_model=counter, label=label
+        )
+
+    yield Stage("measure", f"measuring {start.name} on the held-out part ({held_desc})")
+    before = yield from validate(start, f"measuring {start.name}")
+
+    tuning: dict[str, Any] = {}
+    if settings is not None:
+        yield Stage("tune", f"tuning FRE's B and X: {settings.n_trials} trials")
+        found = yield from _tune_fre(start, train_s, held_s, task, cfg, settings, cancel)
+        if found is None:
+            notes.append("stopped while tuning B/X; no model was saved")
+            return FineTuneResult(None, name, before, {}, [], True, None, None, notes)
+        fre, tuning = found
+        if fre is not None:
+            cfg.fre = fre
+            yield Tuned(fre, tuning.get("best_value"))
+            notes.append(
+                f"tuned FRE: B={fre['B']}, X={fre['X']:.3g} ({settings.n_trials} trials from "
+                f"{start.name} at lr {cfg.lr:g})"
             )
-            after["n_cells"] = int(round(sum(it.count for it in held_items)))
+        else:
+            notes.append("no tuning trial finished; trained with the FRE settings given")
+
+    def finish(
+        result: TrainResult, extra_training: dict[str, Any]
+    ) -> Generator[Event, None, FineTuneResult]:
+        fre_used = (result.config or {}).get("fre")
+        how = "end to end (infer.count / infer.segment on the held-out images as given)"
         training = {
             "start_model": start.name,
             "data": {
@@ -503,33 +451,35 @@ def fine_tune(
             "settings": cfg.to_dict(),
             "notes": notes,
             "command": f"fine_tune({start.name!r}, name={name!r})",
+            **({"tuning": tuning} if tuning else {}),
             **extra_training,
         }
-        how = (
-            "end to end (infer.count on the held-out images at their own resolution)"
-            if e2e
-            else "on the model grid (train.evaluate)"
-        )
+
+        def card_with(metrics: dict[str, Any]) -> dict[str, Any]:
+            return make_trained_card(
+                result,
+                name,
+                task,
+                normalization=cfg.normalization,
+                density_scale=cfg.density_scale,
+                diameter=grid.card_diameter,
+                training=training,
+                metrics=metrics,
+                description=f"fine-tuned from {start.name}",
+                input_scale=grid.card_factor,
+                input=rule,
+                extra=grid.card_extra,
+            )
+
+        yield Stage("validate", f"measuring {name} on the held-out part")
+        after = yield from validate(as_model(result.net, card_with({}), name), f"measuring {name}")
         metrics = {
             "split": f"fine-tuning hold-out: {held_desc}, {before['n_cells']} cells; {how}",
-            **{k: v for k, v in after.items()},
+            **after,
             "before": before,
             "after": after,
         }
-        card = make_trained_card(
-            result,
-            name,
-            task,
-            normalization=cfg.normalization,
-            density_scale=cfg.density_scale,
-            diameter=diam,
-            training=training,
-            metrics=metrics,
-            description=f"fine-tuned from {start.name}",
-            input_scale=factor,
-            input=rule,
-            extra=extra_card,
-        )
+        card = card_with(metrics)
         path = save_model(result.net, card, name, directory=directory, overwrite=overwrite)
         return FineTuneResult(
             Path(path),
@@ -544,10 +494,9 @@ def fine_tune(
             card,
         )
 
-    from napari_nalu_count.models import save_model
-
+    yield Stage("train", f"fine-tuning {start.name} on {len(train_s)} image(s)")
     try:
-        result = train(start, train_s, held_s, task, cfg, callback=callback, cancel=cancel)
+        result = yield from train_events(start, train_s, held_s, task, cfg, cancel=cancel)
     except TrainingDiverged as exc:
         if exc.best_state is None:
             raise exc.with_note(
@@ -577,7 +526,7 @@ def fine_tune(
             f"before it ({exc.best_epoch})"
         )
         diverged = {"epoch": exc.epoch, "step": exc.step, "loss": str(exc.loss)}
-        saved = finish(kept, {"diverged": diverged})
+        saved = yield from finish(kept, {"diverged": diverged})
         exc.saved = saved.path
         raise exc.with_note(
             f"kept the best epoch before it (epoch {exc.best_epoch}) as model {name!r}"
@@ -601,4 +550,94 @@ def fine_tune(
             f"stopped after {len(result.history)} epoch(s); saved the best so far "
             f"(epoch {result.best_epoch})"
         )
-    return finish(result, {})
+    return (yield from finish(result, {}))
+
+
+def _refuse_taken(name: str, directory: str | os.PathLike | None) -> None:
+    """:class:`InputError` before any training when saving as ``name`` would need to replace
+    a model (the caller did not say ``overwrite=True``) or is refused (a bundled name)."""
+    from napari_nalu_count.models import name_taken
+
+    taken = name_taken(name, directory)
+    if taken == "bundled":
+        raise InputError(f"model name {name!r} is taken by a bundled model; choose another")
+    if taken == "exists":
+        raise InputError(
+            f"a model named {name!r} exists already; choose another name or pass "
+            "overwrite=True to replace it"
+        )
+
+
+def _seed_counter(
+    task: str, seeds: str, count_model: Any, device: str, notes: list[str]
+) -> tuple[str, Any]:
+    """The watershed seeds for segmentation validation and the counting model behind them,
+    loaded once (interior seeds, with a note, when it cannot be loaded)."""
+    from napari_nalu_count.errors import ModelFileError
+    from napari_nalu_count.infer.postprocess import SEED_MODES
+
+    if seeds not in SEED_MODES:
+        raise InputError(f"seeds must be one of {SEED_MODES}, got {seeds!r}")
+    if task != "segment" or seeds != "count":
+        return seeds, count_model
+    if hasattr(count_model, "net") and hasattr(count_model, "card"):
+        return seeds, count_model
+    from napari_nalu_count.models import load_model
+
+    try:
+        counter = load_model(count_model, device=device)
+    except (InputError, ModelFileError) as exc:
+        notes.append(f"validated with interior seeds: the counting model is unavailable ({exc})")
+        return "interior", count_model
+    if counter.task != "count":
+        raise InputError(f"count_model {counter.name!r} is not a counting model")
+    return seeds, counter
+
+
+def _tune_fre(
+    start: Any,
+    train_s: list[Any],
+    held_s: list[Any],
+    task: str,
+    cfg: TrainConfig,
+    settings: TuneSettings,
+    cancel: CancelToken | None,
+) -> Generator[Event, None, tuple[dict | None, dict[str, Any]] | None]:
+    """FRE's ``{"B", "X", "seed"}`` from a TPE search whose trials start from ``start`` at
+    ``cfg.lr`` (None for B/X when no trial finished), with a record of the search; None when
+    the search was cancelled."""
+    import dataclasses
+
+    trial_cfg = dataclasses.replace(
+        copy.deepcopy(cfg),
+        epochs=settings.epochs,
+        steps_per_epoch=settings.steps_per_epoch or min(cfg.steps_per_epoch, 10),
+    )
+    result = yield from tune_events(
+        start,
+        train_s,
+        held_s,
+        task,
+        n_trials=settings.n_trials,
+        cfg=trial_cfg,
+        b_range=settings.b_range,
+        x_range=settings.x_range,
+        lr_range=None,
+        seed=cfg.seed,
+        cancel=cancel,
+    )
+    if result.cancelled:
+        return None
+    record = {
+        "n_trials": settings.n_trials,
+        "epochs_per_trial": trial_cfg.epochs,
+        "steps_per_epoch": trial_cfg.steps_per_epoch,
+        "lr": cfg.lr,
+        "monitor": result.monitor,
+        "best_value": result.best_value,
+        "trials": result.trials,
+    }
+    best = result.best_params
+    if "B" not in best or "X" not in best:
+        return None, record
+    return {"B": int(best["B"]), "X": float(best["X"]), "seed": int(cfg.seed)}, record

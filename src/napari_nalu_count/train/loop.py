@@ -13,7 +13,9 @@ has not improved for ``patience`` epochs.
 
 The arithmetic units' regularisers are added to the loss (``+ reg_weight * net.regularization()``)
 and the FRE selection is re-drawn at the start of every epoch (``net.reselect_fre(epoch)``).
-Progress goes to ``callback(dict)`` with ``kind`` ``"step"``, ``"epoch"`` or ``"done"``; a
+Progress is reported as typed events (:mod:`napari_nalu_count.events`: ``TrainStep``,
+``EpochEnd``, ``TrainDone``): :func:`train_events` yields them (a generator for a napari
+``thread_worker``), :func:`train` hands them to ``callback``. A
 :class:`~napari_nalu_count.errors.CancelToken` stops the run before the next step, keeping the
 best weights so far. Nothing is written to disk here (saving is ``models.save_model``'s job).
 
@@ -28,7 +30,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,13 +40,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_nalu_count.errors import Cancelled, CancelToken, InputError, TrainingDiverged
+from napari_nalu_count.events import EpochEnd, Event, TrainDone, TrainStep, drive
 
 from .dataset import PatchSampler, Prepared, prepare
 from .metrics import classes_to_instances, confusion_matrix, count_metrics, instance_f1, mean_iou
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "recalibrate_bn", "train"]
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "recalibrate_bn", "train", "train_events"]
 
-Callback = Callable[[dict[str, Any]], None]
+Callback = Callable[[Event], None]
 
 _LOWER_IS_BETTER = {"mae", "rmse", "mre", "loss", "mre_mean", "mae_mean"}
 
@@ -487,11 +490,6 @@ def _better(a: float, b: float | None, monitor: str) -> bool:
 # the loop
 
 
-def _emit(callback: Callback | None, event: dict[str, Any]) -> None:
-    if callback is not None:
-        callback(event)
-
-
 def train(
     model_or_config: Any,
     train_samples: Sequence[Any],
@@ -507,19 +505,32 @@ def train(
     ``model_or_config`` is an architecture config dict (built under ``torch.manual_seed(seed)``),
     a network (trained in place) or a ``LoadedModel`` (its weights are copied). ``train_samples``
     and ``val_samples`` are ``data.readers.Sample`` objects (dots for counting, labels for
-    segmentation); ``task`` defaults to the config's. Events sent to ``callback``::
-
-        {"kind": "step", "epoch", "step", "loss", "lr", "metrics": None}
-        {"kind": "epoch", "epoch", "step", "loss" (epoch mean), "lr", "metrics", "best",
-         "seconds"}
-        {"kind": "done", "epoch", "step", "loss", "metrics" (best), "best_epoch", "cancelled",
-         "stopped_early", "seconds"}
+    segmentation); ``task`` defaults to the config's. ``callback`` receives the events of
+    :func:`train_events` (:class:`~napari_nalu_count.events.TrainStep` per step,
+    :class:`~napari_nalu_count.events.EpochEnd` per validated epoch, one
+    :class:`~napari_nalu_count.events.TrainDone`); they also read like the dicts
+    ``{"kind": "step" | "epoch" | "done", "epoch", "step", "loss", "metrics", ...}``.
 
     Epochs and steps count from 1 in events. A set ``cancel`` token stops the run before the
     next step; the result then holds the best weights so far and ``cancelled=True``. A NaN or
     infinite loss raises :class:`~napari_nalu_count.errors.TrainingDiverged` (epoch, step,
     loss, and the best validated weights so far as ``best_state``, or None).
     """
+    steps = train_events(model_or_config, train_samples, val_samples, task, cfg, cancel=cancel)
+    return drive(steps, callback)
+
+
+def train_events(
+    model_or_config: Any,
+    train_samples: Sequence[Any],
+    val_samples: Sequence[Any] | None = None,
+    task: str | None = None,
+    cfg: TrainConfig | None = None,
+    *,
+    cancel: CancelToken | None = None,
+) -> Generator[Event, None, TrainResult]:
+    """:func:`train` as an event generator: yields ``TrainStep`` / ``EpochEnd`` / ``TrainDone``
+    and returns the :class:`TrainResult`."""
     cfg = cfg or TrainConfig()
     cfg.check()
     net, config = _resolve_model(model_or_config, cfg.fre, cfg.seed)
@@ -640,17 +651,7 @@ def train(
                 )
             losses.append(value)
             epoch_losses.append(value)
-            _emit(
-                callback,
-                {
-                    "kind": "step",
-                    "epoch": epoch,
-                    "step": step,
-                    "loss": value,
-                    "lr": lr,
-                    "metrics": None,
-                },
-            )
+            yield TrainStep(epoch, step, value, lr, total_steps)
             if budget_s is not None and time.perf_counter() - t0 > budget_s:
                 out_of_time = True
                 break
@@ -714,7 +715,7 @@ def train(
         }
         if not cancelled:
             history.append(record)
-            _emit(callback, {"kind": "epoch", **record})
+            yield EpochEnd(**record)
         if cancelled or out_of_time:
             break
         if val_items and bad_epochs >= cfg.patience:
@@ -726,19 +727,15 @@ def train(
     net.to("cpu")
     net.eval()
     seconds = time.perf_counter() - t0
-    _emit(
-        callback,
-        {
-            "kind": "done",
-            "epoch": epoch,
-            "step": step,
-            "loss": losses[-1] if losses else float("nan"),
-            "metrics": dict(best_metrics),
-            "best_epoch": best_epoch,
-            "cancelled": cancelled,
-            "stopped_early": stopped_early,
-            "seconds": seconds,
-        },
+    yield TrainDone(
+        epoch=epoch,
+        step=step,
+        loss=losses[-1] if losses else float("nan"),
+        metrics=dict(best_metrics),
+        best_epoch=best_epoch,
+        cancelled=cancelled,
+        stopped_early=stopped_early,
+        seconds=seconds,
     )
     return TrainResult(
         net=net,

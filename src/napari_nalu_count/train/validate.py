@@ -1,0 +1,123 @@
+"""Held-out metrics measured the way the docks and the CLI run a model.
+
+Each held-out image goes through :func:`napari_nalu_count.infer.count_events` or
+:func:`~napari_nalu_count.infer.segment_events` at its own resolution (tiled, rescaled for the
+nucleus diameter, channels reduced, the seeds the Segment dock uses), so a fine-tuning's
+before/after figures say what the user will see, not what the training loop's quick
+whole-image pass (model grid, argmax classes, interior seeds) reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from napari_nalu_count.errors import CancelToken
+from napari_nalu_count.events import Event, Progress
+
+__all__ = ["as_model", "end_to_end_events", "end_to_end_metrics"]
+
+
+def as_model(net: nn.Module, card: dict[str, Any], name: str) -> Any:
+    """A ``LoadedModel``-like view of an in-memory network (and the card it will be saved
+    with) for the inference engine."""
+    return SimpleNamespace(net=net, card=card, task=card["task"], config=card["config"], name=name)
+
+
+def end_to_end_events(
+    model: Any,
+    samples: Sequence[Any],
+    diameters: Sequence[Any],
+    *,
+    device: str = "cpu",
+    seeds: str = "count",
+    count_model: Any = "nuclei-count",
+    cancel: CancelToken | None = None,
+    label: str = "validating",
+) -> Generator[Event, None, dict[str, Any]]:
+    """Metrics of ``model`` on whole ``samples`` (``diameters`` per image: None lets the engine
+    decide, as a blank diameter field does); yields a :class:`Progress` per image.
+
+    Counting: ``mae``, ``rmse``, ``mre``, ``bias``, ``mean_true``, ``n_images``, ``n_cells``
+    (annotated cells). Segmentation (``seeds`` and ``count_model`` as for
+    :func:`~napari_nalu_count.infer.segment`): ``f1``, ``precision``, ``recall`` and
+    ``mean_iou`` (of the matched objects) at IoU 0.5, ``f1_75``, ``miou`` (of the
+    interior/boundary/background maps drawn from the labels), ``mae`` (objects per image),
+    ``n_images``, ``n_cells`` (annotated objects).
+    """
+    from napari_nalu_count import infer
+
+    task = getattr(model, "task", None) or model.card["task"]
+    n = len(samples)
+    predicted: list[Any] = []
+    for i, (s, d) in enumerate(zip(samples, diameters, strict=True)):
+        yield Progress(i, n, f"{label}: image {i + 1}/{n}")
+        image = np.asarray(s.image)
+        if task == "count":
+            res = yield from infer.count_events(
+                image, model, diameter=d, device=device, cancel=cancel
+            )
+            predicted.append(float(res.count))
+        else:
+            res = yield from infer.segment_events(
+                image,
+                model,
+                diameter=d,
+                device=device,
+                cancel=cancel,
+                seeds=seeds,
+                count_model=count_model,
+            )
+            predicted.append(np.asarray(res.labels))
+    yield Progress(n, n, f"{label}: done")
+    if task == "count":
+        return _count_metrics(predicted, samples)
+    return _segment_metrics(predicted, samples)
+
+
+def end_to_end_metrics(
+    model: Any, samples: Sequence[Any], diameters: Sequence[Any], **kwargs: Any
+) -> dict[str, Any]:
+    """:func:`end_to_end_events` run to its end (no events)."""
+    from napari_nalu_count.events import drive
+
+    return drive(end_to_end_events(model, samples, diameters, **kwargs))
+
+
+def _count_metrics(predicted: list[float], samples: Sequence[Any]) -> dict[str, Any]:
+    from .metrics import count_metrics
+
+    true = [float(s.count or 0) for s in samples]
+    out: dict[str, Any] = count_metrics(predicted, true)
+    out["n_cells"] = int(round(sum(true)))
+    return out
+
+
+def _segment_metrics(predicted: list[np.ndarray], samples: Sequence[Any]) -> dict[str, Any]:
+    from napari_nalu_count.data import instances_to_classes
+
+    from .metrics import confusion_matrix, count_metrics, instance_f1, mean_iou
+
+    truths = [np.asarray(s.labels) for s in samples]
+    matches = instance_f1(list(zip(truths, predicted, strict=True)), (0.5, 0.75))
+    cm = np.zeros((3, 3), np.int64)
+    for true, pred in zip(truths, predicted, strict=True):
+        cm += confusion_matrix(instances_to_classes(true), instances_to_classes(pred), 3)
+    m50 = matches[0.5]
+    true_n = [float(len(np.unique(t[t > 0]))) for t in truths]
+    pred_n = [float(len(np.unique(p[p > 0]))) for p in predicted]
+    return {
+        "f1": m50.f1,
+        "precision": m50.precision,
+        "recall": m50.recall,
+        "mean_iou": m50.mean_matched_iou,
+        "f1_75": matches[0.75].f1,
+        "miou": mean_iou(cm)[0],
+        "mae": count_metrics(pred_n, true_n)["mae"],
+        "n_images": len(samples),
+        "n_cells": int(round(sum(true_n))),
+    }
