@@ -73,12 +73,13 @@ def test_per_plane_label_mask_and_boolean_masks_agree_with_the_dock():
     masks[0, :4] = True
     masks[1, :, :4] = True  # overlaps mask 0
     mine = region_counts(dens, masks)
-    from napari_nalu_count._widgets.count_widget import region_counts as dock
+    from napari_nalu_count import infer
 
-    theirs = dock(dens, masks)
-    assert mine.keys() == theirs.keys()
-    for k in mine:
-        np.testing.assert_allclose(mine[k], theirs[k])
+    assert region_counts is infer.region_counts  # one implementation for docks, API and CLI
+    table = count_in_regions(dens, masks)
+    assert list(mine) == ["region 1", "region 2"]
+    for k, name in enumerate(mine):
+        np.testing.assert_allclose(mine[name], table.counts[:, k])
     two_d = region_counts(dens[0], masks)
     assert two_d["region 1"] == pytest.approx(dens[0, :4].sum())
 

@@ -88,8 +88,8 @@ def test_count_volume_api_shapes_and_errors(monkeypatch):
     planes = iter(range(10**6))
     real_run = engine._Runner.run
 
-    def fake_run(self, plane, plane_no):
-        out = real_run(self, plane, plane_no)
+    def fake_run(self, plane, plane_no):  # _Runner.run is an event generator
+        out = yield from real_run(self, plane, plane_no)
         out[0] = oracle[plane_no % 12]
         next(planes)
         return out

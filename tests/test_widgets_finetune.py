@@ -261,9 +261,11 @@ def test_finetune_settings_survive_refreshes_and_watchers_are_let_go(
     viewer = make_napari_viewer()
     sample = _sample()
     viewer.add_image(sample.image, name="img")
+    # a machine with a GPU, as far as the dock can tell
+    monkeypatch.setattr(_models, "device_names", lambda: ["auto", "cpu", "cuda"])
     widget = FineTuneWidget(viewer)
     assert "tiny-seg" not in widget.model_combo.choices
-    assert widget.device_combo.choices[:2] == ("auto", "cpu")
+    assert widget.device_combo.choices == ("auto", "cpu", "cuda")
 
     widget.fre_b_spin.value = 3
     widget.fre_x_spin.value = 7.5
@@ -290,10 +292,17 @@ def test_finetune_settings_survive_refreshes_and_watchers_are_let_go(
     assert len(masks.events.paint.callbacks) == n_paint - 1
     assert widget.model_combo.value == "tiny-count"
 
-    widget.device_combo.value = "cpu"
-    assert widget.params().train_config().device == "cpu"
-    widget.device_combo.value = "auto"
-    assert widget.params().train_config().device in ("cpu", "cuda", "mps")
+    # the device picked is the device trained on (it used to be the CPU whatever the choice)
+    from napari_nalu_count.infer import device as device_module
+
+    asked = []
+    monkeypatch.setattr(device_module, "resolve_device", lambda d: asked.append(d) or f"dev-{d}")
+    for choice in ("cuda", "cpu", "auto"):
+        widget.device_combo.value = choice
+        params = widget.params()
+        assert params.device == choice
+        assert params.train_config().device == f"dev-{choice}"
+    assert asked == ["cuda", "cpu", "auto"]
 
     errors = []
     monkeypatch.setattr(_viewer, "notify_error", errors.append)

@@ -15,12 +15,13 @@ the nearest pixel) falls inside the region. Both return a :class:`RegionTable` w
 area per plane and the density in cells per mm² (per 10⁶ px without a pixel size; see
 :mod:`.units`).
 
-:func:`region_counts` keeps the Count dock's per-Shapes-region behaviour (``{"region 1":
-counts, ...}``) for the dock refactor to switch to.
+:func:`region_counts`: the Count dock's per-Shapes-region columns (``{"region 1": counts,
+...}``), also :func:`napari_nalu_count.infer.region_counts`: one implementation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,16 @@ import numpy as np
 
 from napari_nalu_count.analysis import units as _units
 from napari_nalu_count.errors import InputError
+
+__all__ = [
+    "RegionTable",
+    "Regions",
+    "as_regions",
+    "count_in_regions",
+    "object_centroids",
+    "objects_in_regions",
+    "region_counts",
+]
 
 
 @dataclass
@@ -279,29 +290,39 @@ def objects_in_regions(
     return RegionTable(ids=regs.ids, counts=counts, areas_px=sizes, pixel_size=ps, integer=True)
 
 
-def region_counts(density: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
-    """Integral of ``density`` over each boolean mask, per plane: ``{"region 1": counts, ...}``.
+def region_counts(
+    density: np.ndarray, masks: np.ndarray, *, names: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """``{name: counts}`` with the integral of ``density`` over each mask, per plane.
 
-    The Count dock's per-Shapes-region columns (same names, shapes and values as
-    ``_widgets.count_widget.region_counts``): 2-D masks ``(k, Y, X)`` apply to every plane,
-    masks of the density's full shape ``(k, *density.shape)`` count only where they are set.
-    Values have the density's stack shape (a float for a 2-D density).
+    ``density``: ``(..., Y, X)`` (stack axes first, as ``CountResult.density`` for the usual
+    axes orders). ``masks``: booleans ``(k, Y, X)``, applied to every plane, or
+    ``(k, *density.shape)``, counting each plane only where its mask is set. ``counts`` has
+    the stack's shape (a 0-d array for a 2-D density). Names default to ``"region 1"`` ...
     """
     density = np.asarray(density, dtype=np.float64)
-    masks = np.asarray(masks, dtype=bool)
+    masks = np.asarray(masks)
+    if density.ndim < 2:
+        raise InputError(f"a density map needs (Y, X) axes, got shape {density.shape}")
+    if masks.ndim < 3:
+        raise InputError(f"region masks must be (k, Y, X) booleans, got shape {masks.shape}")
+    if masks.dtype != np.bool_:
+        masks = masks.astype(bool)
     plane_shape = density.shape[-2:]
     if masks.shape[-2:] != plane_shape:
         raise InputError(
             f"region masks of shape {masks.shape[-2:]} do not match the image {plane_shape}"
         )
-    if masks.ndim == 3 or masks.shape[1:] == density.shape:
-        table = count_in_regions(density, masks if masks.ndim > 2 else masks[None])
+    planes = density.reshape(-1, *plane_shape)  # (F, Y, X)
+    if masks.ndim == 3:
+        per_plane = np.einsum("fyx,kyx->kf", planes, masks.astype(np.float64))
+    elif masks.shape[1:] == density.shape:
+        flat = masks.reshape(len(masks), -1, *plane_shape).astype(np.float64)
+        per_plane = np.einsum("fyx,kfyx->kf", planes, flat)
     else:
         raise InputError(f"region masks of shape {masks.shape[1:]} do not fit {density.shape}")
+    labels = list(names) if names is not None else [f"region {k + 1}" for k in range(len(masks))]
+    if len(labels) != len(masks):
+        raise InputError(f"{len(labels)} names for {len(masks)} region masks")
     stack_shape = density.shape[:-2]
-    return {
-        f"region {k + 1}": table.counts[:, k].reshape(stack_shape)
-        if stack_shape
-        else float(table.counts[0, k])
-        for k in range(table.counts.shape[1])
-    }
+    return {label: per_plane[k].reshape(stack_shape) for k, label in enumerate(labels)}
