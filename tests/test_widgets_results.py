@@ -126,7 +126,7 @@ def test_batch_dock_runs_a_folder(make_napari_viewer, qtbot, tiny_seg, tmp_path)
     widget.run()
     _wait(qtbot, widget)
     status = widget.status_label.text()
-    assert "2 of 2 file(s) done" in status and "skipped broken.tif" in status
+    assert "2 of 3 file(s) done" in status and "skipped broken.tif" in status
     assert widget.table.isVisibleTo(widget) and widget.table.table.rowCount() == 2
     rows = list(csv.DictReader((tmp_path / "out" / "table.csv").open()))
     assert [r["file"].endswith(f"img{k}.tif") for k, r in enumerate(rows)] == [True, True]
@@ -227,7 +227,7 @@ def test_count_dock_multiscale_layer(make_napari_viewer, qtbot, tiny_count):
                              scale=(0.5, 0.5), translate=(5, 7))  # fmt: skip
     widget = CountWidget(viewer)
     widget.model_combo.value = tiny_count
-    assert widget.level_combo.native.isVisibleTo(widget) or not widget.isVisible()
+    assert widget.level_combo.native.isVisibleTo(widget)
     assert len(widget.level_combo.choices) == 2 and widget.run_button.isEnabled()
     widget.run()
     _wait(qtbot, widget)
@@ -262,9 +262,9 @@ def test_docks_count_a_z_stack_as_volume(make_napari_viewer, qtbot, tiny_count, 
     widget = CountWidget(viewer)
     widget.model_combo.value = tiny_count
     widget.axes_edit.value = "YXC"
-    assert not widget.volume_check.visible
+    assert not widget.volume_check.native.isVisibleTo(widget) and not widget.volume_allowed
     widget.axes_edit.value = "ZYX"
-    assert widget.volume_check.visible
+    assert widget.volume_check.native.isVisibleTo(widget) and widget.volume_allowed
     widget.volume_check.value = True
     widget.run()
     _wait(qtbot, widget)

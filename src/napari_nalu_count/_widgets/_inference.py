@@ -117,6 +117,7 @@ class InferenceDock(JobDock):
         self._axes_layer: Any = None  # the layer whose axes the field shows
         self._axes_memory: dict[str, str] = {}  # layer id -> the axes the user typed
         self.channel_needed = False  # the image has a C axis: the channel picker is shown
+        self.volume_allowed = False  # the axes have a Z: "count as volume" is offered
         self.image_combo = ComboBox(
             label="image", choices=self._image_choices, tooltip="results are bound to this layer"
         )
@@ -238,7 +239,8 @@ class InferenceDock(JobDock):
         self.channel_combo.reset_choices()
         self.channel_needed = len(self.channel_combo.choices) > 1
         self.channel_combo.visible = self.channel_needed
-        self.volume_check.visible = "Z" in self.axes_edit.value.strip().upper()
+        self.volume_allowed = "Z" in self.axes_edit.value.strip().upper()
+        self.volume_check.visible = self.volume_allowed
 
     # ------------------------------------------------------------------ running
     def params(self) -> RunParams:
@@ -252,7 +254,7 @@ class InferenceDock(JobDock):
             axes=self.axes_edit.value,
             channel=self.channel_combo.value if self.channel_needed else None,
             level=self.level_combo.value,
-            volume=self.volume_check.value and self.volume_check.visible,
+            volume=self.volume_check.value and self.volume_allowed,
         )
 
     def quantities(self, source: Any, params: RunParams) -> dict[str, Any]:
