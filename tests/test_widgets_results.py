@@ -194,7 +194,7 @@ def test_count_dock_label_regions_without_pixel_size(make_napari_viewer, qtbot, 
     regions = widget.region_table.frame
     assert list(regions["region"]) == [2] and regions["area_px"][0] == 32 * 32
     assert regions["count"][0] == pytest.approx(float(density[8:40, 8:40].sum()), abs=1e-3)
-    assert "density_per_mpx" in regions and "pixels" in widget.region_table.note_label.text()
+    assert "density_per_mpx" in regions and "pixels" in widget.results.detail_label.text()
 
 
 # ----------------------------------------------------------------------------- export

@@ -314,8 +314,7 @@ class InferenceDock(JobDock):
         self.results.show_summary(summary)
         table = getattr(outcome.value, "table", None)
         frame = table.regions if table is not None else None
-        note = table.note if table is not None else ""
-        self.region_table.show_frame(frame, note, f"{source.name}_regions.csv")
+        self.region_table.show_frame(frame, "", f"{source.name}_regions.csv")  # units: above
 
     # ------------------------------------------------------------------ results (shortcuts)
     def export_csv(self, path: Any = None) -> Any:

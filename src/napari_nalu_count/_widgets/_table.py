@@ -29,7 +29,9 @@ def cell_text(value: Any) -> str:
         v = float(value)
         if v != v:
             return ""
-        return str(int(v)) if v.is_integer() and abs(v) < 1e9 else f"{v:.4g}"
+        if v.is_integer() and abs(v) < 1e12:
+            return str(int(v))
+        return f"{v:.4g}" if abs(v) < 1000 else f"{v:.1f}"
     return str(value)
 
 
@@ -55,13 +57,16 @@ class TablePanel(QWidget):
             layout.addWidget(widget)
         self.setVisible(False)
 
-    def show_frame(self, frame: Any, note: str = "", default_name: str = "table.csv") -> None:
-        """Show ``frame`` (None hides the panel)."""
+    def show_frame(
+        self, frame: Any, note: str = "", default_name: str = "table.csv", display: Any = None
+    ) -> None:
+        """Show ``frame`` (None hides the panel); ``display``: what to show instead (same rows,
+        e.g. shorter texts), the export still writes ``frame``."""
         self.frame, self.default_name = frame, default_name
         if frame is None:
             self.setVisible(False)
             return
-        shown = frame.head(MAX_ROWS)
+        shown = (frame if display is None else display).head(MAX_ROWS)
         more = len(frame) - len(shown)
         if more > 0:
             note = f"{note}\n" if note else ""

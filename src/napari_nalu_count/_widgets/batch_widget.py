@@ -150,7 +150,7 @@ class BatchWidget(JobDock):
     def __init__(self, napari_viewer: Any, parent: Any = None) -> None:
         super().__init__(napari_viewer, parent)
         self.inputs_edit = FileEdit(
-            label="folder or glob", mode="d", tooltip="a folder of TIFF/PNG images, or a glob "
+            label="images", mode="d", tooltip="a folder of TIFF/PNG images, or a glob "
             "such as /data/**/*.tif (type it); unreadable files are listed and skipped",
         )  # fmt: skip
         self.task_combo = ComboBox(label="task", choices=["count", "segment"], value="count")
@@ -238,5 +238,8 @@ class BatchWidget(JobDock):
         self.status_label.setText("\n".join(lines))
         if result.cancelled:
             self.progress_bar.setValue(0)
-        note = "; ".join(lines[:1])
-        self.table.show_frame(result.to_frame(), note, params.csv.name)
+        frame = result.to_frame()
+        shown = frame.copy()
+        if "file" in shown:  # the file names fit the dock; the CSV keeps the paths
+            shown["file"] = [Path(str(f)).name for f in shown["file"]]
+        self.table.show_frame(frame, "", params.csv.name, display=shown)

@@ -138,7 +138,6 @@ def apply_count_results(
                 border_color="#ff3df5",
                 border_width=0.15,
                 border_width_is_relative=True,
-                out_of_slice_display=True,
                 **geometry,
             )
         )
