@@ -293,7 +293,7 @@ def test_count_widget_cancel_and_layer_switch(make_napari_viewer, qtbot, monkeyp
     monkeypatch.setattr(_models, "model_card", lambda name: {"diameter": 10.0})
     gate = {"go": False}
 
-    def slow_count(image, params, *, region_masks=None, cancel=None):
+    def slow_count(image, params, *, region_masks=None, cancel=None, **quantities):
         for i in range(2000):
             if cancel is not None:
                 cancel.raise_if_cancelled()
