@@ -276,6 +276,9 @@ def test_finetune_settings_survive_refreshes_and_watchers_are_let_go(
     assert widget.model_combo.value == "tiny-count"
     assert (widget.fre_b_spin.value, widget.fre_x_spin.value) == (3, 7.5)
     assert widget.fre_check.value is False and widget.name_edit.value == "mine"
+    widget.model_combo.changed.emit("tiny-count")  # a picker re-emitting its unchanged value
+    assert (widget.fre_b_spin.value, widget.fre_x_spin.value) == (3, 7.5)
+    assert widget.fre_check.value is False and widget.name_edit.value == "mine"
     widget.fre_check.value = True
 
     masks = viewer.add_labels(sample.labels, name="masks")  # preselected: same shape
