@@ -7,7 +7,11 @@ Run, wait) and saves the whole window: ``count.png`` (BBBC039 crop, density, cel
 regions), ``regions.png`` (the Count in regions dock on that density map), ``segment.png``,
 ``stack.png`` (time-lapse with the per-frame table), ``finetune.png`` (fine-tuning on dots,
 live curves, before/after) and ``count_finetuned.png`` (the same image counted again with the
-new model). Models default to the bundled ones. ``--theme light`` shoots napari's light theme.
+new model), and for issue 15: ``measure.png`` (Segment with a pixel size and an atlas Labels
+layer as regions: per-object measurements and counts per region), ``volume.png`` (a synthetic
+Z-stack counted as a volume: 3-D cells beside the per-plane table), ``batch.png`` (the Run on
+folder dock over ``sample_data/`` with one unreadable file). Models default to the bundled ones.
+``--theme light`` shoots napari's light theme.
 """
 
 from __future__ import annotations
@@ -85,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--theme", default="dark", choices=("dark", "light"))
     parser.add_argument("--suffix", default="", help="appended to each file name")
     args = parser.parse_args(argv)
-    want = set(args.only or ["count", "regions", "segment", "stack", "finetune"])
+    want = set(
+        args.only or ["count", "regions", "segment", "stack", "measure", "volume", "batch",
+                      "finetune"]
+    )  # fmt: skip
     OUT.mkdir(parents=True, exist_ok=True)
 
     import napari
@@ -147,6 +154,60 @@ def main(argv: list[str] | None = None) -> int:
         wait_for(count)
         viewer.dims.set_current_step(0, 3)
         shot("stack.png")
+        close_docks(viewer)
+        viewer.layers.clear()
+
+    if "measure" in want:
+        viewer.open_sample(PLUGIN, "bbbc039_crop")
+        atlas = np.zeros((256, 256), np.int32)
+        atlas[:, :128], atlas[:, 128:] = 1, 2  # two "anatomical regions"
+        viewer.add_labels(atlas, name="atlas", opacity=0.15)
+        segment = dock(viewer, "Segment cells")
+        choose(segment.model_combo, args.segment_model)
+        choose(segment.regions_combo, viewer.layers["atlas"])
+        segment.pixel_edit.value = "0.65"
+        segment.run()
+        wait_for(segment)
+        viewer.layers.selection.active = viewer.layers["BBBC039 crop labels"]
+        shot("measure.png")
+        close_docks(viewer)
+        viewer.layers.clear()
+
+    if "volume" in want:
+        from napari_nalu_count.data.synthetic import synthetic_volume
+
+        stack = synthetic_volume((16, 192, 192), n_cells=30, diameter=14.0, seed=0).image
+        viewer.add_image(stack, name="z-stack")
+        count = dock(viewer, "Count cells")
+        choose(count.model_combo, args.count_model)
+        count.axes_edit.value = "ZYX"
+        count.diameter_edit.value = "14"
+        count.volume_check.value = True
+        count.run()
+        wait_for(count)
+        viewer.dims.set_current_step(0, 8)
+        viewer.layers["z-stack cells"].visible = False
+        shot("volume.png")
+        close_docks(viewer)
+        viewer.layers.clear()
+
+    if "batch" in want:
+        import shutil
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp()) / "my_images"
+        folder.mkdir()
+        for name in ("bbbc039_crop256.tif", "synthetic_low.tif", "synthetic_high.tif"):
+            shutil.copy(ROOT / "sample_data" / name, folder / name)
+        (folder / "corrupt.tif").write_bytes(b"not an image")
+        batch = dock(viewer, "Run on folder")
+        batch.inputs_edit.value = str(folder)
+        choose(batch.model_combo, args.count_model)
+        batch.pixel_edit.value = "0.65"
+        batch.csv_edit.value = str(folder.parent / "counts.csv")
+        batch.run()
+        wait_for(batch)
+        shot("batch.png")
         close_docks(viewer)
         viewer.layers.clear()
 

@@ -172,7 +172,11 @@ def test_count_widget_end_to_end(make_napari_viewer, qtbot, tiny_count, tmp_path
     results = widget.results
     assert "cells" in results.total_label.text()
     assert "nucleus diameter 12.0 px (the model's own)" in results.detail_label.text()
-    assert results.table.isVisibleTo(widget) and results.table.columnCount() == 3  # regions
+    # frame, count, the shape's count, the plane's area and density (pixel size from the scale)
+    assert results.table.isVisibleTo(widget) and results.table.columnCount() == 5
+    assert "pixel size 0.5 µm (from the layer's scale)" in results.detail_label.text()
+    regions = widget.region_table.frame  # counts per region: the shape, with area and density
+    assert list(regions["region"]) == [1] and regions["area_um2"][0] == pytest.approx(64, rel=0.15)
     n_layers = len(viewer.layers)
 
     widget.run()  # re-run replaces
@@ -183,7 +187,12 @@ def test_count_widget_end_to_end(make_napari_viewer, qtbot, tiny_count, tmp_path
     rows = list(csv.DictReader(out.open()))
     assert rows[0]["file"] == "nuclei" and rows[0]["frame"] == "0"
     assert float(rows[0]["count"]) == pytest.approx(float(density.data.sum()), abs=0.01)
-    assert "region 1" in rows[0]
+    # the batch table: the whole plane (region all), then the shape (region 1), in µm
+    assert [r["region"] for r in rows] == ["all", "1"]
+    assert float(rows[0]["area_um2"]) == pytest.approx(64 * 64 * 0.25)
+    inside, area = float(rows[1]["count"]), float(rows[1]["area_um2"])
+    assert inside == pytest.approx(regions["count"][0], abs=0.01)
+    assert float(rows[1]["density_per_mm2"]) == pytest.approx(inside / (area / 1e6), rel=1e-2)
 
 
 @pytest.mark.gui
@@ -284,7 +293,7 @@ def test_count_widget_cancel_and_layer_switch(make_napari_viewer, qtbot, monkeyp
     monkeypatch.setattr(_models, "model_card", lambda name: {"diameter": 10.0})
     gate = {"go": False}
 
-    def slow_count(image, params, *, region_masks=None, cancel=None):
+    def slow_count(image, params, *, region_masks=None, cancel=None, **quantities):
         for i in range(2000):
             if cancel is not None:
                 cancel.raise_if_cancelled()

@@ -11,7 +11,7 @@ import pytest
 PLUGIN = "napari-nalu-count"
 MENUS = {
     "napari/layers/segment": ["count_widget", "segment_widget"],
-    "napari/layers/measure": ["regions_widget"],
+    "napari/layers/measure": ["regions_widget", "batch_widget"],
     "napari/layers/annotate": ["finetune_widget"],
 }
 

@@ -228,3 +228,11 @@ def write_counts_csv(
     with open(path, "w", newline="", encoding="utf-8") as fh:
         CountsWriter(fh, tuple(extra)).write(file, counts, integer=integer, extra=extra)
     return path
+
+
+def write_table_csv(path: str | Path, header: tuple[str, ...], rows: Any) -> Path:
+    """Write a table made by :func:`table_header` / :func:`result_rows` to ``path``."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        CountsWriter(fh, header=tuple(header)).write_rows(rows)
+    return path

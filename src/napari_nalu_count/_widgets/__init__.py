@@ -9,7 +9,7 @@ table), ``_jobs`` (worker and activity dock), ``_viewer`` (layers), ``_models`` 
 
 from __future__ import annotations
 
-__all__ = ["CountWidget", "FineTuneWidget", "RegionsWidget", "SegmentWidget"]
+__all__ = ["BatchWidget", "CountWidget", "FineTuneWidget", "RegionsWidget", "SegmentWidget"]
 
 
 def __getattr__(name: str):
@@ -20,6 +20,7 @@ def __getattr__(name: str):
         "SegmentWidget": "segment_widget",
         "RegionsWidget": "regions_widget",
         "FineTuneWidget": "finetune_widget",
+        "BatchWidget": "batch_widget",
     }
     if name in modules:
         module = importlib.import_module(f"{__name__}.{modules[name]}")

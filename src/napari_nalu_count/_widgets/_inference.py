@@ -11,13 +11,14 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
-from magicgui.widgets import ComboBox, LineEdit
+from magicgui.widgets import CheckBox, ComboBox, LineEdit
 
 from napari_nalu_count import infer
-from napari_nalu_count._widgets import _models, _viewer
+from napari_nalu_count._widgets import _models, _quantify, _viewer
 from napari_nalu_count._widgets._base import JobDock, Prepared
 from napari_nalu_count._widgets._jobs import Outcome
 from napari_nalu_count._widgets._results import ResultsPanel, Summary
+from napari_nalu_count._widgets._table import TablePanel
 from napari_nalu_count.errors import CancelToken, InputError
 from napari_nalu_count.events import Event
 
@@ -34,14 +35,21 @@ class RunParams:
     diameter: float | str | None = None
     axes: str | None = None
     channel: int | str | None = None
+    level: int | None = None  # pyramid level of a multiscale layer (None: not multiscale)
+    volume: bool = False  # also count each Z-stack as volumes (3-D cells / linked objects)
 
     def engine_kwargs(self) -> dict[str, Any]:
-        return {
+        kwargs: dict[str, Any] = {
             "axes": self.axes,
             "diameter": self.diameter,
             "device": self.device,
             "channel": self.channel,
         }
+        if self.level is not None:
+            kwargs["level"] = self.level
+        if self.volume:
+            kwargs["volume"] = True
+        return kwargs
 
 
 def check_run(
@@ -53,6 +61,8 @@ def check_run(
     diameter: str = "",
     axes: str = "",
     channel: int | str | None = None,
+    level: int | None = None,
+    volume: bool = False,
 ) -> RunParams:
     """:class:`RunParams` for running ``model`` on ``layer``, checked with the engine's rules
     (diameter, axes, channel against the model's input rule); raises InputError saying why."""
@@ -67,8 +77,15 @@ def check_run(
         diameter=infer.parse_diameter(diameter),
         axes=axes.strip().upper() or None,
         channel=channel,
+        level=level if _viewer.n_levels(layer) > 1 else None,
+        volume=bool(volume),
     )
-    make_plan(layer.data, params.axes, params.channel, input_rule(_models.model_card(model)))
+    data = _viewer.level0(layer)
+    make_plan(data, params.axes, params.channel, input_rule(_models.model_card(model)))
+    if params.volume:
+        axes_used = params.axes or infer.guess_axes(data.shape, bool(layer.rgb), None)
+        if "Z" not in axes_used:
+            raise InputError("'count as volume' needs a Z axis: set the axes (e.g. ZYX)")
     return params
 
 
@@ -100,6 +117,7 @@ class InferenceDock(JobDock):
         self._axes_layer: Any = None  # the layer whose axes the field shows
         self._axes_memory: dict[str, str] = {}  # layer id -> the axes the user typed
         self.channel_needed = False  # the image has a C axis: the channel picker is shown
+        self.volume_allowed = False  # the axes have a Z: "count as volume" is offered
         self.image_combo = ComboBox(
             label="image", choices=self._image_choices, tooltip="results are bound to this layer"
         )
@@ -122,8 +140,35 @@ class InferenceDock(JobDock):
         )
         self.form.extend([self.device_combo, self.diameter_edit, self.axes_edit])
         self.form.append(self.channel_combo)
+        self.level_combo = ComboBox(
+            label="level",
+            choices=self._level_choices,
+            tooltip="multiscale image: the resolution level to run on (0 = full resolution, "
+            "read lazily in blocks); results lie over the image",
+        )
+        self.pixel_edit = LineEdit(
+            label="pixel size",
+            tooltip="micrometres per pixel (one number, or 'y, x'); blank: from the layer's "
+            "scale. Areas are then in µm² and densities in cells per mm²; without: pixels",
+        )
+        self.pixel_edit.native.setPlaceholderText("from the layer's scale; or µm")
+        self.regions_combo = ComboBox(
+            label="regions",
+            choices=self._region_choices,
+            tooltip="optional: a Shapes layer (each shape a region) or a Labels layer (an "
+            "atlas or tissue mask, each id a region): count, area and density per region",
+        )
+        self.volume_check = CheckBox(
+            text="count as volume",
+            tooltip="Z-stacks: also detect each nucleus once in 3-D (one count per volume and "
+            "a 3-D layer), beside the per-plane counts",
+        )
+        self.form.extend([self.level_combo, self.pixel_edit, self.regions_combo])
+        self.form.append(self.volume_check)
         self.results = ResultsPanel(napari_viewer)
+        self.region_table = TablePanel("counts per region")
         self.body.addWidget(self.results)
+        self.body.addWidget(self.region_table)
         self.on_close(self.results.disconnect_viewer)
         self.image_combo.changed.connect(self._on_image_changed)
         self.axes_edit.changed.connect(self._on_axes_edited)
@@ -138,11 +183,31 @@ class InferenceDock(JobDock):
 
         return _viewer.layers_of(self.viewer, Image)
 
+    def _region_choices(self, widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Labels, Shapes
+
+        own = [layer for layer in self.results.summary.layers] if self._has_summary() else []
+        choices = _viewer.layers_of(self.viewer, (Shapes, Labels))
+        return [("(none)", None), *[c for c in choices if not any(c[1] is o for o in own)]]
+
+    def _has_summary(self) -> bool:
+        return getattr(self, "results", None) is not None and self.results.summary is not None
+
+    def _level_choices(self, widget: Any = None) -> list[tuple[str, Any]]:
+        layer = self.image_combo.value
+        if layer is None or _viewer.n_levels(layer) < 2:
+            return [("0", 0)]
+        return [
+            (f"{k} ({' x '.join(str(n) for n in level.shape[-2:])})", k)
+            for k, level in enumerate(layer.data)
+        ]
+
     def _channel_choices(self, widget: Any = None) -> list[tuple[str, Any]]:
         layer, axes = self.image_combo.value, self.axes_edit.value.strip().upper()
-        if layer is None or "C" not in axes or len(axes) != layer.data.ndim:
+        data = _viewer.level0(layer) if layer is not None else None
+        if layer is None or "C" not in axes or len(axes) != data.ndim:
             return [(CHANNEL_LABELS[None], None)]
-        n = int(layer.data.shape[axes.index("C")])
+        n = int(data.shape[axes.index("C")])
         labels = {**CHANNEL_LABELS, "luminance": "luminance"}
         return [(CHANNEL_LABELS[None], None)] + [
             (f"channel {c}" if isinstance(c, int) else labels[c], c)
@@ -158,10 +223,13 @@ class InferenceDock(JobDock):
             if layer is not None:
                 key = str(layer.unique_id)
                 labels = tuple(getattr(layer, "axis_labels", ()) or ()) or None
-                guess = infer.guess_axes(layer.data.shape, bool(layer.rgb), labels)
+                shape = _viewer.level0(layer).shape
+                guess = infer.guess_axes(shape, bool(layer.rgb), labels)
                 self.axes_edit.value = self._axes_memory.get(key, guess)
-        stack = layer is not None and (layer.data.ndim > 2 or bool(layer.rgb))
+        stack = layer is not None and (layer.ndim > 2 or bool(layer.rgb))
         self.axes_edit.visible = bool(stack)
+        self.level_combo.reset_choices()
+        self.level_combo.visible = layer is not None and _viewer.n_levels(layer) > 1
         self._on_axes_edited()
 
     def _on_axes_edited(self, *args: Any) -> None:
@@ -171,6 +239,8 @@ class InferenceDock(JobDock):
         self.channel_combo.reset_choices()
         self.channel_needed = len(self.channel_combo.choices) > 1
         self.channel_combo.visible = self.channel_needed
+        self.volume_allowed = "Z" in self.axes_edit.value.strip().upper()
+        self.volume_check.visible = self.volume_allowed
 
     # ------------------------------------------------------------------ running
     def params(self) -> RunParams:
@@ -183,11 +253,39 @@ class InferenceDock(JobDock):
             diameter=self.diameter_edit.value,
             axes=self.axes_edit.value,
             channel=self.channel_combo.value if self.channel_needed else None,
+            level=self.level_combo.value,
+            volume=self.volume_check.value and self.volume_allowed,
         )
+
+    def quantities(self, source: Any, params: RunParams) -> dict[str, Any]:
+        """What the job needs besides the image, read on the main thread: the pixel size (and
+        where it came from), the region mask, the CSV ``file`` label."""
+        pixel_size, how = _quantify.pixel_size_for(self.pixel_edit.value, source, params.axes)
+        shape = _viewer.level0(source).shape
+        plane = shape[:-1] if source.rgb else shape
+        axes = (params.axes or "").replace("C", "")
+        if len(axes) == len(plane) and "Y" in axes and "X" in axes:
+            plane_yx = (plane[axes.index("Y")], plane[axes.index("X")])
+        else:
+            plane_yx = tuple(plane[-2:])
+        if params.level:  # a coarser level: its planes, its pixels
+            level = source.data[params.level].shape
+            factor = [s / t for s, t in zip(shape, level, strict=False)]
+            plane_yx = tuple(int(round(n / f)) for n, f in zip(plane_yx, factor[-2:], strict=False))
+            if pixel_size is not None:
+                pixel_size = (pixel_size[0] * factor[-2], pixel_size[1] * factor[-1])
+        regions = _quantify.region_mask(self.regions_combo.value, source, plane_yx)
+        return {
+            "pixel_size": pixel_size,
+            "how": how,
+            "regions": regions,
+            "file": _viewer.layer_file_label(source),
+        }
 
     def prepare(self, cancel: CancelToken | None) -> Prepared:
         params = self.params()
         source = self.image_combo.value
+        _quantify.pixel_size_for(self.pixel_edit.value, source, params.axes)  # checked here
         if cancel is None:
             return iter(()), lambda outcome: None  # type: ignore[return-value]
         steps = self.job_steps(source, params, cancel)
@@ -214,6 +312,9 @@ class InferenceDock(JobDock):
         summary = self.apply(source, params, outcome.value)
         self.status_label.setText(f"done: '{source.name}' with {params.model}")
         self.results.show_summary(summary)
+        table = getattr(outcome.value, "table", None)
+        frame = table.regions if table is not None else None
+        self.region_table.show_frame(frame, "", f"{source.name}_regions.csv")  # units: above
 
     # ------------------------------------------------------------------ results (shortcuts)
     def export_csv(self, path: Any = None) -> Any:

@@ -38,6 +38,9 @@ class Summary:
     details: list[str] = field(default_factory=list)
     layers: tuple[Any, ...] = ()
     frame_layer: Any = None
+    #: the exported table when it is more than ``file,frame,count,extra`` (units, regions,
+    #: volume rows: the batch table of :func:`napari_nalu_count.infer.batch.result_table`)
+    table: tuple[tuple[str, ...], list[list[str]]] | None = None
 
 
 def format_total(value: float) -> str:
@@ -162,7 +165,7 @@ class ResultsPanel(QWidget):
 
     def export_csv(self, path: str | Path | None = None) -> Path | None:
         """Write the last result as ``file,frame,count,...`` (asks for a path if none)."""
-        from napari_nalu_count.io_csv import write_counts_csv
+        from napari_nalu_count.io_csv import write_counts_csv, write_table_csv
 
         summary = self.summary
         if summary is None:
@@ -173,8 +176,11 @@ class ResultsPanel(QWidget):
             )
             if not path:
                 return None
-        out = write_counts_csv(
-            path, summary.file, summary.counts, integer=summary.integer, extra=summary.extra
-        )
+        if summary.table is not None:
+            out = write_table_csv(path, *summary.table)
+        else:
+            out = write_counts_csv(
+                path, summary.file, summary.counts, integer=summary.integer, extra=summary.extra
+            )
         _viewer.notify_info(f"wrote {out}")
         return out

@@ -16,13 +16,28 @@ META_KEY = "nalu_count"
 
 # --------------------------------------------------------------------------- source layers
 def check_image_layer(layer: Any) -> None:
-    """Reject layers the engine cannot take (missing, multiscale, empty)."""
+    """Reject layers the engine cannot take (missing, empty). A multiscale layer is taken: the
+    engine counts one of its levels (:func:`engine_data`)."""
     if layer is None:
         raise InputError("add an image layer (File > Open Sample > NALU Cell Counter)")
-    if getattr(layer, "multiscale", False):
-        raise InputError(f"'{layer.name}' is multiscale; open a single resolution level")
-    if 0 in layer.data.shape:
+    if 0 in level0(layer).shape:
         raise InputError(f"'{layer.name}' is empty")
+
+
+def level0(layer: Any) -> Any:
+    """The layer's data, or its full-resolution level when it is multiscale."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def n_levels(layer: Any) -> int:
+    """How many resolution levels the layer has (1 for a plain layer)."""
+    return len(layer.data) if getattr(layer, "multiscale", False) else 1
+
+
+def engine_data(layer: Any) -> Any:
+    """What the engine gets for ``layer``: its array, or for a multiscale layer the list of its
+    levels (read lazily; the engine picks one with ``level=`` and counts it in blocks)."""
+    return list(layer.data) if getattr(layer, "multiscale", False) else layer.data
 
 
 def layer_file_label(layer: Any) -> str:
@@ -73,6 +88,17 @@ def result_geometry(source: Any, axes: str, out_axes: str) -> dict[str, Any]:
         n = len(out_axes)
         scale, translate = tuple(source.scale)[-n:], tuple(source.translate)[-n:]
     return {"scale": scale, "translate": translate, "axis_labels": tuple(out_axes)}
+
+
+def level_geometry(geometry: dict[str, Any], level_scale: Any) -> dict[str, Any]:
+    """``geometry`` of a result computed on a coarser pyramid level: the scale times the
+    level's size factor per axis (``CountResult.level_scale``), so it lies over level 0 as
+    napari shows the layer's own levels (level pixel ``i`` at level-0 pixel ``i * factor``)."""
+    if not level_scale or len(level_scale) != len(geometry["scale"]):
+        return geometry
+    factors = [float(f) for f in level_scale]
+    scale = tuple(s * f for s, f in zip(geometry["scale"], factors, strict=True))
+    return {**geometry, "scale": scale}
 
 
 def find_result_layer(viewer: Any, source: Any, kind: str) -> Any | None:

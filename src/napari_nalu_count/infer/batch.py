@@ -26,7 +26,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -665,3 +665,79 @@ def print_table(result: BatchResult, fh: IO[str] = sys.stdout) -> None:
     from napari_nalu_count.io_csv import CountsWriter
 
     CountsWriter(fh, header=result.header).write_rows(result.rows)
+
+
+def batch_events(*args: Any, **kwargs: Any) -> Generator[BatchEvent, None, BatchResult]:
+    """:func:`run_batch` as an event generator (for a napari ``thread_worker``): yields its
+    :class:`BatchEvent` objects as they happen and returns the :class:`BatchResult`.
+
+    ``run_batch`` runs in a helper thread and hands each event over a queue; the generator
+    blocks on the queue (no polling). Errors of ``run_batch`` (bad arguments) are re-raised
+    here. Cancel with the ``cancel`` token as for :func:`run_batch`; closing the generator
+    early also cancels the run.
+    """
+    import queue
+    import threading
+
+    if "progress" in kwargs:
+        raise InputError("batch_events yields the progress events itself; drop progress=")
+    cancel = kwargs.get("cancel")
+    if cancel is None:
+        cancel = kwargs["cancel"] = CancelToken()
+    events: queue.Queue[Any] = queue.Queue()
+    end = object()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = run_batch(*args, progress=events.put, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the generator's caller
+            outcome["error"] = exc
+        finally:
+            events.put(end)
+
+    thread = threading.Thread(target=work, name="nalu-count-batch", daemon=True)
+    thread.start()
+    try:
+        while (event := events.get()) is not end:
+            yield event
+    finally:
+        if thread.is_alive():
+            cancel.cancel()
+            thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def result_table(
+    file: str,
+    res: Any,
+    task: str,
+    *,
+    regions: Any = None,
+    pixel_size: Any = None,
+    areas: bool | None = None,
+) -> tuple[tuple[str, ...], list[list[str]], Any]:
+    """The batch table of one engine result (a dock's "Export CSV" writes the same table as
+    ``run_batch``): ``(header, rows, RegionTable or None)``. ``regions`` is a label mask or
+    boolean masks (see :func:`run_batch`); volume rows are added when ``res`` has a
+    ``volume_count``; ``areas`` None: when a pixel size or regions are given."""
+    from napari_nalu_count import io_csv
+    from napari_nalu_count.analysis import units as _units
+
+    if task not in TASKS:
+        raise InputError(f"task must be 'count' or 'segment', got {task!r}")
+    ps = _units.check_pixel_size(pixel_size)
+    volume = getattr(res, "volume_count", None) is not None
+    if areas is None:
+        areas = ps is not None or regions is not None
+    header = io_csv.table_header(
+        kind=volume,
+        region=regions is not None,
+        areas=None if not areas else ("um" if ps is not None else "px"),
+    )
+    region_fn = None if regions is None else (lambda _p: regions)
+    integer = task == "segment"
+    rows, table = _rows_for(file, res, task, integer, region_fn, ps, bool(areas), volume)  # type: ignore[arg-type]
+    return header, rows, table
