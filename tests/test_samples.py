@@ -77,7 +77,13 @@ def test_manifest_lists_samples_and_widgets():
     keys = {s.key for s in manifest.contributions.sample_data}
     assert keys == set(SAMPLES)
     widgets = {w.display_name for w in manifest.contributions.widgets}
-    assert widgets == {"Count cells", "Segment cells", "Count in regions", "Fine-tune model"}
+    assert widgets == {
+        "Count cells",
+        "Segment cells",
+        "Count in regions",
+        "Fine-tune model",
+        "Run on folder",
+    }
 
 
 @pytest.mark.gui

@@ -104,13 +104,16 @@ def region_mask(regions_layer: Any, source: Any, plane_shape: tuple[int, int]) -
 
 @dataclass
 class Quantified:
-    """The table of one run: ``header`` and ``rows`` as ``run_batch`` writes them, and the
+    """The table of one run: ``header`` and ``rows`` with areas and densities (what the dock
+    shows), ``export``: ``(header, rows)`` exactly as ``run_batch`` / the CLI write them for the
+    same options (area and density columns only with a pixel size or regions), and the
     per-region table (a DataFrame: frame, region, count, area, density) or None."""
 
     header: tuple[str, ...]
     rows: list[list[str]]
     regions: Any = None
     note: str = ""
+    export: tuple[tuple[str, ...], list[list[str]]] | None = None
 
 
 def quantify(
@@ -118,14 +121,20 @@ def quantify(
     how: str = "none",
 ) -> Quantified:  # fmt: skip
     """:func:`napari_nalu_count.infer.batch.result_table` of a dock's result, plus what to
-    show: the region table and the units line. Areas and densities are always included."""
+    show: the region table and the units line. The shown table always has areas and
+    densities; the exported one follows the CLI's rule (only with a pixel size or regions)."""
     from napari_nalu_count.infer.batch import result_table
 
     header, rows, table = result_table(
         file, result, task, regions=regions, pixel_size=pixel_size, areas=True
     )
+    ex_header, ex_rows, _ = result_table(
+        file, result, task, regions=regions, pixel_size=pixel_size, areas=None
+    )
     frame = table.to_frame() if table is not None else None
-    return Quantified(header, rows, frame, pixel_size_detail(pixel_size, how))
+    return Quantified(
+        header, rows, frame, pixel_size_detail(pixel_size, how), export=(ex_header, ex_rows)
+    )
 
 
 def plane_columns(q: Quantified) -> dict[str, np.ndarray]:

@@ -161,7 +161,7 @@ def apply_count_results(
         details=details,
         layers=tuple(layers),
         frame_layer=density,
-        table=(table.header, table.rows) if table is not None else None,
+        table=table.export if table is not None else None,
     )
 
 

@@ -166,7 +166,7 @@ def apply_segment_results(
         details=details,
         layers=tuple(layers),
         frame_layer=layer,
-        table=(table.header, table.rows) if table is not None else None,
+        table=table.export if table is not None else None,
     )
 
 
