@@ -216,3 +216,36 @@ def test_segment_direct_call_regions_match(folder, atlas):
                     engine_options={"seeds": "interior"})  # fmt: skip
     direct = segment(_img(1), seg, device="cpu", seeds="interior")
     assert res.rows == [[str(folder / "a.tif"), "0", str(direct.count)]]
+
+
+def test_diameter_column_records_the_size_used(folder: Path, tmp_path: Path, capsys) -> None:
+    """``--diameter-column`` adds ``diameter_px`` last: the given diameter, the estimated one
+    (``auto``), or empty when the model's grid is used unchanged; the plain table is unchanged
+    without it."""
+    name = _save_tiny("batch-dcol", "count")
+    a = folder / "a.tif"
+
+    def table(*extra: str) -> list[dict]:
+        out = tmp_path / "t.csv"
+        assert main(["count", str(a), "--model", name, "--device", "cpu", "--csv", str(out),
+                     *extra]) == 0  # fmt: skip
+        return _rows(out.read_text())
+
+    plain = table()
+    assert list(plain[0]) == ["file", "frame", "count"]
+    given = table("--diameter", "14", "--diameter-column")
+    assert list(given[0]) == ["file", "frame", "count", "diameter_px"]
+    assert given[0]["diameter_px"] == "14.00"
+    assert given[0]["count"] == table("--diameter", "14")[0]["count"]
+    auto = table("--diameter", "auto", "--diameter-column")
+    res = count(tifffile.imread(a), name, diameter="auto", device="cpu")
+    assert res.diameter_source == "estimated"
+    assert auto[0]["diameter_px"] == f"{res.diameter:.2f}"
+    assert 3.0 < float(auto[0]["diameter_px"]) < 200.0
+    none = table("--diameter-column")
+    assert none[0]["diameter_px"] == ""
+    # regions rows carry the image's diameter too
+    batch = run_batch([a], "count", name, diameter=14.0, device="cpu", diameter_column=True,
+                      regions=np.ones((48, 56), dtype=np.uint8))  # fmt: skip
+    assert batch.header[-1] == "diameter_px"
+    assert {r[-1] for r in batch.rows} == {"14.00"}

@@ -29,6 +29,10 @@ extra columns, in this order:
   area of the whole plane or of the region in that plane (for volume rows the region's area in
   a plane, so the density is cells per mm² of section). Areas have 3 decimals in µm², none in
   pixels; densities 2 decimals; an empty region's density is empty.
+- ``diameter_px`` (last, only when asked: ``run_batch(..., diameter_column=True)``, CLI
+  ``--diameter-column``): the nucleus diameter in pixels of the file that the image was
+  processed at (given, or found automatically), two decimals; empty when the model's own grid
+  was used unchanged.
 """
 
 from __future__ import annotations

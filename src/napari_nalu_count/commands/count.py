@@ -16,7 +16,9 @@ Options that add columns (see ``napari_nalu_count.io_csv``; without them the tab
 a binary mask; 2-D for every plane or of the stack's shape; adds ``region``: ``all`` and one
 row per region id), ``--pixel-size UM`` (µm per pixel, ``0.65`` or ``0.65,0.5`` for y,x; adds
 ``area_um2`` and ``density_per_mm2``), ``--areas`` (the area and density columns in pixels,
-``area_px`` and ``density_per_mpx`` = cells per 10^6 px, when there is no pixel size) and, for
+``area_px`` and ``density_per_mpx`` = cells per 10^6 px, when there is no pixel size),
+``--diameter-column`` (a last column ``diameter_px``: the nucleus diameter in pixels each image
+was processed at, the given one or the one found automatically) and, for
 ``count``, ``--volume`` (each Z-stack is also counted as a volume, cells detected in 3-D; adds
 ``kind``: ``plane`` or ``volume``, whose ``frame`` is the volume's index; needs axes with Z, e.g.
 ``--axes ZYX`` or an ImageJ file with ``slices=``). The engine is
@@ -166,6 +168,12 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="add area and density columns (pixels and cells per 10^6 px without --pixel-size)",
     )
+    parser.add_argument(
+        "--diameter-column",
+        action="store_true",
+        help="add a last column diameter_px: the nucleus diameter each image was processed at "
+        "(given, or found automatically)",
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -252,6 +260,7 @@ def run_batch(
                 regions=regions,
                 pixel_size=getattr(args, "pixel_size", None),
                 areas=True if getattr(args, "areas", False) else None,
+                diameter_column=bool(getattr(args, "diameter_column", False)),
                 volume=volume,
                 z_diameter=z_diameter,
                 density_dir=density_dir,

@@ -295,6 +295,7 @@ def run_batch(
     regions: Any = None,
     pixel_size: Any = None,
     areas: bool | None = None,
+    diameter_column: bool = False,
     volume: bool = False,
     z_diameter: float | None = None,
     density_dir: str | os.PathLike | None = None,
@@ -332,6 +333,10 @@ def run_batch(
     areas
         Add the area and density columns; None (default): when ``pixel_size`` or ``regions``
         is given.
+    diameter_column
+        Add a last column ``diameter_px``: the nucleus diameter (pixels of the file) the image
+        was counted or segmented at: the given one, or the one found automatically (see
+        ``CountResult.diameter_source``); empty when the model used its own grid unchanged.
     volume, z_diameter
         Also count each Z-stack as volumes (``count(..., volume=True)``: 3-D peaks;
         ``segment(..., volume=True)``: objects linked across Z; ``z_diameter`` is for counting
@@ -385,6 +390,7 @@ def run_batch(
         kind=bool(volume),
         region=region_fn is not None,
         areas=None if not areas else ("um" if ps is not None else "px"),
+        extra=("diameter_px",) if diameter_column else (),
     )
 
     if isinstance(paths, (str, os.PathLike)):
@@ -468,6 +474,8 @@ def run_batch(
                 rows, per_file = _rows_for(
                     path, res, task, integer, region_fn, ps, bool(areas), bool(volume)
                 )
+                if diameter_column:
+                    rows = with_diameter(rows, res)
             except (Cancelled, KeyboardInterrupt):
                 raise
             except Exception as exc:  # never lose the batch for one bad file
@@ -710,6 +718,14 @@ def batch_events(*args: Any, **kwargs: Any) -> Generator[BatchEvent, None, Batch
     return outcome["value"]
 
 
+def with_diameter(rows: list[list[str]], res: Any) -> list[list[str]]:
+    """``rows`` with the ``diameter_px`` column appended: the result's ``diameter`` with two
+    decimals, or empty when there is none."""
+    d = getattr(res, "diameter", None)
+    value = "" if d is None else f"{float(d):.2f}"
+    return [[*row, value] for row in rows]
+
+
 def result_table(
     file: str,
     res: Any,
@@ -718,11 +734,13 @@ def result_table(
     regions: Any = None,
     pixel_size: Any = None,
     areas: bool | None = None,
+    diameter_column: bool = False,
 ) -> tuple[tuple[str, ...], list[list[str]], Any]:
     """The batch table of one engine result (a dock's "Export CSV" writes the same table as
     ``run_batch``): ``(header, rows, RegionTable or None)``. ``regions`` is a label mask or
     boolean masks (see :func:`run_batch`); volume rows are added when ``res`` has a
-    ``volume_count``; ``areas`` None: when a pixel size or regions are given."""
+    ``volume_count``; ``areas`` None: when a pixel size or regions are given;
+    ``diameter_column``: the last column ``diameter_px`` (see :func:`run_batch`)."""
     from napari_nalu_count import io_csv
     from napari_nalu_count.analysis import units as _units
 
@@ -736,8 +754,11 @@ def result_table(
         kind=volume,
         region=regions is not None,
         areas=None if not areas else ("um" if ps is not None else "px"),
+        extra=("diameter_px",) if diameter_column else (),
     )
     region_fn = None if regions is None else (lambda _p: regions)
     integer = task == "segment"
     rows, table = _rows_for(file, res, task, integer, region_fn, ps, bool(areas), volume)  # type: ignore[arg-type]
+    if diameter_column:
+        rows = with_diameter(rows, res)
     return header, rows, table
