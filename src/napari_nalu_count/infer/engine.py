@@ -168,9 +168,11 @@ def _resolve_model(model: Any, task: str, device: torch.device) -> Any:
     if hasattr(model, "net") and hasattr(model, "card"):
         loaded = model
     elif isinstance(model, (str, os.PathLike)):
-        from napari_nalu_count.models import load_model
+        # the cached model itself, read only: the engine runs its own prepared copy, and a
+        # stable object lets that copy be reused across calls (no deep copy per call)
+        from napari_nalu_count.models.store import load_model_shared
 
-        loaded = load_model(model, device=str(device))
+        loaded = load_model_shared(model, device=str(device))
     else:
         raise InputError(f"model must be a name, a path or a loaded model, got {model!r}")
     got = getattr(loaded, "task", None) or loaded.card.get("task")

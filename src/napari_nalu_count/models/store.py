@@ -604,6 +604,21 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     ``net.train()`` to fine-tune. An in-place edit of a file that keeps its size within one
     mtime tick is not noticed: call :func:`clear_model_cache` after such edits.
     """
+    return _fresh_copy(_load_cached(name_or_path, device))
+
+
+def load_model_shared(
+    name_or_path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """The cached, checked model itself (no copy): for read-only use inside the package (the
+    inference engine, which never modifies a network and runs its own prepared copy). The same
+    object comes back on every call while the files are unchanged, so the engine's prepared
+    network cache can hit. Never train, move or edit what this returns; use :func:`load_model`.
+    """
+    return _load_cached(name_or_path, device)
+
+
+def _load_cached(name_or_path: str | os.PathLike, device: str | torch.device) -> LoadedModel:
     dev = _resolve_device(device)
     card_path = resolve_model(name_or_path)
     try:
@@ -618,13 +633,13 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     with _cache_lock:
         if key is not None and key in _cache:
             _cache.move_to_end(key)
-            return _fresh_copy(_cache[key])
+            return _cache[key]
         loaded = _load_uncached(card_path, dev)
         if key is not None:
             _cache[key] = loaded
             while len(_cache) > _CACHE_SIZE:
                 _cache.popitem(last=False)
-        return _fresh_copy(loaded)
+        return loaded
 
 
 # --------------------------------------------------------------------------------------------
