@@ -680,9 +680,11 @@ def batch_events(*args: Any, **kwargs: Any) -> Generator[BatchEvent, None, Batch
     :class:`BatchEvent` objects as they happen and returns the :class:`BatchResult`.
 
     ``run_batch`` runs in a helper thread and hands each event over a queue; the generator
-    blocks on the queue (no polling). Errors of ``run_batch`` (bad arguments) are re-raised
-    here. Cancel with the ``cancel`` token as for :func:`run_batch`; closing the generator
-    early also cancels the run.
+    blocks on the queue (no polling), and the helper waits until the consumer has taken the
+    event and asked for the next one, so a cancel issued on an event (e.g. after a finished
+    file) takes effect before any further work. Errors of ``run_batch`` (bad arguments) are
+    re-raised here. Cancel with the ``cancel`` token as for :func:`run_batch`; closing the
+    generator early also cancels the run.
     """
     import queue
     import threading
@@ -696,9 +698,17 @@ def batch_events(*args: Any, **kwargs: Any) -> Generator[BatchEvent, None, Batch
     end = object()
     outcome: dict[str, Any] = {}
 
+    taken = threading.Semaphore(0)
+    closing = threading.Event()
+
+    def hand_over(event: BatchEvent) -> None:
+        events.put(event)
+        if not closing.is_set():
+            taken.acquire()  # released when the consumer asks for the next event
+
     def work() -> None:
         try:
-            outcome["value"] = run_batch(*args, progress=events.put, **kwargs)
+            outcome["value"] = run_batch(*args, progress=hand_over, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - handed to the generator's caller
             outcome["error"] = exc
         finally:
@@ -709,7 +719,10 @@ def batch_events(*args: Any, **kwargs: Any) -> Generator[BatchEvent, None, Batch
     try:
         while (event := events.get()) is not end:
             yield event
+            taken.release()
     finally:
+        closing.set()
+        taken.release()  # a helper waiting on an event the consumer will not take
         if thread.is_alive():
             cancel.cancel()
             thread.join()
