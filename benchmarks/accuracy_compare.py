@@ -17,43 +17,20 @@ import argparse
 import json
 import sys
 
-import numpy as np
-
 METRICS = ("rel_mae", "bias", "point_f1", "seg_f1_50", "seg_f1_75")
 
 
 def figures(rows: list[dict], method: str) -> dict[str, float | None]:
-    """Relative MAE, bias, point F1 and segmentation F1 of one method over ``rows``."""
-    pred, true, pts, seg50, seg75 = [], [], np.zeros(3), np.zeros(3), np.zeros(3)
-    has_seg = False
-    for r in rows:
-        m = r["methods"].get(method)
-        if m is None or "count" not in m:
-            continue
-        pred.append(float(m["count"]))
-        true.append(float(r["true_count"]))
-        if m.get("points") is not None:
-            pts += m["points"]
-        if m.get("seg") is not None:
-            has_seg = True
-            seg50 += m["seg"]["0.5"]
-            seg75 += m["seg"]["0.75"]
-    if not pred:
+    """Relative MAE, bias, point F1 and segmentation F1 of one method over ``rows`` (images of
+    one set and scale), computed by the benchmark's own
+    :func:`~napari_nalu_count.bench.accuracy.aggregate`."""
+    from napari_nalu_count.bench.accuracy import aggregate
+
+    found = aggregate(rows, [method])
+    if not found or not found[0]["n_images"]:
         return dict.fromkeys(METRICS)
-    p, t = np.asarray(pred), np.asarray(true)
-
-    def f1(c: np.ndarray) -> float | None:
-        tp, fp, fn = c
-        return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else None
-
-    return {
-        "n": len(pred),
-        "rel_mae": float(np.abs(p - t).mean() / max(t.mean(), 1e-9)),
-        "bias": float((p - t).mean()),
-        "point_f1": f1(pts),
-        "seg_f1_50": f1(seg50) if has_seg else None,
-        "seg_f1_75": f1(seg75) if has_seg else None,
-    }
+    g = found[0]
+    return {"n": g["n_images"], **{k: g[k] for k in METRICS}}
 
 
 def fmt(metric: str, v: float | None) -> str:
