@@ -128,9 +128,10 @@ def quantify(
     header, rows, table = result_table(
         file, result, task, regions=regions, pixel_size=pixel_size, areas=True
     )
-    ex_header, ex_rows, _ = result_table(
-        file, result, task, regions=regions, pixel_size=pixel_size, areas=None
-    )
+    if pixel_size is None and regions is None:  # the CLI's table has no area columns then
+        ex_header, ex_rows, _ = result_table(file, result, task, areas=False)
+    else:  # with a pixel size or regions the CLI adds them too: the same table
+        ex_header, ex_rows = header, rows
     frame = table.to_frame() if table is not None else None
     return Quantified(
         header, rows, frame, pixel_size_detail(pixel_size, how), export=(ex_header, ex_rows)
