@@ -195,7 +195,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--sigma", type=float, default=2.0, help="density target sigma (grid px)")
     p.add_argument("--count-weight", type=float, default=0.01)
+    p.add_argument(
+        "--edge-margin",
+        type=float,
+        default=0.0,
+        help="counter: grid px along patch sides inside the image left out of the loss",
+    )
     p.add_argument("--no-appearance", action="store_true")
+    p.add_argument("--appearance-p", type=float, default=0.35, help="probability per effect")
+    p.add_argument(
+        "--appearance-dim",
+        type=float,
+        default=0.0,
+        help="lowest nucleus gain after normalisation (0: off), see data.augment.Appearance",
+    )
+    p.add_argument(
+        "--warm-start",
+        default=None,
+        metavar="NAME|PATH",
+        help="start from this model's weights and architecture (e.g. the bundled model)",
+    )
+    p.add_argument("--warmup", type=int, default=100, help="learning-rate warm-up steps")
     p.add_argument("--ema", type=float, default=0.0, help="weight EMA decay (0: off)")
     p.add_argument("--calibrate-count", action="store_true")
     p.add_argument("--fre-b", type=int, default=None)
@@ -245,15 +265,25 @@ def main(argv: list[str] | None = None) -> int:
         patch_size=args.patch,
         lr=args.lr,
         min_lr=1e-5,
-        warmup_steps=100,
+        warmup_steps=args.warmup,
         scale_jitter=[lo, hi],
-        appearance=None if args.no_appearance else {"p": 0.35},
+        appearance=None
+        if args.no_appearance
+        else {
+            "p": args.appearance_p,
+            **({"dim": args.appearance_dim} if args.appearance_dim else {}),
+        },
         source_weights=weights,
         monitor="mre_mean" if task == "count" else "f1_mean",
         ema=args.ema,
     )
     if task == "count":
-        settings.update(sigma=args.sigma, density_scale=100.0, count_weight=args.count_weight)
+        settings.update(
+            sigma=args.sigma,
+            density_scale=100.0,
+            count_weight=args.count_weight,
+            edge_margin=args.edge_margin,
+        )
         if args.no_size_head:
             config["size_head"] = False
         else:
@@ -287,8 +317,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.log_json:
                 Path(args.log_json).write_text(json.dumps(history_log, indent=1))
 
+    start: object = config
+    if args.warm_start:
+        from napari_nalu_count.models import load_model
+
+        start = load_model(args.warm_start)
+        if start.task != task:
+            p.error(f"--warm-start {args.warm_start} is a {start.task!r} model, not {task!r}")
+        config = dict(start.config)
+        print(f"warm start from {args.warm_start}: {config}", flush=True)
     t0 = time.time()
-    result = train(config, tr, va, task, cfg, callback=progress)
+    result = train(start, tr, va, task, cfg, callback=progress)
     minutes = (time.time() - t0) / 60
     print(f"trained {result.steps} steps in {minutes:.1f} min; best epoch {result.best_epoch}")
 

@@ -79,7 +79,9 @@ class TrainConfig:
     instead; they train only a size head (``size_weight`` x the density-weighted MSE of the
     predicted log object size), so the network can tell how far off a size estimate is;
     ``source_weights`` (``{source: weight}``, sources from ``Sample.meta["source"]``) balances
-    data sets of different sizes. With several sources, validation also reports every metric per
+    data sets of different sizes. ``edge_margin`` (counting, pixels): leave a band along patch
+    sides that cut through the image out of the loss (see :class:`~.dataset.PatchSampler`).
+    With several sources, validation also reports every metric per
     source (``mre@SOURCE``, ``f1@SOURCE``) and their means (``mre_mean``, ``f1_mean``), which
     ``monitor`` may select.
     """
@@ -121,6 +123,7 @@ class TrainConfig:
     wide_prob: float = 0.0
     appearance: bool | dict | None = None
     source_weights: dict[str, float] | None = None
+    edge_margin: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the settings."""
@@ -561,6 +564,7 @@ def train_events(
         source_weights=cfg.source_weights,
         wide_jitter=cfg.wide_jitter,
         wide_prob=cfg.wide_prob,
+        edge_margin=cfg.edge_margin if task == "count" else 0.0,
     )
     net.to(device)
     net.requires_grad_(True)
