@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dsb-train", type=int, default=150, help="DSB train images drawn")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", type=float, default=0.85, help="2-sd coverage asked on train")
-    p.add_argument("--rows", default="docs/benchmarks/uncertainty_rows.jsonl", help="per-image rows (cache)")
+    p.add_argument(
+        "--rows", default="docs/benchmarks/uncertainty_rows.jsonl", help="per-image rows (cache)"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     p.add_argument("--write", action="store_true", help="store the fit in the package")
