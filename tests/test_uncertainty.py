@@ -82,7 +82,7 @@ def test_calibration_file_matches_by_weights(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(unc, "CALIBRATION_FILE", path)
     hit = calibration_for(type("L", (), {"card": {"weights_sha256": "abc", "name": "m"}})())
-    assert (hit.tta, hit.rel, hit.abs) == (3.0, 0.1, 0.0) and "fitted" in hit.source
+    assert (hit.tta, hit.rel, hit.abs) == (3.0, 0.1, 0.0) and "calibrated" in hit.source
     miss = calibration_for(type("L", (), {"card": {"weights_sha256": "zzz", "name": "x"}})())
     assert (miss.tta, miss.rel, miss.abs) == (2.0, 0.05, 1.0) and "default" in miss.source
 

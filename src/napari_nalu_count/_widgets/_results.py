@@ -54,15 +54,13 @@ class Summary:
         pick = slice(None) if row is None else slice(row, row + 1)
         total = float(counts[pick].sum())
         where = "" if row is None else f" in frame {row}"
+        text = format_total(total)
+        if self.sd is not None:
+            text += f" ± {float(np.sqrt(np.sum(np.ravel(self.sd)[pick] ** 2))):.1f}"
         if self.corrected is not None:
             corr = float(np.ravel(self.corrected)[pick].sum())
-            return (
-                f"model {format_total(total)} / corrected {format_total(corr)} {self.unit}{where}"
-            )
-        if self.sd is not None:
-            sd = float(np.sqrt(np.sum(np.ravel(self.sd)[pick] ** 2)))
-            return f"{format_total(total)} ± {sd:.1f} {self.unit}{where}"
-        return f"{format_total(total)} {self.unit}{where}"
+            text = f"model {text} / corrected {format_total(corr)}"
+        return f"{text} {self.unit}{where}"
 
 
 def format_total(value: float) -> str:
@@ -131,6 +129,8 @@ class ResultsPanel(QWidget):
         # as tall as its rows (up to 12; it scrolls beyond), no empty space under a short table
         fit = self.table.horizontalHeader().sizeHint().height() + 2 * self.table.frameWidth()
         fit += self.table.verticalHeader().defaultSectionSize() * min(counts.size, 12)
+        if self.table.horizontalHeader().length() > self.table.viewport().width():
+            fit += self.table.horizontalScrollBar().sizeHint().height()  # it shows: leave room
         self.table.setMinimumHeight(min(fit, 140))
         self.table.setMaximumHeight(fit)
         self.export_button.setEnabled(True)

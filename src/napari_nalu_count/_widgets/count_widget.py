@@ -177,7 +177,7 @@ def apply_count_results(
     extra.update(output.regions)
     if sd is not None:
         cal = (result.uncertainty_info or {}).get("calibration", {})
-        details.append(f"± 1 sd from 8 augmented passes ({cal.get('source', 'uncalibrated')})")
+        details.append(f"± 1 sd: 8 augmented passes, {cal.get('source', 'uncalibrated')}")
     if table is not None:
         extra.update(_quantify.plane_columns(table))
         details.append(table.note)

@@ -102,7 +102,7 @@ def calibration_for(loaded: Any) -> Calibration:
     sha = card.get("weights_sha256")
     for entry in table.get("models", []):
         if sha and entry.get("weights_sha256") == sha:
-            return _entry(entry, f"fitted for {entry.get('name', '?')} ({entry.get('fitted_on')})")
+            return _entry(entry, f"calibrated for {entry.get('name', '?')} on train splits")
     default = table.get("default")
     if default:
         name = str(card.get("name", "") or getattr(loaded, "name", ""))
