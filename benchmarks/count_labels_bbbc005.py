@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data"))
     p.add_argument("--model", default="nuclei-count")
     p.add_argument("--per-level", type=int, default=2, help="training images per count level")
+    p.add_argument(
+        "--held-per-level", type=int, default=None, help="held-back images per level (all)"
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, default=15, help="steps per epoch")
@@ -82,7 +85,8 @@ def main(argv=None) -> int:
             idx = [i for i, (_, _, n) in enumerate(data) if n == level]
             idx = [idx[j] for j in rng.permutation(len(idx))]
             train_idx += idx[: args.per_level]
-            held_idx += idx[args.per_level :]
+            rest = idx[args.per_level :]
+            held_idx += rest if args.held_per_level is None else rest[: args.held_per_level]
         held = [data[i] for i in held_idx]
         before = evaluate(start, held)
         cfg = TrainConfig(
@@ -136,6 +140,7 @@ def main(argv=None) -> int:
         "model_created": start.card.get("created"),
         "settings": {
             "per_level": args.per_level,
+            "held_per_level": args.held_per_level,
             "epochs": args.epochs,
             "steps_per_epoch": args.steps,
             "batch_size": args.batch,
