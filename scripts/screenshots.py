@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     want = set(
         args.only or ["count", "regions", "segment", "stack", "measure", "volume", "batch",
-                      "finetune"]
+                      "finetune", "loop"]
     )  # fmt: skip
     OUT.mkdir(parents=True, exist_ok=True)
 
@@ -133,6 +133,26 @@ def main(argv: list[str] | None = None) -> int:
             viewer.layers.selection.active = viewer.layers["regions"]
             shot("regions.png")
             close_docks(viewer)
+        viewer.layers.clear()
+
+    if "loop" in want:  # issue 16: count ± sd, the uncertainty map, suggested boxes, edits
+        viewer.open_sample(PLUGIN, "bbbc039_crop")
+        count = dock(viewer, "Count cells")
+        choose(count.model_combo, args.count_model)
+        choose(count.image_combo, viewer.layers["BBBC039 crop"])
+        count.uncertainty_check.value = True
+        count.run()
+        wait_for(count)
+        count.n_boxes_spin.setValue(3)
+        count.box_size_spin.setValue(64)
+        count.suggest_regions()
+        viewer.layers["BBBC039 crop uncertainty"].visible = True
+        viewer.layers["BBBC039 crop density"].visible = False
+        cells = viewer.layers["BBBC039 crop cells"]
+        cells.add([[30.0, 200.0], [220.0, 40.0]])  # two cells the user adds while proofreading
+        viewer.layers.selection.active = cells
+        shot("loop.png")
+        close_docks(viewer)
         viewer.layers.clear()
 
     if "segment" in want:

@@ -1,7 +1,7 @@
 """napari-nalu-count: cell counting and segmentation for napari.
 
 The public Python API (see README): ``count``, ``segment``, ``measure``, ``run_batch``,
-``list_models``, ``load_model``.
+``list_models``, ``load_model``, ``suggest_regions``.
 Heavy modules (torch, the engine) are imported lazily so that ``import napari_nalu_count``
 stays cheap for napari's plugin discovery.
 """
@@ -17,6 +17,7 @@ __all__ = [
     "run_batch",
     "list_models",
     "load_model",
+    "suggest_regions",
     "__version__",
 ]
 
@@ -27,6 +28,7 @@ _API = {
     "run_batch": "napari_nalu_count.infer.batch",
     "list_models": "napari_nalu_count.models",
     "load_model": "napari_nalu_count.models",
+    "suggest_regions": "napari_nalu_count.infer.uncertainty",
 }
 
 

@@ -37,6 +37,7 @@ class RunParams:
     channel: int | str | None = None
     level: int | None = None  # pyramid level of a multiscale layer (None: not multiscale)
     volume: bool = False  # also count each Z-stack as volumes (3-D cells / linked objects)
+    uncertainty: bool = False  # counting: count_sd and the uncertainty map (8 passes)
 
     def engine_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -49,6 +50,8 @@ class RunParams:
             kwargs["level"] = self.level
         if self.volume:
             kwargs["volume"] = True
+        if self.uncertainty:
+            kwargs["uncertainty"] = True
         return kwargs
 
 

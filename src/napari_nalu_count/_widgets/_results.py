@@ -41,6 +41,26 @@ class Summary:
     #: the exported table when it is more than ``file,frame,count,extra`` (units, regions,
     #: volume rows: the batch table of :func:`napari_nalu_count.infer.batch.result_table`)
     table: tuple[tuple[str, ...], list[list[str]]] | None = None
+    #: the count's standard deviation per plane (``count(..., uncertainty=True)``), shaped
+    #: like ``counts``; the total line then reads ``N ± sd``
+    sd: np.ndarray | None = None
+    #: the user's corrected counts per plane (points edited in the cells layer), shaped like
+    #: ``counts``; the total line then reads ``model N / corrected M``
+    corrected: np.ndarray | None = None
+
+    def total_text(self, row: int | None = None) -> str:
+        """The total line: of plane ``row`` (flat index), or of every plane."""
+        counts = np.ravel(np.asarray(self.counts, dtype=float))
+        pick = slice(None) if row is None else slice(row, row + 1)
+        total = float(counts[pick].sum())
+        where = "" if row is None else f" in frame {row}"
+        text = format_total(total)
+        if self.sd is not None:
+            text += f" ± {float(np.sqrt(np.sum(np.ravel(self.sd)[pick] ** 2))):.1f}"
+        if self.corrected is not None:
+            corr = float(np.ravel(self.corrected)[pick].sum())
+            text = f"model {text} / corrected {format_total(corr)}"
+        return f"{text} {self.unit}{where}"
 
 
 def format_total(value: float) -> str:
@@ -85,7 +105,7 @@ class ResultsPanel(QWidget):
     def show_summary(self, summary: Summary) -> None:
         self.summary = summary
         counts = np.atleast_1d(np.asarray(summary.counts, dtype=float))
-        self.total_label.setText(f"{format_total(counts.sum())} {summary.unit}")
+        self.total_label.setText(summary.total_text())
         details = list(summary.details)
         if counts.size > 1:
             details.insert(0, f"sum over {counts.size} planes: {format_total(counts.sum())}")
@@ -109,6 +129,8 @@ class ResultsPanel(QWidget):
         # as tall as its rows (up to 12; it scrolls beyond), no empty space under a short table
         fit = self.table.horizontalHeader().sizeHint().height() + 2 * self.table.frameWidth()
         fit += self.table.verticalHeader().defaultSectionSize() * min(counts.size, 12)
+        if self.table.horizontalHeader().length() > self.table.viewport().width():
+            fit += self.table.horizontalScrollBar().sizeHint().height()  # it shows: leave room
         self.table.setMinimumHeight(min(fit, 140))
         self.table.setMaximumHeight(fit)
         self.export_button.setEnabled(True)
@@ -132,10 +154,7 @@ class ResultsPanel(QWidget):
             row = self.current_row()
             if row is None or row >= self.table.rowCount() or self.summary is None:
                 return
-            counts = np.ravel(np.asarray(self.summary.counts, dtype=float))
-            self.total_label.setText(
-                f"{format_total(counts[row])} {self.summary.unit} in frame {row}"
-            )
+            self.total_label.setText(self.summary.total_text(row))
             self.table.blockSignals(True)
             self.table.selectRow(row)
             self.table.blockSignals(False)

@@ -125,7 +125,12 @@ def replace_result_layer(
         viewer.layers.remove(old)
     meta = {META_KEY: {"source_id": str(source.unique_id), "kind": kind}}
     kwargs["metadata"] = {**kwargs.get("metadata", {}), **meta}
-    cls = {"image": layers.Image, "points": layers.Points, "labels": layers.Labels}[layer_type]
+    cls = {
+        "image": layers.Image,
+        "points": layers.Points,
+        "labels": layers.Labels,
+        "shapes": layers.Shapes,
+    }[layer_type]
     layer = cls(data, **kwargs)
     if index is None:
         viewer.layers.append(layer)

@@ -45,8 +45,48 @@ def _pair_task(annotation: Any) -> str:
     raise InputError(f"'{annotation.name}' is neither a Points nor a Labels layer")
 
 
+def shape_boxes(shapes: Any, image_layer: Any) -> dict[int | None, np.ndarray]:
+    """The bounding boxes ``(y0, x0, y1, x1)`` (pixels of ``image_layer``, end exclusive) of a
+    Shapes layer's shapes: ``{None: (k, 4)}`` for 2-D shapes, ``{frame: (k, 4)}`` for shapes
+    on the frames of a (T, Y, X) stack."""
+    if shapes is None:
+        return {}
+    if len(shapes.data) == 0:
+        raise InputError(f"'{shapes.name}' has no shapes; draw the boxes you annotated")
+    out: dict[int | None, list[list[float]]] = {}
+    for verts in shapes.data:
+        v = transform_points(np.asarray(verts, dtype=float), shapes, image_layer)
+        frame = int(round(float(v[0, 0]))) if v.shape[1] > 2 else None
+        lo, hi = v[:, -2:].min(axis=0), v[:, -2:].max(axis=0)
+        box = [round(lo[0] + 0.5), round(lo[1] + 0.5), round(hi[0] + 0.5), round(hi[1] + 0.5)]
+        out.setdefault(frame, []).append([float(b) for b in box])
+    return {k: np.asarray(b) for k, b in out.items()}
+
+
+def restrict_to_boxes(samples: list[Any], boxes: dict[int | None, np.ndarray]) -> list[Any]:
+    """Every sample with its image's boxes (``Sample.boxes``: the loss sees only them); a
+    frame of a stack without boxes is dropped (nothing of it is annotated)."""
+    import dataclasses
+    import re
+
+    if not boxes:
+        return samples
+    out = []
+    for s in samples:
+        m = re.search(r"\[(\d+)\]$", s.name)
+        key = int(m.group(1)) if m and None not in boxes else None
+        if key in boxes:
+            out.append(dataclasses.replace(s, boxes=boxes[key]))
+    if not out:
+        raise InputError("no annotated image has a box on it; draw boxes over the annotations")
+    return out
+
+
 def collect_samples(
-    pairs: list[tuple[Any, Any]], check_only: bool = False, rule: dict[str, Any] | None = None
+    pairs: list[tuple[Any, Any]],
+    check_only: bool = False,
+    rule: dict[str, Any] | None = None,
+    boxes: Any = None,
 ) -> tuple[str, list[Any]]:
     """Training samples from ``(image layer, Points or Labels layer)`` pairs.
 
@@ -58,6 +98,10 @@ def collect_samples(
     naming the problem: missing layers, empty annotations, points with the wrong number of
     dims or outside the image, labels of another shape, fewer than ``MIN_DOTS`` dots.
     ``check_only`` runs the checks without reading the images (returns no samples).
+
+    ``boxes`` (a Shapes layer): the annotations are complete inside its shapes only (their
+    bounding boxes, e.g. the Count dock's suggested regions): every sample gets them as
+    ``Sample.boxes`` and training and the before/after figures look inside them only.
     """
 
     if not pairs:
@@ -95,6 +139,10 @@ def collect_samples(
             f"only {total_dots} dot(s) annotated; mark at least {MIN_DOTS} cells with the "
             "Points tool"
         )
+    if boxes is not None:
+        by_frame = shape_boxes(boxes, pairs[0][0])
+        if not check_only:
+            samples = restrict_to_boxes(samples, by_frame)
     if not samples and not check_only:
         raise InputError("no annotated image to train on")
     return task, samples

@@ -172,7 +172,14 @@ class FineTuneWidget(JobDock):
             [self.device_combo, self.epochs_spin, self.steps_spin, self.lr_edit, self.patch_spin]
         )
         self.form.extend([self.fre_check, fre_row, self.tune_check, self.trials_spin])
-        self.form.extend([self.diameter_edit, self.name_edit, self.replace_check])
+        self.boxes_combo = ComboBox(
+            label="only inside",
+            choices=self._box_choices,
+            tooltip="a Shapes layer (e.g. the Count dock's suggested regions): the annotations "
+            "are complete inside its boxes only, and training looks only there",
+        )
+        self.form.extend([self.diameter_edit, self.boxes_combo, self.name_edit])
+        self.form.append(self.replace_check)
         self.plot = LossPlot(napari_viewer)
         self.on_close(self.plot.disconnect_viewer)
         self.result_label = QLabel()
@@ -192,6 +199,25 @@ class FineTuneWidget(JobDock):
         return self._task
 
     def refresh_layers(self) -> None:
+        self.pairs.refresh()
+        self.boxes_combo.reset_choices()
+
+    def _box_choices(self, widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Shapes
+
+        return [("(whole images)", None), *_viewer.layers_of(self.viewer, Shapes)]
+
+    def use_annotation(self, image: Any, annotation: Any, boxes: Any = None) -> None:
+        """Pick ``image`` and its ``annotation`` (e.g. the Count dock's corrected cells) in the
+        first row (a new row when the first one is taken by another image), and ``boxes``."""
+        self.refresh_layers()
+        row = self.pairs.rows[0]
+        if row.image_combo.value is not image and row.annotation_combo.value is not None:
+            row = self.pairs.add_row()
+        row.image_combo.value = image
+        row.annotation_combo.value = annotation
+        if boxes is not None:
+            self.boxes_combo.value = boxes
         self.pairs.refresh()
 
     def _on_pairs_changed(self, *args: Any) -> None:
@@ -279,13 +305,14 @@ class FineTuneWidget(JobDock):
     def prepare(self, cancel: CancelToken | None) -> Prepared:
         from napari_nalu_count.infer.axes import input_rule
 
+        boxes = self.boxes_combo.value
         if cancel is None:  # validate: check the pairs without reading the images
-            collect_samples(self.pairs.pairs(), check_only=True)
+            collect_samples(self.pairs.pairs(), check_only=True, boxes=boxes)
             self.params()
             return iter(()), lambda outcome: None  # type: ignore[return-value]
         params = self.params()
         rule = input_rule(_models.model_card(params.start_model))
-        task, samples = collect_samples(self.pairs.pairs(), rule=rule)
+        task, samples = collect_samples(self.pairs.pairs(), rule=rule, boxes=boxes)
         self._log = TrainingLog(task=task)
         self.plot.reset(KEY_METRIC[task][0])
         self.result_label.setText("")

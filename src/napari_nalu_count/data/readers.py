@@ -75,6 +75,13 @@ class Sample:
         An identifier (file stem, data-set index, ...).
     meta
         Free-form extra information (source, generator parameters, ...).
+    boxes
+        ``(k, 4)`` boxes ``(y0, x0, y1, x1)`` (pixels, end exclusive) where the annotations are
+        complete, or None for the whole image: training then uses only what is inside them
+        (see :mod:`napari_nalu_count.data.boxes`).
+    counts
+        Count-level labels: the number of cells in each box (or one number for the whole image
+        when ``boxes`` is None), for images without dots or labels.
     """
 
     image: np.ndarray
@@ -82,14 +89,26 @@ class Sample:
     labels: np.ndarray | None = None
     name: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    boxes: np.ndarray | None = None
+    counts: np.ndarray | None = None
 
     @property
-    def count(self) -> int | None:
-        """Number of annotated cells (dots, else label ids), or None without annotations."""
+    def count(self) -> int | float | None:
+        """Number of annotated cells (inside the boxes when there are boxes): dots, else label
+        ids (by their centroids with boxes), else the sum of ``counts``; None without
+        annotations."""
+        from napari_nalu_count.data.boxes import dots_in_boxes
+
         if self.dots is not None:
-            return int(len(self.dots))
+            if self.boxes is None:
+                return int(len(self.dots))
+            return int(dots_in_boxes(self.dots, self.boxes).sum())
         if self.labels is not None:
-            return int(len(np.unique(self.labels[self.labels > 0])))
+            if self.boxes is None:
+                return int(len(np.unique(self.labels[self.labels > 0])))
+            return int(dots_in_boxes(instances_to_dots(self.labels), self.boxes).sum())
+        if self.counts is not None:
+            return float(np.sum(self.counts))
         return None
 
 

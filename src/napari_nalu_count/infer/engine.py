@@ -97,6 +97,13 @@ class CountResult:
     centres in ``axes`` order, ``z`` refined to a fraction of a plane) and ``z_diameter`` (the
     nucleus extent along Z in planes used, given or estimated); see :mod:`.volume`. They are
     None otherwise.
+
+    ``count(..., uncertainty=True)`` adds ``count_sd`` (the calibrated standard deviation of
+    the count, cells: a float for a 2-D image, one per plane for stacks, like ``count``),
+    ``uncertainty`` (float32, the shape of ``density``: a per-pixel standard deviation in
+    cells per pixel, high where the model is unsure) and ``uncertainty_info`` (the raw
+    augmentation counts ``tta_counts`` per plane, their sd ``tta_sd`` and the ``calibration``
+    used); see :mod:`.uncertainty`. They are None otherwise.
     """
 
     count: float | np.ndarray
@@ -111,12 +118,22 @@ class CountResult:
     volume_count: float | np.ndarray | None = None
     volume_points: np.ndarray | None = None
     z_diameter: float | None = None
+    count_sd: float | np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+    uncertainty_info: dict[str, Any] | None = None
 
     @property
     def plane_counts(self) -> np.ndarray:
         """The counts shaped like the stack (its ``T``/``Z`` axes in ``axes`` order); a 0-d
         array for a 2-D image. ``plane_counts.ravel()`` is ``count`` (the CSV frame order)."""
         return _stack_shaped(self.count, self.density.shape, self.axes)
+
+    @property
+    def plane_sd(self) -> np.ndarray | None:
+        """``count_sd`` shaped like :attr:`plane_counts` (None without uncertainty)."""
+        if self.count_sd is None:
+            return None
+        return _stack_shaped(self.count_sd, self.density.shape, self.axes)
 
 
 @dataclass
@@ -353,12 +370,13 @@ class _Runner:
         self.label = label
         self.done = 0
         self.total = 0
+        self.passes = 1  # network passes per plane (test-time augmentation runs several)
 
     def _overlap_for(self, tile: int) -> int:
         return min(self.overlap, tile // 4)
 
     def set_total(self, shape: tuple[int, int], planes_left: int) -> None:
-        self.total = self.done + planes_left * n_tiles(
+        self.total = self.done + planes_left * self.passes * n_tiles(
             shape, self.tile, self._overlap_for(self.tile)
         )
 
@@ -581,6 +599,7 @@ def count(
     block_size: int | None = None,
     volume: bool = False,
     z_diameter: float | None = None,
+    uncertainty: bool = False,
 ) -> CountResult:
     """Count cells with a density-regression model.
 
@@ -635,6 +654,11 @@ def count(
     z_diameter
         Nucleus extent along Z in planes for ``volume=True`` (None: estimated by linking the
         per-plane cells across planes).
+    uncertainty
+        Also run test-time augmentation (8 passes per plane instead of 1) and return the
+        calibrated ``count_sd`` and the ``uncertainty`` map (see :class:`CountResult` and
+        :mod:`.uncertainty`); ``count`` is unchanged. Not available with blocks
+        (``block_size`` or multiscale inputs).
     """
     _inputs.check_callbacks(progress, None)
     steps = count_events(
@@ -651,6 +675,7 @@ def count(
         block_size=block_size,
         volume=volume,
         z_diameter=z_diameter,
+        uncertainty=uncertainty,
     )
     return drive(steps, _tile_callback(progress))
 
@@ -670,6 +695,7 @@ def count_events(
     block_size: int | None = None,
     volume: bool = False,
     z_diameter: float | None = None,
+    uncertainty: bool = False,
 ) -> Generator[Event, None, CountResult]:
     """:func:`count` as an event generator: yields a :class:`~napari_nalu_count.events.Progress`
     per tile (and while the nucleus size is estimated) and returns the :class:`CountResult`.
@@ -682,6 +708,12 @@ def count_events(
         image = ms.array
     block = _check_block(block_size, ms is not None)
     volume = _check_flag(volume, "volume")
+    uncertainty = _check_flag(uncertainty, "uncertainty")
+    if uncertainty and block is not None:
+        raise InputError(
+            "uncertainty=True needs whole planes: it is not available with block_size or "
+            "multiscale images (count a level that fits in memory without blocks)"
+        )
     if z_diameter is not None:
         z_diameter = _check_positive(z_diameter, "z_diameter")
     image, axes, diameter, device = _inputs.check_call(
@@ -713,6 +745,13 @@ def count_events(
     density = np.zeros(plan.stack_shape + (h, w), dtype=np.float32)
     counts = np.zeros(plan.n_planes, dtype=np.float64)
     all_points: list[np.ndarray] = []
+    unc_map = tta_counts = None
+    if uncertainty:
+        from napari_nalu_count.infer import uncertainty as _unc
+
+        runner.passes = len(_unc.TTA) + 1
+        unc_map = np.zeros(density.shape, dtype=np.float32)
+        tta_counts = np.zeros((plan.n_planes, runner.passes), dtype=np.float64)
     total_set = False
     if volume and "Z" not in plan.out_axes:
         raise InputError(
@@ -752,7 +791,15 @@ def count_events(
         else:
             pred = yield from runner.run(model_plane, k)
         dens = pred[0]
-        del model_plane, pred
+        del pred
+        if uncertainty:
+            tta_counts[k], sd_px = yield from _unc.tta_plane(
+                functools.partial(runner.run, plane_no=k), model_plane, dens
+            )
+            target = unc_map[idx] if idx else unc_map
+            target[...] = _scale.density_to_original(sd_px, (h, w))
+            del sd_px
+        del model_plane
         counts[k] = float(dens.sum(dtype=np.float64))
         pts = _post.density_peaks(dens, scale.model_grid_diameter, min_mass=min_mass)
         pts = _scale.points_to_original(pts, dens.shape, (h, w))
@@ -781,6 +828,18 @@ def count_events(
             density, points, plan, scale, z_diameter, min_mass
         )
         vol_points = _axes.points_to_output_order(vol_points, plan)
+    sd_out = unc_out = info = None
+    if uncertainty:
+        cal = _unc.calibration_for(loaded)
+        tta_sd = tta_counts.std(axis=1, ddof=1)
+        sds = np.array([cal.count_sd(t, c) for t, c in zip(tta_sd, counts, strict=True)])
+        sd_out = sds if plan.is_stack else float(sds[0])
+        unc_out = _axes.to_output_order(cal.sd_map(unc_map, density), plan)
+        info = {
+            "tta_counts": tta_counts.tolist(),
+            "tta_sd": tta_sd.tolist(),
+            "calibration": {"tta": cal.tta, "rel": cal.rel, "abs": cal.abs, "source": cal.source},
+        }
     return CountResult(
         count=counts if plan.is_stack else float(counts[0]),
         density=_axes.to_output_order(density, plan),
@@ -794,6 +853,9 @@ def count_events(
         volume_count=vol_count,
         volume_points=vol_points,
         z_diameter=zd_used,
+        count_sd=sd_out,
+        uncertainty=unc_out,
+        uncertainty_info=info,
     )
 
 

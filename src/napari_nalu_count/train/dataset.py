@@ -30,6 +30,7 @@ import torch
 from napari_nalu_count.errors import InputError
 
 __all__ = [
+    "CountLabelSampler",
     "PatchSampler",
     "Prepared",
     "load_folder",
@@ -45,7 +46,11 @@ class Prepared:
     """One training/validation image ready for the network.
 
     ``image`` is ``(C, H, W)`` float32 (normalised); ``dots`` ``(N, 2)`` ``(y, x)`` or None;
-    ``labels`` int32 ``(H, W)`` or None; ``count`` the true number of objects.
+    ``labels`` int32 ``(H, W)`` or None; ``count`` the true number of objects (inside the
+    boxes when there are boxes). ``boxes`` ``(k, 4)`` and ``region`` (bool ``(H, W)``, True
+    inside them): where the annotations hold (None: everywhere); ``box_counts``: count-level
+    labels per box (the whole image is one box when the sample had no boxes), for items
+    without dots or labels (:attr:`count_only`).
     """
 
     image: np.ndarray
@@ -54,10 +59,18 @@ class Prepared:
     count: float
     name: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    boxes: np.ndarray | None = None
+    region: np.ndarray | None = None
+    box_counts: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.image.shape[-2]), int(self.image.shape[-1])
+
+    @property
+    def count_only(self) -> bool:
+        """Only count-level labels (no dots, no labels): trained on density integrals."""
+        return self.dots is None and self.labels is None and self.box_counts is not None
 
 
 def _sample_axes(image: np.ndarray, axes: str | None) -> str:
@@ -156,10 +169,13 @@ def prepare(
     Multi-channel images are reduced for a one-channel network by ``input_rule`` (the card's
     image -> plane rule, default max over RGB(A)), exactly as inference reduces them.
 
-    Counting needs ``dots`` (or ``labels``, whose centroids become the dots); segmentation needs
-    ``labels``. Raises :class:`InputError` otherwise.
+    Counting needs ``dots`` (or ``labels``, whose centroids become the dots) or count-level
+    labels (``counts``, per box or for the whole image); segmentation needs ``labels``. A
+    sample's ``boxes`` restrict its annotations to those boxes (``Prepared.region``). Raises
+    :class:`InputError` otherwise.
     """
     from napari_nalu_count.data import instances_to_dots, percentile_normalize
+    from napari_nalu_count.data.boxes import as_boxes, box_mask, dots_in_boxes
 
     norm = normalization or {"method": "percentile", "low": 1.0, "high": 99.8}
     low, high = float(norm.get("low", 1.0)), float(norm.get("high", 99.8))
@@ -183,12 +199,49 @@ def prepare(
             labels = labels.astype(np.int32, copy=False)
         if dots is not None:
             dots = np.asarray(dots, dtype=np.float64).reshape(-1, 2)
+        hw = norm_img.shape[1:]
+        boxes = getattr(s, "boxes", None)
+        if boxes is not None:
+            boxes = as_boxes(boxes, hw, f"boxes of {name!r}")
+        region = None if boxes is None else box_mask(hw, boxes)
+        counts = getattr(s, "counts", None)
+        box_counts = None
+        if counts is not None and dots is None and labels is None:
+            box_counts = np.atleast_1d(np.asarray(counts, dtype=np.float64))
+            want = 1 if boxes is None else len(boxes)
+            if box_counts.shape != (want,) or not np.all(np.isfinite(box_counts)):
+                raise InputError(
+                    f"sample {name!r}: counts must be {want} finite number(s) (one per box, or "
+                    f"one for the whole image), got {counts!r}"
+                )
+            if np.any(box_counts < 0):
+                raise InputError(f"sample {name!r}: counts must be >= 0, got {counts!r}")
+            if boxes is None:
+                boxes = np.array([[0.0, 0.0, hw[0], hw[1]]])
         if task == "count":
+            if box_counts is not None:
+                count = float(box_counts.sum())
+                out.append(
+                    Prepared(
+                        norm_img,
+                        None,
+                        None,
+                        count,
+                        name,
+                        dict(getattr(s, "meta", {})),
+                        boxes,
+                        region,
+                        box_counts,
+                    )
+                )
+                continue
             if dots is None:
                 if labels is None:
-                    raise InputError(f"counting needs dots or labels; sample {name!r} has neither")
+                    raise InputError(
+                        f"counting needs dots, labels or counts; sample {name!r} has none"
+                    )
                 dots = instances_to_dots(labels)
-            count = float(len(dots))
+            count = float(dots_in_boxes(dots, boxes).sum())
         elif task == "segment":
             if labels is None:
                 raise InputError(
@@ -196,9 +249,12 @@ def prepare(
                     "cannot train a segmenter)"
                 )
             count = float(len(np.unique(labels[labels > 0])))
+            if boxes is not None:
+                count = float(dots_in_boxes(instances_to_dots(labels), boxes).sum())
         else:
             raise InputError(f"unknown task {task!r}; expected 'count' or 'segment'")
-        out.append(Prepared(norm_img, dots, labels, count, name, dict(getattr(s, "meta", {}))))
+        meta = dict(getattr(s, "meta", {}))
+        out.append(Prepared(norm_img, dots, labels, count, name, meta, boxes, region))
     return out
 
 
@@ -325,12 +381,20 @@ class PatchSampler:
     def _crop_at(
         self, it: Prepared, p: int, margin: float | None = None
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """A random ``p x p`` crop (smaller for small images). For counting with an
-        ``edge_margin``, the third item is not labels but the loss mask (int32, 1 = in the loss)
-        with the band along the sides that cut through the image (``margin`` crop pixels)."""
+        """A ``p`` crop (over one of the item's boxes, when it has boxes). With boxes, or for
+        counting with an ``edge_margin`` (a band of ``margin`` crop pixels along the sides that
+        cut through the image), the labels slot carries the loss region packed in
+        (:func:`_pack_region`), so the region follows every geometric transform the labels go
+        through."""
         h, w = it.shape
-        y0 = int(self.rng.integers(0, h - p + 1)) if h > p else 0
-        x0 = int(self.rng.integers(0, w - p + 1)) if w > p else 0
+        if it.boxes is not None and len(it.boxes):
+            b = it.boxes[int(self.rng.integers(len(it.boxes)))]
+            cy, cx = self.rng.uniform(b[0], b[2]), self.rng.uniform(b[1], b[3])
+            y0 = int(np.clip(round(cy - p / 2), 0, max(h - p, 0)))
+            x0 = int(np.clip(round(cx - p / 2), 0, max(w - p, 0)))
+        else:
+            y0 = int(self.rng.integers(0, h - p + 1)) if h > p else 0
+            x0 = int(self.rng.integers(0, w - p + 1)) if w > p else 0
         y1, x1 = min(h, y0 + p), min(w, x0 + p)
         margin = self.edge_margin if margin is None else margin
         image = it.image[:, y0:y1, x0:x1]
@@ -341,18 +405,21 @@ class PatchSampler:
             inside &= (d[:, 1] >= x0 - 0.5) & (d[:, 1] < x1 - 0.5)
             dots = d[inside] - np.array([y0, x0], dtype=np.float64)
         labels = None if it.labels is None else it.labels[y0:y1, x0:x1]
+        region = None if it.region is None else np.asarray(it.region[y0:y1, x0:x1], bool)
         if self.task == "count" and self.edge_margin > 0:
             m = int(np.ceil(margin))
-            mask = np.ones((y1 - y0, x1 - x0), np.int32)
+            band = np.ones((y1 - y0, x1 - x0), bool)
             if y0 > 0:
-                mask[:m] = 0
+                band[:m] = False
             if y1 < h:
-                mask[max(0, y1 - y0 - m) :] = 0
+                band[max(0, y1 - y0 - m) :] = False
             if x0 > 0:
-                mask[:, :m] = 0
+                band[:, :m] = False
             if x1 < w:
-                mask[:, max(0, x1 - x0 - m) :] = 0
-            labels = mask
+                band[:, max(0, x1 - x0 - m) :] = False
+            region = band if region is None else region & band
+        if region is not None:
+            labels = _pack_region(region, labels if self.task == "segment" else None)
         return image, dots, labels
 
     def _augment(self, image, dots, labels):
@@ -370,19 +437,21 @@ class PatchSampler:
 
         it = self.items[int(self.rng.choice(len(self.items), p=self.weights))]
         image, dots, labels = self._crop(it)
-        banded = self.task == "count" and self.edge_margin > 0  # labels = the loss mask
+        packed = it.region is not None or (self.task == "count" and self.edge_margin > 0)
         if self.task == "segment":
             dots = None
-        elif not banded:
+        elif not packed:
             labels = None
         image, dots, labels = self._augment(image, dots, labels)
         if self.appearance is not None:
             image = np.stack([self.appearance(c, self.rng) for c in image])
         h, w = image.shape[-2:]
-        if banded:
-            valid = (np.asarray(labels) > 0).astype(np.float32)
-        else:
-            valid = np.ones((h, w), np.float32)
+        valid = np.ones((h, w), np.float32)
+        if packed:
+            region, labels = _unpack_region(labels)
+            valid *= region
+            if self.task != "segment":
+                labels = None
         if self.task == "count":
             d = np.zeros((0, 2)) if dots is None else np.asarray(dots, np.float64).reshape(-1, 2)
             target = dots_to_density(d, (h, w), sigma=self.sigma, out_of_bounds="clip")
@@ -407,6 +476,78 @@ class PatchSampler:
         else:
             y = torch.from_numpy(np.stack([p[1] for p in parts]).astype(np.int64))
         return x, y, valid
+
+
+def _pack_region(region: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """Region and labels in one int32 image (0 outside the region, label + 1 inside), so
+    both go through the labels' geometric transforms (nearest neighbour)."""
+    base = 0 if labels is None else labels.astype(np.int32)
+    return np.where(region, base + 1, 0).astype(np.int32)
+
+
+def _unpack_region(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(region float32, labels int32)`` from :func:`_pack_region`'s image."""
+    packed = np.asarray(packed)
+    return (packed > 0).astype(np.float32), np.maximum(packed - 1, 0).astype(np.int32)
+
+
+class CountLabelSampler:
+    """Whole boxes of count-labelled items (:attr:`Prepared.count_only`) for the loss on the
+    density integral: each draw is one box with a context margin around it, augmented (flips,
+    rotations, intensity, ``scale_jitter``, ``appearance``), with its region mask and its
+    count. ``batch()`` returns a list of ``(x (1, C, h, w), region (1, 1, h, w), count)``."""
+
+    def __init__(
+        self,
+        items: Sequence[Prepared],
+        batch_size: int,
+        rng: np.random.Generator,
+        *,
+        augment: Any = True,
+        scale_jitter: Sequence[float] | None = None,
+        appearance: Any = None,
+        margin: int = 32,
+    ) -> None:
+        if not items:
+            raise InputError("no count-labelled images")
+        self.items = list(items)
+        self.batch_size = int(batch_size)
+        self.rng = rng
+        self.augmenter = _make_augmenter(augment)
+        self.scale_jitter = None if scale_jitter is None else tuple(float(v) for v in scale_jitter)
+        self.appearance = _make_appearance(appearance)
+        self.margin = int(margin)
+        self.boxes = [(i, j) for i, it in enumerate(self.items) for j in range(len(it.boxes))]
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        i, j = self.boxes[int(self.rng.integers(len(self.boxes)))]
+        it = self.items[i]
+        h, w = it.shape
+        y0, x0, y1, x1 = np.rint(it.boxes[j]).astype(int)
+        m = self.margin
+        a, b, c, d = max(0, y0 - m), min(h, y1 + m), max(0, x0 - m), min(w, x1 + m)
+        image = it.image[:, a:b, c:d]
+        region = np.zeros((b - a, d - c), dtype=bool)
+        region[y0 - a : y1 - a, x0 - c : x1 - c] = True
+        packed = _pack_region(region, None)
+        if self.scale_jitter is not None:
+            lo, hi = np.log(self.scale_jitter[0]), np.log(self.scale_jitter[1])
+            s = float(np.exp(self.rng.uniform(lo, hi)))
+            image, _, packed = _resample_patch(image, None, packed, s)
+        if self.augmenter is not None:
+            img2d = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
+            a_img, _, packed = self.augmenter(img2d, labels=packed, rng=self.rng)
+            a_img = np.asarray(a_img, dtype=np.float32)
+            image = a_img[None] if a_img.ndim == 2 else np.moveaxis(a_img, -1, 0)
+        if self.appearance is not None:
+            image = np.stack([self.appearance(ch, self.rng) for ch in image])
+        region_f, _ = _unpack_region(packed)
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        r = torch.from_numpy(region_f)[None, None]
+        return x, r, float(it.box_counts[j])
+
+    def batch(self) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        return [self.sample() for _ in range(self.batch_size)]
 
 
 def _make_appearance(appearance: Any) -> Any:
@@ -486,6 +627,7 @@ def rescale_samples(samples: Sequence[Any], s: float, task: str = "count") -> li
     so small objects are not lost. ``s == 1`` returns the samples unchanged.
     """
     from napari_nalu_count.data import instances_to_dots
+    from napari_nalu_count.data.boxes import scale_boxes
     from napari_nalu_count.data.readers import Sample
     from napari_nalu_count.infer.scale import rescale_plane, scaled_shape
 
@@ -526,7 +668,15 @@ def rescale_samples(samples: Sequence[Any], s: float, task: str = "count") -> li
             labels = lab[rows][:, cols]
         meta = {**dict(getattr(sample, "meta", {}) or {}), "scale": s}
         out.append(
-            Sample(image=img, dots=dots, labels=labels, name=getattr(sample, "name", ""), meta=meta)
+            Sample(
+                image=img,
+                dots=dots,
+                labels=labels,
+                name=getattr(sample, "name", ""),
+                meta=meta,
+                boxes=scale_boxes(getattr(sample, "boxes", None), fy, fx),
+                counts=getattr(sample, "counts", None),
+            )
         )
     return out
 

@@ -46,6 +46,7 @@ from .validate import as_model, end_to_end_events
 
 __all__ = [
     "FineTuneResult",
+    "attach_annotations",
     "default_fre",
     "fine_tune",
     "fine_tune_events",
@@ -100,6 +101,13 @@ def split_holdout(
     samples = list(samples)
     if not samples:
         raise InputError("fine-tuning needs at least one annotated image")
+    if len(samples) == 1 and getattr(samples[0], "boxes", None) is not None:
+        return _split_boxes(samples[0], seed)
+    if len(samples) == 1 and getattr(samples[0], "counts", None) is not None:
+        raise InputError(
+            "count-level labels of a single image cannot be split to measure the result: give "
+            "two or more images (or boxes) with their counts"
+        )
     if len(samples) == 1:
         train_part, held = spatial_split(samples[0], holdout)
         h = np.asarray(held.image).shape
@@ -112,6 +120,64 @@ def split_holdout(
     return train_s, held_s, f"{n_hold} held-out image(s) of {len(samples)}"
 
 
+def _split_boxes(sample: Any, seed: int) -> tuple[list[Any], list[Any], str]:
+    """One image annotated in boxes: one box (chosen with the seed) is held out."""
+    import dataclasses
+
+    from napari_nalu_count.data.boxes import as_boxes
+
+    boxes = as_boxes(sample.boxes)
+    if len(boxes) < 2:
+        raise InputError(
+            "one image annotated in one box leaves nothing to measure the result on: annotate "
+            "a second box or a second image"
+        )
+    k = int(np.random.default_rng(seed).integers(len(boxes)))
+    rest = [i for i in range(len(boxes)) if i != k]
+    counts = None if sample.counts is None else np.atleast_1d(np.asarray(sample.counts, float))
+
+    def part(idx: list[int]) -> Any:
+        sub = None if counts is None else counts[idx]
+        return dataclasses.replace(sample, boxes=boxes[idx], counts=sub)
+
+    return [part(rest)], [part([k])], f"held-out box {k + 1} of {len(boxes)} of the single image"
+
+
+def attach_annotations(
+    samples: Sequence[Any] | Any, counts: Sequence[Any] | None, boxes: Sequence[Any] | None
+) -> list[Any]:
+    """``samples`` (Samples, or plain images when ``counts`` are given) with ``counts[i]``
+    (a number for the whole image, or one per box) and ``boxes[i]`` (``(k, 4)``, or None for
+    the whole image) attached to sample ``i``."""
+    import dataclasses
+
+    from napari_nalu_count.data.readers import Sample
+
+    if counts is None and boxes is None:
+        return samples
+    if not isinstance(samples, (list, tuple)):
+        samples = [samples]
+    out = []
+    for i, s in enumerate(samples):
+        if not hasattr(s, "image"):
+            if counts is None:
+                raise InputError(
+                    f"sample {i} is not a Sample; plain images need counts= (count-level labels)"
+                )
+            s = Sample(image=np.asarray(s), name=f"image {i}")
+        changes: dict[str, Any] = {}
+        for key, values in (("counts", counts), ("boxes", boxes)):
+            if values is None:
+                continue
+            if len(values) != len(samples):
+                raise InputError(
+                    f"{key} must have one entry per image ({len(samples)}), got {len(values)}"
+                )
+            changes[key] = None if values[i] is None else np.asarray(values[i], dtype=np.float64)
+        out.append(dataclasses.replace(s, **changes))
+    return out
+
+
 def _data_summary(samples: Sequence[Any], task: str) -> dict[str, Any]:
     shapes, n_dots, n_objects = [], 0, 0
     for s in samples:
@@ -122,6 +188,21 @@ def _data_summary(samples: Sequence[Any], task: str) -> dict[str, Any]:
             lab = np.asarray(s.labels)
             n_objects += int(len(np.unique(lab[lab > 0])))
     out: dict[str, Any] = {"n_images": len(samples), "shapes": shapes}
+    boxed = [
+        np.reshape(b, (-1, 4)) for s in samples if (b := getattr(s, "boxes", None)) is not None
+    ]
+    if boxed:
+        out["n_boxes"] = int(sum(len(b) for b in boxed))
+    counted = [
+        s
+        for s in samples
+        if getattr(s, "counts", None) is not None and s.dots is None and s.labels is None
+    ]
+    if counted:
+        out["count_labels"] = {
+            "n_images": len(counted),
+            "cells": float(sum(np.sum(s.counts) for s in counted)),
+        }
     if task == "count":
         out["n_dots"] = n_dots if n_dots else n_objects
     out["n_objects"] = n_objects if n_objects else n_dots
@@ -242,9 +323,20 @@ def fine_tune(
     tune: TuneSettings | int | bool | None = None,
     seeds: str = "count",
     count_model: Any = "nuclei-count",
+    counts: Sequence[Any] | None = None,
+    boxes: Sequence[Any] | None = None,
 ) -> FineTuneResult:
     """Fine-tune ``start_model`` on ``samples`` (``Sample`` objects with dots or labels) and save
     the result as the user model ``name`` (in ``directory``, default the user model directory).
+
+    Partial annotations: ``boxes`` (one entry per sample: ``(k, 4)`` boxes ``(y0, x0, y1, x1)``
+    in pixels, or None for the whole image; or ``Sample.boxes``) restrict every loss to those
+    boxes, so dots or masks need to be complete inside them only. Count-level labels
+    (counting only): ``counts`` (one entry per sample: the number of cells in the image, or
+    one number per box; or ``Sample.counts``) train the density integral instead, for images
+    with no dots or labels; ``samples`` may then be plain images. The before/after metrics of
+    boxed samples are measured inside their boxes (a single image with several boxes holds one
+    box out).
 
     ``cfg`` defaults to a short schedule (20 epochs x 20 steps, lr 3e-4, patience 8); its
     normalisation, density scale and sigma are taken from the start model's card. With
@@ -313,6 +405,8 @@ def fine_tune(
         tune=tune,
         seeds=seeds,
         count_model=count_model,
+        counts=counts,
+        boxes=boxes,
     )
     return drive(steps, callback)
 
@@ -333,6 +427,8 @@ def fine_tune_events(
     tune: TuneSettings | int | bool | None = None,
     seeds: str = "count",
     count_model: Any = "nuclei-count",
+    counts: Sequence[Any] | None = None,
+    boxes: Sequence[Any] | None = None,
 ) -> Generator[Event, None, FineTuneResult]:
     """:func:`fine_tune` as an event generator: yields ``Stage`` (``"measure"``, ``"tune"``,
     ``"train"``, ``"validate"``), ``Progress`` (held-out images, tuning steps), ``TuneTrial``,
@@ -345,6 +441,8 @@ def fine_tune_events(
     from .dataset import reduce_samples
 
     check_name(name)
+    if not isinstance(samples, (str, bytes, os.PathLike)) and samples is not None:
+        samples = attach_annotations(samples, counts, boxes)
     samples = _check_args(samples, task, cfg, None, cancel, holdout, diameter, directory)
     settings = TuneSettings.of(tune)
     diameter = parse_diameter(diameter)

@@ -42,7 +42,7 @@ from torch import nn
 from napari_nalu_count.errors import Cancelled, CancelToken, InputError, TrainingDiverged
 from napari_nalu_count.events import EpochEnd, Event, TrainDone, TrainStep, drive
 
-from .dataset import PatchSampler, Prepared, prepare
+from .dataset import CountLabelSampler, PatchSampler, Prepared, prepare
 from .metrics import classes_to_instances, confusion_matrix, count_metrics, instance_f1, mean_iou
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate", "recalibrate_bn", "train", "train_events"]
@@ -84,6 +84,11 @@ class TrainConfig:
     With several sources, validation also reports every metric per
     source (``mre@SOURCE``, ``f1@SOURCE``) and their means (``mre_mean``, ``f1_mean``), which
     ``monitor`` may select.
+
+    Count-level labels (samples with ``counts`` and no dots or labels): every step also draws
+    ``batch_size`` whole boxes of them (:class:`~.dataset.CountLabelSampler`) and adds
+    ``count_label_weight x mean((predicted - true)^2 / (true + 1))``, the predicted count
+    being the density integral inside the box (cells).
     """
 
     epochs: int = 30
@@ -124,6 +129,7 @@ class TrainConfig:
     appearance: bool | dict | None = None
     source_weights: dict[str, float] | None = None
     edge_margin: float = 0.0
+    count_label_weight: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the settings."""
@@ -157,6 +163,8 @@ class TrainConfig:
             raise InputError(f"max_minutes must be positive, got {self.max_minutes!r}")
         if not (self.count_weight >= 0 and math.isfinite(self.count_weight)):
             raise InputError(f"count_weight must be >= 0, got {self.count_weight!r}")
+        if not (self.count_label_weight >= 0 and math.isfinite(self.count_label_weight)):
+            raise InputError(f"count_label_weight must be >= 0, got {self.count_label_weight!r}")
         if self.scale_jitter is not None:
             sj = list(self.scale_jitter)
             if len(sj) != 2 or not 0 < float(sj[0]) <= float(sj[1]):
@@ -310,6 +318,21 @@ def _loss(
     return loss
 
 
+def _count_label_loss(
+    net: nn.Module,
+    draws: Sequence[tuple[torch.Tensor, torch.Tensor, float]],
+    cfg: TrainConfig,
+    device: torch.device,
+) -> torch.Tensor:
+    """Mean of ``(integral of the density inside the box - count)^2 / (count + 1)``."""
+    parts = []
+    for x, region, n in draws:
+        out = net(x.to(device))[:, :1]
+        pred = (out * region.to(device)).sum() / cfg.density_scale
+        parts.append((pred - n) ** 2 / (n + 1.0))
+    return torch.stack(parts).mean()
+
+
 @torch.no_grad()
 def _predict(net: nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(image[None])).to(device)
@@ -343,7 +366,8 @@ def evaluate(
             if cancel is not None:
                 cancel.raise_if_cancelled()
             density = _predict(net, it.image, dev)
-            pred.append(float(density[0].sum()) / density_scale)
+            d0 = density[0] if it.region is None else density[0][it.region]
+            pred.append(float(d0.sum()) / density_scale)
             true.append(it.count)
             if density.shape[0] > 1:  # size head: density-weighted mean log size vs the truth
                 w = np.clip(density[0], 0, None)
@@ -493,6 +517,28 @@ def _better(a: float, b: float | None, monitor: str) -> bool:
 # the loop
 
 
+def _patch_sampler(
+    items: Sequence[Prepared], task: str, cfg: TrainConfig, rng: np.random.Generator
+) -> PatchSampler:
+    return PatchSampler(
+        items,
+        task,
+        cfg.patch_size,
+        cfg.batch_size,
+        rng,
+        sigma=cfg.sigma,
+        density_scale=cfg.density_scale,
+        augment=cfg.augment,
+        boundary_width=cfg.boundary_width,
+        scale_jitter=cfg.scale_jitter,
+        appearance=cfg.appearance,
+        source_weights=cfg.source_weights,
+        wide_jitter=cfg.wide_jitter,
+        wide_prob=cfg.wide_prob,
+        edge_margin=cfg.edge_margin if task == "count" else 0.0,
+    )
+
+
 def train(
     model_or_config: Any,
     train_samples: Sequence[Any],
@@ -549,23 +595,21 @@ def train_events(
     train_items = prepare(train_samples, task, normalization=cfg.normalization, in_channels=in_ch)
     val_items = prepare(val_samples or [], task, normalization=cfg.normalization, in_channels=in_ch)
     rng = np.random.default_rng(cfg.seed)
-    sampler = PatchSampler(
-        train_items,
-        task,
-        cfg.patch_size,
-        cfg.batch_size,
-        rng,
-        sigma=cfg.sigma,
-        density_scale=cfg.density_scale,
-        augment=cfg.augment,
-        boundary_width=cfg.boundary_width,
-        scale_jitter=cfg.scale_jitter,
-        appearance=cfg.appearance,
-        source_weights=cfg.source_weights,
-        wide_jitter=cfg.wide_jitter,
-        wide_prob=cfg.wide_prob,
-        edge_margin=cfg.edge_margin if task == "count" else 0.0,
-    )
+    count_items = [it for it in train_items if it.count_only]
+    dense_items = [it for it in train_items if not it.count_only]
+    count_sampler = None
+    if count_items:
+        count_sampler = CountLabelSampler(
+            count_items,
+            cfg.batch_size,
+            rng,
+            augment=cfg.augment,
+            scale_jitter=cfg.scale_jitter,
+            appearance=cfg.appearance,
+        )
+    sampler = None
+    if dense_items:
+        sampler = _patch_sampler(dense_items, task, cfg, rng)
     net.to(device)
     net.requires_grad_(True)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -628,10 +672,15 @@ def train_events(
             lr = lr_at(step, time.perf_counter() - t0)
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, y, valid = sampler.batch()
-            x, y, valid = x.to(device), y.to(device), valid.to(device)
-            out = net(x)
-            loss = _loss(net, out, y, valid, task, cfg, class_weights, sampler.batch_info)
+            loss = torch.zeros((), device=device)
+            if sampler is not None:
+                x, y, valid = sampler.batch()
+                x, y, valid = x.to(device), y.to(device), valid.to(device)
+                out = net(x)
+                loss = _loss(net, out, y, valid, task, cfg, class_weights, sampler.batch_info)
+            if count_sampler is not None:
+                draws = count_sampler.batch()
+                loss = loss + cfg.count_label_weight * _count_label_loss(net, draws, cfg, device)
             if cfg.reg_weight and hasattr(net, "regularization"):
                 loss = loss + cfg.reg_weight * net.regularization()
             opt.zero_grad(set_to_none=True)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from napari_nalu_count.data.boxes import as_boxes, box_mask
 from napari_nalu_count.errors import CancelToken
 from napari_nalu_count.events import Event, Progress
 
@@ -43,11 +44,12 @@ def end_to_end_events(
     decide, as a blank diameter field does); yields a :class:`Progress` per image.
 
     Counting: ``mae``, ``rmse``, ``mre``, ``bias``, ``mean_true``, ``n_images``, ``n_cells``
-    (annotated cells). Segmentation (``seeds`` and ``count_model`` as for
-    :func:`~napari_nalu_count.infer.segment`): ``f1``, ``precision``, ``recall`` and
-    ``mean_iou`` (of the matched objects) at IoU 0.5, ``f1_75``, ``miou`` (of the
-    interior/boundary/background maps drawn from the labels), ``mae`` (objects per image),
-    ``n_images``, ``n_cells`` (annotated objects).
+    (annotated cells). Samples with ``boxes`` are measured inside their boxes only (the
+    density integral there against the dots, objects or ``counts`` there). Segmentation
+    (``seeds`` and ``count_model`` as for :func:`~napari_nalu_count.infer.segment`): ``f1``,
+    ``precision``, ``recall`` and ``mean_iou`` (of the matched objects) at IoU 0.5,
+    ``f1_75``, ``miou`` (of the interior/boundary/background maps drawn from the labels),
+    ``mae`` (objects per image), ``n_images``, ``n_cells`` (annotated objects).
     """
     from napari_nalu_count import infer
 
@@ -61,7 +63,12 @@ def end_to_end_events(
             res = yield from infer.count_events(
                 image, model, diameter=d, device=device, cancel=cancel
             )
-            predicted.append(float(res.count))
+            boxes = getattr(s, "boxes", None)
+            if boxes is None:
+                predicted.append(float(res.count))
+            else:  # the annotated boxes only
+                mask = box_mask(np.shape(res.density), as_boxes(boxes, np.shape(res.density)))
+                predicted.append(float(res.density[mask].sum(dtype=np.float64)))
         else:
             res = yield from infer.segment_events(
                 image,
@@ -72,11 +79,18 @@ def end_to_end_events(
                 seeds=seeds,
                 count_model=count_model,
             )
-            predicted.append(np.asarray(res.labels))
+            predicted.append(_in_boxes(np.asarray(res.labels), getattr(s, "boxes", None)))
     yield Progress(n, n, f"{label}: done")
     if task == "count":
         return _count_metrics(predicted, samples)
     return _segment_metrics(predicted, samples)
+
+
+def _in_boxes(labels: np.ndarray, boxes: Any) -> np.ndarray:
+    """Labels outside the annotated boxes set to 0 (all of them kept without boxes)."""
+    if boxes is None:
+        return labels
+    return np.where(box_mask(labels.shape, as_boxes(boxes, labels.shape)), labels, 0)
 
 
 def end_to_end_metrics(
@@ -102,7 +116,7 @@ def _segment_metrics(predicted: list[np.ndarray], samples: Sequence[Any]) -> dic
 
     from .metrics import confusion_matrix, count_metrics, instance_f1, mean_iou
 
-    truths = [np.asarray(s.labels) for s in samples]
+    truths = [_in_boxes(np.asarray(s.labels), getattr(s, "boxes", None)) for s in samples]
     matches = instance_f1(list(zip(truths, predicted, strict=True)), (0.5, 0.75))
     cm = np.zeros((3, 3), np.int64)
     for true, pred in zip(truths, predicted, strict=True):
