@@ -48,7 +48,8 @@ def client():
             n_workers=2,
             threads_per_worker=1,
             processes=False,
-            dashboard_address=None,
+            dashboard_address=":0",  # no fixed port
+            scheduler_kwargs={"dashboard": False},
             silence_logs=50,
         ) as cluster,
         distributed.Client(cluster) as c,
@@ -294,6 +295,22 @@ def test_cli_unreachable_scheduler_and_missing_extra_exit_2(folder, tmp_path, ca
         count_files(folder, model, client="local:1")
     rc = main(["count", str(folder), "--model", model, "--resume"])
     assert rc == 2 and "--resume needs --csv" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_local_cluster_workers_keep_glibc_malloc_defaults(monkeypatch):
+    """dask's nannies set MALLOC_TRIM_THRESHOLD_ in each worker, which doubled the CPU time
+    of a file there; ``local:N`` drops it and splits the cores between the workers."""
+    import os
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with scaleout.open_client("local:1") as (c, threads):
+        env = c.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_")
+        assert list(env.values()) == [None]
+        assert threads == scaleout._cpu_count()
+        assert c.submit(sum, [1, 2], pure=False).result() == 3
+    assert c.status == "closed"
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # nothing leaks into this process
 
 
 @pytest.mark.slow
