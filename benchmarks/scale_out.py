@@ -64,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
+    import dask
     import torch
     from distributed import Client, LocalCluster
 
     from napari_nalu_count.infer.batch import run_batch
-    from napari_nalu_count.infer.scaleout import _cpu_count
+    from napari_nalu_count.infer.scaleout import _LOCAL_CONFIG, _cpu_count
 
     cores = _cpu_count()
     torch.set_num_threads(cores)
@@ -80,14 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     w = args.workers
 
     run_batch(files[:2], args.task, model, **kw)  # warm up this process (imports, caches)
-    cluster = LocalCluster(
-        n_workers=w,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",  # no fixed port
-        scheduler_kwargs={"dashboard": False},
-        silence_logs=40,
-    )
+    with dask.config.set(_LOCAL_CONFIG):  # the workers --scheduler local:W starts
+        cluster = LocalCluster(
+            n_workers=w,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",  # no fixed port
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=40,
+        )
     client = Client(cluster)
     threads = max(1, cores // w)
     client.run(torch.set_num_threads, threads)  # the same split as --scheduler local:W
