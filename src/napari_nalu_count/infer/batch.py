@@ -600,8 +600,10 @@ def run_batch(
     resume
         Continue the table at ``csv`` (a path): files already in it are not processed again
         (:attr:`BatchResult.resumed`) and the new rows are appended; its header must be the
-        one this run writes. ``measure_csv`` is appended to as well. Without a table there
-        yet this is a plain run.
+        one this run writes. The table's last file is run again (an interrupted run may have
+        cut its rows short; its rows are replaced), and a cut-off last line is dropped.
+        ``measure_csv`` is continued the same way. Without a table there yet this is a plain
+        run.
     client
         Run the files on a ``dask.distributed`` cluster: a ``distributed.Client``, or a
         scheduler: ``"local:N"`` (a LocalCluster of N worker processes for this run, closed
