@@ -170,9 +170,35 @@ def _requirement_names(key: str) -> set[str]:
 def test_dependencies_are_what_the_package_imports():
     imported = _third_party_imports(SRC)
     declared = _requirement_names("dependencies")
-    assert imported - declared == set(), "imported but not declared"
+    optional = _requirement_names("distributed")  # the one optional import: --scheduler
+    assert imported - declared - optional == set(), "imported but not declared"
     assert declared - imported == set(), "declared but never imported"
     assert {"psygnal", "magicgui"} <= declared and "dask" not in declared
+    assert optional == {"dask", "distributed"} and not optional & declared
+    # only the scale-out module imports them, and only inside functions (lazily)
+    users = {p.name for p in SRC.rglob("*.py") if _third_party_imports_of(p) & optional}
+    assert users == {"scaleout.py"}
+    assert not _top_level_imports(SRC / "infer" / "scaleout.py") & optional
+
+
+def _third_party_imports_of(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
 
 
 def test_testing_extra_covers_what_the_tests_import():

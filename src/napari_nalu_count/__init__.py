@@ -1,7 +1,7 @@
 """napari-nalu-count: cell counting and segmentation for napari.
 
 The public Python API (see README): ``count``, ``segment``, ``measure``, ``run_batch``,
-``list_models``, ``load_model``, ``suggest_regions``.
+``count_files``, ``segment_files``, ``list_models``, ``load_model``, ``suggest_regions``.
 Heavy modules (torch, the engine) are imported lazily so that ``import napari_nalu_count``
 stays cheap for napari's plugin discovery.
 """
@@ -15,6 +15,8 @@ __all__ = [
     "segment",
     "measure",
     "run_batch",
+    "count_files",
+    "segment_files",
     "list_models",
     "load_model",
     "suggest_regions",
@@ -26,6 +28,8 @@ _API = {
     "segment": "napari_nalu_count.infer",
     "measure": "napari_nalu_count.analysis.measurements",
     "run_batch": "napari_nalu_count.infer.batch",
+    "count_files": "napari_nalu_count.infer.batch",
+    "segment_files": "napari_nalu_count.infer.batch",
     "list_models": "napari_nalu_count.models",
     "load_model": "napari_nalu_count.models",
     "suggest_regions": "napari_nalu_count.infer.uncertainty",

@@ -190,12 +190,14 @@ class CountsWriter:
         extra_columns: tuple[str, ...] = (),
         *,
         header: tuple[str, ...] | None = None,
+        write_header: bool = True,
     ) -> None:
         self.fh = fh
         self.extra_columns = tuple(extra_columns)
         self.header = tuple(header) if header is not None else (*HEADER, *self.extra_columns)
         self._writer = csv.writer(fh, lineterminator="\n")
-        self._writer.writerow(list(self.header))
+        if write_header:  # False: appending to a table that has it (a resumed batch)
+            self._writer.writerow(list(self.header))
         fh.flush()
 
     def write_rows(self, rows: Any) -> None:

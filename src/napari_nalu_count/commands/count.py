@@ -23,6 +23,14 @@ was processed at, the given one or the one found automatically) and, for
 ``kind``: ``plane`` or ``volume``, whose ``frame`` is the volume's index; needs axes with Z, e.g.
 ``--axes ZYX`` or an ImageJ file with ``slices=``). The engine is
 ``napari_nalu_count.infer.batch.run_batch``.
+
+Many files: ``--scheduler local:N`` runs them on N worker processes of this machine (a
+dask.distributed LocalCluster), ``--scheduler tcp://HOST:PORT`` on a running dask cluster
+(whose workers see the same files); each worker loads the model once, and the table is the
+same, written in input order as results arrive. ``--resume`` continues the ``--csv`` table:
+files already in it are not run again (the last one is, in case it was cut short) and the
+others are appended. Both need the same options as before; ``--scheduler`` needs the
+``distributed`` extra (``pip install "napari-nalu-count[distributed]"``).
 """
 
 from __future__ import annotations
@@ -46,6 +54,17 @@ def diameter_arg(text: str) -> float | str | None:
 
     try:
         return parse_diameter(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def scheduler_arg(text: str) -> str:
+    """argparse type of ``--scheduler``: ``local:N`` or ``tcp://HOST:PORT`` (the form only;
+    :func:`napari_nalu_count.infer.scaleout.parse_scheduler`)."""
+    from napari_nalu_count.infer.scaleout import parse_scheduler
+
+    try:
+        return parse_scheduler(text)
     except InputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -92,6 +111,18 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_model: str) ->
         help="channel index, or mean/max/luminance, for multi-channel images",
     )
     parser.add_argument("--tile-size", type=int, metavar="PX", help="tile edge (default: auto)")
+    parser.add_argument(
+        "--scheduler",
+        type=scheduler_arg,
+        metavar="SPEC",
+        help="run the files on a dask.distributed cluster: local:N (N worker processes on this "
+        "machine) or tcp://HOST:PORT (a running scheduler); needs the [distributed] extra",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the --csv table: skip the files already in it and append the others",
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -200,13 +231,24 @@ def run_batch(
     from napari_nalu_count.infer.device import resolve_device
     from napari_nalu_count.models import load_model
 
+    scheduler = getattr(args, "scheduler", None)
+    resume = bool(getattr(args, "resume", False))
+    if resume and not args.csv:
+        raise InputError("--resume needs --csv: the table to continue")
+    if scheduler is not None:
+        from napari_nalu_count.infer.scaleout import check_client
+
+        check_client(scheduler)  # the distributed extra is installed: exit 2 before any work
     files, problems = batch.expand_inputs(args.inputs)
     for msg in problems:
         print(f"nalu-count: skipped {msg}", file=sys.stderr)
     if not files:
         raise InputError("no images to process")
-    device = resolve_device(args.device)
-    loaded = load_model(args.model, device=str(device))
+    if scheduler is None:
+        device = str(resolve_device(args.device))
+    else:  # the workers resolve the device; here the model is only checked
+        device = "cpu"
+    loaded = load_model(args.model, device=device)
     if loaded.task != task:
         raise InputError(
             f"model {loaded.name!r} is a {loaded.task!r} model; nalu-count {task} needs a "
@@ -218,61 +260,59 @@ def run_batch(
 
         regions = read_image(regions)  # a bad mask is a bad argument: exit 2 before any work
 
-    out_fh: IO[str]
-    if args.csv:
-        csv_path = Path(args.csv)
-        if csv_path.parent and not csv_path.parent.exists():
-            csv_path.parent.mkdir(parents=True, exist_ok=True)
-        out_fh = open(csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-    else:
-        out_fh = sys.stdout
-    try:
-        bar = tqdm(total=len(files), unit="img", file=sys.stderr, desc=task, dynamic_ncols=True)
-        last = [0.0]
+    # the engine opens --csv itself (a resumed table is appended to); stdout is handed over
+    out: str | IO[str] = args.csv if args.csv else sys.stdout
+    bar = tqdm(total=len(files), unit="img", file=sys.stderr, desc=task, dynamic_ncols=True)
+    last = [0.0]
 
-        def progress(event: batch.BatchEvent) -> None:
-            if event.kind == "start":
-                bar.set_description_str(f"{task} {Path(event.path).name}", refresh=False)
-            elif event.kind == "tiles":
-                now = time.monotonic()
-                if now - last[0] > 0.5:
-                    last[0] = now
-                    bar.set_postfix_str(f"tiles {event.done}/{event.tiles}", refresh=False)
-                    bar.update(0)
-            elif event.kind == "skipped":
-                tqdm.write(f"nalu-count: {event.message}", file=sys.stderr)
-                bar.update(1)
-            elif event.kind == "output":
-                tqdm.write(f"nalu-count: {event.message}", file=sys.stderr)
-            elif event.kind == "file":
-                bar.update(1)
+    def progress(event: batch.BatchEvent) -> None:
+        if event.kind == "start":
+            bar.set_description_str(f"{task} {Path(event.path).name}", refresh=False)
+        elif event.kind == "tiles":
+            now = time.monotonic()
+            if now - last[0] > 0.5:
+                last[0] = now
+                bar.set_postfix_str(f"tiles {event.done}/{event.tiles}", refresh=False)
+                bar.update(0)
+        elif event.kind == "skipped":
+            tqdm.write(f"nalu-count: {event.message}", file=sys.stderr)
+            bar.update(1)
+        elif event.kind == "output":
+            tqdm.write(f"nalu-count: {event.message}", file=sys.stderr)
+        elif event.kind in ("file", "resumed"):
+            bar.update(1)
 
-        with bar:
-            result = batch.run_batch(
-                files,
-                task,
-                loaded,
-                diameter=args.diameter,
-                axes=args.axes,
-                channel=args.channel,
-                device=args.device,
-                tile_size=args.tile_size,
-                regions=regions,
-                pixel_size=getattr(args, "pixel_size", None),
-                areas=True if getattr(args, "areas", False) else None,
-                diameter_column=bool(getattr(args, "diameter_column", False)),
-                volume=volume,
-                z_diameter=z_diameter,
-                density_dir=density_dir,
-                labels_dir=labels_dir,
-                measure_csv=measure_csv,
-                csv=out_fh,
-                engine_options=engine_options,
-                progress=progress,
-            )
-    finally:
-        if out_fh is not sys.stdout:
-            out_fh.close()
+    with bar:
+        result = batch.run_batch(
+            files,
+            task,
+            loaded,
+            diameter=args.diameter,
+            axes=args.axes,
+            channel=args.channel,
+            device=args.device,
+            tile_size=args.tile_size,
+            regions=regions,
+            pixel_size=getattr(args, "pixel_size", None),
+            areas=True if getattr(args, "areas", False) else None,
+            diameter_column=bool(getattr(args, "diameter_column", False)),
+            volume=volume,
+            z_diameter=z_diameter,
+            density_dir=density_dir,
+            labels_dir=labels_dir,
+            measure_csv=measure_csv,
+            csv=out,
+            resume=resume,
+            client=scheduler,
+            engine_options=engine_options,
+            progress=progress,
+        )
+    if result.resumed:
+        print(
+            f"nalu-count: {len(result.resumed)} file(s) already in {args.csv}, not run again "
+            "(--resume)",
+            file=sys.stderr,
+        )
     failed = len(problems) + len(result.skipped)
     if result.cancelled:
         print(f"nalu-count: {result.message}", file=sys.stderr)

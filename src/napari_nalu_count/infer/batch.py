@@ -16,17 +16,23 @@ files finished so far are kept (and written), :attr:`BatchResult.cancelled` is T
 :attr:`BatchResult.message` says how far it got.
 
 Progress: ``progress(event)`` receives :class:`BatchEvent` objects (frozen dataclasses):
-``start`` (a file begins), ``tiles`` (tile progress inside it), ``file`` (its rows are in the
-table), ``skipped`` (it failed; ``message`` says why), ``output`` (an optional output could
-not be written), ``done``.
+``start`` (a file begins; on a cluster: it is sent to the workers), ``tiles`` (tile progress
+inside it; not sent from a cluster), ``file`` (its rows are in the table), ``skipped`` (it
+failed; ``message`` says why), ``output`` (an optional output could not be written),
+``resumed`` (a resumed table already has it; not processed again), ``done``.
+
+Many files on many machines: ``client=`` runs the same per-file work (:func:`process_file`)
+on ``dask.distributed`` workers (:mod:`napari_nalu_count.infer.scaleout`), one model load per
+worker, the rows still written in input order; ``resume=True`` continues a table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import sys
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -66,7 +72,8 @@ class BatchResult:
     in order; ``skipped``: ``(path or pattern, reason)`` per input that failed; ``outputs``:
     density / labels / measurement files written; ``measurements``: the per-object table of
     every file (a pandas DataFrame with a leading ``file`` column) when ``measure=True``;
-    ``cancelled``: True when a cancel stopped the run (the rows so far are kept).
+    ``cancelled``: True when a cancel stopped the run (the rows so far are kept);
+    ``resumed``: files not processed again because a resumed table already had them.
     """
 
     header: tuple[str, ...]
@@ -77,6 +84,7 @@ class BatchResult:
     measurements: Any = None
     cancelled: bool = False
     n_inputs: int = 0
+    resumed: list[Path] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -87,6 +95,8 @@ class BatchResult:
     def message(self) -> str:
         """One line: how many files were done, skipped, and whether it was cancelled."""
         done = f"{len(self.files)} of {self.n_inputs} file(s) done"
+        if self.resumed:
+            done += f" ({len(self.resumed)} more already in the table)"
         if self.cancelled:
             return f"cancelled: {done}; the table holds the rows of the finished files only"
         if self.skipped:
@@ -282,6 +292,236 @@ def _canonical_stack(arr: np.ndarray, axes: str) -> np.ndarray:
     return np.transpose(arr, [out_axes.index(a) for a in canon])
 
 
+@dataclass(frozen=True)
+class FileSettings:
+    """Everything processing one file needs besides the model: the options of
+    :func:`run_batch`, checked. Plain data (a dask worker receives it once per batch).
+
+    ``device`` is resolved for a local run and the name as given for workers (each resolves
+    it); ``regions`` is a mask array, a function ``regions(path) -> mask``, or None.
+    """
+
+    task: str
+    diameter: Any = None
+    axes: str | None = None
+    channel: Any = None
+    device: str = "cpu"
+    tile_size: int | None = None
+    volume: bool = False
+    z_diameter: float | None = None
+    regions: Any = None
+    pixel_size: Any = None
+    areas: bool = False
+    diameter_column: bool = False
+    measure: bool = False
+
+    def region_fn(self) -> Callable[[Path], Any] | None:
+        if self.regions is None:
+            return None
+        if callable(self.regions):
+            return self.regions
+        fixed = self.regions
+        return lambda _p: fixed
+
+
+@dataclass
+class FileOutcome:
+    """What processing one file gave: its table ``rows`` (None when it failed, ``error`` then
+    says why), the output files written, ``problems`` with them as ``(reason, message)``
+    pairs (the rows still count), and its per-object ``measurements`` (a DataFrame or None).
+    """
+
+    path: str
+    rows: list[list[str]] | None
+    error: str = ""
+    outputs: list[Path] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    measurements: Any = None
+
+
+#: per file: where its density map, labels and 3-D labels go (None: not written)
+OutputNames = tuple["Path | None", "Path | None", "Path | None"]
+
+
+def output_names(
+    files: list[Path],
+    density_dir: Path | None,
+    labels_dir: Path | None,
+    volume: bool,
+) -> list[OutputNames]:
+    """The per-file output paths, decided up front in input order (``DIR/<name>_density.tif``,
+    ``_labels.tif``, ``_labels3d.tif``; ``-2``, ``-3`` ... when a name repeats), so that they
+    do not depend on which files fail or finish first, nor on a resumed run."""
+    used: set[Path] = set()
+    names: list[OutputNames] = []
+    for path in files:
+        dens = unique_output(density_dir, path.stem, "_density.tif", used) if density_dir else None
+        lab = unique_output(labels_dir, path.stem, "_labels.tif", used) if labels_dir else None
+        lab3 = (
+            unique_output(labels_dir, path.stem, "_labels3d.tif", used)
+            if labels_dir and volume
+            else None
+        )
+        names.append((dens, lab, lab3))
+    return names
+
+
+def process_file(
+    path: Path,
+    settings: FileSettings,
+    loaded: Any,
+    options: dict[str, Any],
+    names: OutputNames = (None, None, None),
+    progress: Callable[[int, int, str], Any] | None = None,
+    cancel: CancelToken | None = None,
+) -> FileOutcome:
+    """Read one file, count or segment it with ``loaded`` (and the engine ``options``), make
+    its rows, write its outputs and measure its objects: the work :func:`run_batch` does per
+    file, in this process or on a dask worker. Never raises for a problem of the file (it is
+    in the outcome); :class:`Cancelled` and ``KeyboardInterrupt`` pass through."""
+    s = settings
+    region_fn = s.region_fn()
+    try:
+        image, file_axes, ch = read_input(path, s.axes, s.channel)
+        res = _run_one(
+            s.task,
+            image,
+            loaded,
+            file_axes,
+            ch,
+            s.diameter,
+            s.device,
+            s.tile_size,
+            s.volume,
+            s.z_diameter,
+            options,
+            progress,
+            cancel,
+        )
+        rows, _ = _rows_for(
+            path, res, s.task, s.task == "segment", region_fn, s.pixel_size, s.areas, s.volume
+        )
+        if s.diameter_column:
+            rows = with_diameter(rows, res)
+    except (Cancelled, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # never lose the batch for one bad file
+        return FileOutcome(str(path), None, error=str(exc) or type(exc).__name__)
+    out = FileOutcome(str(path), rows)
+    density_path, labels_path, labels3d_path = names
+    try:
+        if density_path is not None and s.task == "count":
+            _write_tiff(density_path, np.asarray(res.density, dtype=np.float32), False)
+            out.outputs.append(density_path)
+        if labels_path is not None and s.task == "segment":
+            _write_tiff(labels_path, np.asarray(res.labels, dtype=np.int32), True)
+            out.outputs.append(labels_path)
+            if labels3d_path is not None and getattr(res, "volume_labels", None) is not None:
+                _write_tiff(labels3d_path, np.asarray(res.volume_labels, dtype=np.int32), True)
+                out.outputs.append(labels3d_path)
+    except OSError as exc:
+        out.problems.append(
+            (f"cannot write output: {exc}", f"cannot write output for {path}: {exc}")
+        )
+    if s.measure:
+        from napari_nalu_count.analysis.measurements import measure as _measure
+
+        try:
+            plane_image = _intensity_for(image, file_axes, res, ch, loaded)
+            df = _measure(res.labels, plane_image, pixel_size=s.pixel_size, axes=res.axes)
+            df.insert(0, "file", str(path))
+            out.measurements = df
+        except Exception as exc:  # noqa: BLE001 - reported like any per-file problem
+            out.problems.append((f"cannot measure: {exc}", f"cannot measure {path}: {exc}"))
+    return out
+
+
+def _first_field(line: bytes) -> str:
+    import csv as _csv
+
+    row = next(_csv.reader([line.decode("utf-8").rstrip("\r\n")]), [])
+    return row[0] if row else ""
+
+
+def _table_so_far(path: Path, header: tuple[str, ...] | list[str]) -> set[str] | None:
+    """Prepare the table at ``path`` to be continued; return the ``file`` values it keeps (a
+    resumed run skips them), or None when there is no table to continue (no file, or an
+    empty one).
+
+    Rows are written file by file in input order, so only the last file of the table can be
+    incomplete (a run killed while writing it): its rows and a cut-off last line are removed
+    and that file is run again. Raises InputError when the header differs from ``header``
+    (other options than the first run) or the file is not a UTF-8 table."""
+    import csv as _csv
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    if lines and not lines[-1].endswith(b"\n"):
+        lines.pop()  # cut off in the middle
+    if not lines:
+        path.write_bytes(b"")
+        return None
+    try:
+        found = next(_csv.reader([lines[0].decode("utf-8").rstrip("\r\n")]))
+        files = [_first_field(line) for line in lines[1:]]
+    except UnicodeDecodeError:
+        raise InputError(f"cannot resume {path}: it is not a UTF-8 CSV table") from None
+    if tuple(found) != tuple(header):
+        raise InputError(
+            f"cannot resume {path}: its columns are {','.join(found)!r} but this run writes "
+            f"{','.join(header)!r} (use the options of the first run)"
+        )
+    keep = len(lines)
+    if files:  # drop the last file's rows: it may have been cut short
+        last = files[-1]
+        while keep > 1 and files[keep - 2] == last:
+            keep -= 1
+    size = sum(len(line) for line in lines[:keep])
+    if size != len(data):
+        with open(path, "rb+") as fh:
+            fh.truncate(size)
+    return set(files[: keep - 1])
+
+
+def _measure_header(ps: Any) -> list[str]:
+    return list(_concat_measurements([], ps).columns)
+
+
+def _check_measure_columns(path: Path, ps: Any) -> None:
+    """InputError unless the measurement table at ``path`` (if any) has this run's columns."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as fh:
+        first = fh.readline()
+    if not first.endswith(b"\n"):
+        return  # empty, or cut off before its header ended: written anew
+    try:
+        found = first.decode("utf-8").rstrip("\r\n").split(",")
+    except UnicodeDecodeError:
+        raise InputError(f"cannot resume {path}: it is not a UTF-8 CSV table") from None
+    if found != _measure_header(ps):
+        raise InputError(
+            f"cannot resume {path}: its columns differ from this run's (use the options of "
+            "the first run)"
+        )
+
+
+def _measurements_so_far(path: Path, done: set[str], ps: Any) -> bool:
+    """Keep only the rows of ``done`` files in the measurement table at ``path`` (a resumed
+    run measures the others again); True when a header is left to append to."""
+    _check_measure_columns(path, ps)
+    if not path.is_file():
+        return False
+    lines = path.read_bytes().splitlines(keepends=True)
+    if lines and not lines[-1].endswith(b"\n"):
+        lines.pop()  # cut off in the middle
+    kept = lines[:1] + [line for line in lines[1:] if _first_field(line) in done]
+    path.write_bytes(b"".join(kept))
+    return bool(kept)
+
+
 def run_batch(
     paths: str | os.PathLike | Iterable[str | os.PathLike],
     task: str,
@@ -303,6 +543,8 @@ def run_batch(
     measure: bool = False,
     measure_csv: str | os.PathLike | None = None,
     csv: str | os.PathLike | IO[str] | None = None,
+    resume: bool = False,
+    client: Any = None,
     engine_options: dict[str, Any] | None = None,
     progress: Callable[[BatchEvent], Any] | None = None,
     cancel: CancelToken | None = None,
@@ -315,7 +557,8 @@ def run_batch(
         Files, folders and glob patterns (one, or an iterable of them); see
         :func:`expand_inputs`.
     model
-        Model name, path or ``LoadedModel`` of the task; loaded once.
+        Model name, path or ``LoadedModel`` of the task; loaded once (once per worker with
+        ``client``).
     diameter, axes, channel, device, tile_size
         As for :func:`~napari_nalu_count.infer.count` (``axes`` then describes every file as
         stored; None: each file's own axes).
@@ -346,31 +589,47 @@ def run_batch(
     density_dir, labels_dir
         Write each density map (counting; float32 cells per pixel) as
         ``DIR/<name>_density.tif`` / instance labels (segmentation; int32) as
-        ``DIR/<name>_labels.tif``; names made unique with ``-2``, ``-3`` ...
+        ``DIR/<name>_labels.tif``; names made unique with ``-2``, ``-3`` ... in input order.
     measure, measure_csv
         Segmentation only: measure every object (:func:`napari_nalu_count.measure`, with the
         image's intensities and ``pixel_size``) into :attr:`BatchResult.measurements`; with
         ``measure_csv`` also written there (implies ``measure``).
     csv
         A path or an open text stream to stream the table to (header first, then each file's
-        rows as soon as it is done); None: the table is only returned.
+        rows as soon as it is done, in input order); None: the table is only returned.
+    resume
+        Continue the table at ``csv`` (a path): files already in it are not processed again
+        (:attr:`BatchResult.resumed`) and the new rows are appended; its header must be the
+        one this run writes. The table's last file is run again (an interrupted run may have
+        cut its rows short; its rows are replaced), and a cut-off last line is dropped.
+        ``measure_csv`` is continued the same way. Without a table there yet this is a plain
+        run.
+    client
+        Run the files on a ``dask.distributed`` cluster: a ``distributed.Client``, or a
+        scheduler: ``"local:N"`` (a LocalCluster of N worker processes for this run, closed
+        at the end) or ``"tcp://HOST:PORT"`` (a running scheduler). Each worker loads the
+        model once; the rows are still written in input order as results arrive. The workers
+        read the input files and write the output files by the same paths, so a remote
+        cluster needs them on a shared file system. None (default): this process. See
+        :mod:`napari_nalu_count.infer.scaleout` (needs the ``distributed`` extra).
     engine_options
         Further keyword arguments of ``count`` / ``segment`` (``seeds``, ``count_model``,
         ``min_mass``, ``level`` ...).
     progress, cancel
-        ``progress(BatchEvent)``; a :class:`~napari_nalu_count.errors.CancelToken`.
+        ``progress(BatchEvent)``; a :class:`~napari_nalu_count.errors.CancelToken` (with
+        ``client``: checked between files).
 
-    Raises :class:`InputError` for bad arguments, no images at all, or a model of the other
-    task; every per-file problem is reported in the result instead.
+    Raises :class:`InputError` for bad arguments, no images at all, a model of the other
+    task, or a scheduler that cannot be used; every per-file problem is reported in the
+    result instead.
     """
     from napari_nalu_count import io_csv
     from napari_nalu_count.analysis import units as _units
-    from napari_nalu_count.infer.device import resolve_device
+    from napari_nalu_count.infer.device import check_device_name, resolve_device
     from napari_nalu_count.models import load_model
 
     if task not in TASKS:
         raise InputError(f"task must be 'count' or 'segment', got {task!r}")
-    integer = task == "segment"
     ps = _units.check_pixel_size(pixel_size)
     if not isinstance(volume, (bool, np.bool_)):
         raise InputError(f"volume must be True or False, got {volume!r}")
@@ -378,17 +637,23 @@ def run_batch(
         measure = True
     if measure and task != "segment":
         raise InputError("measurements need instance labels: use task 'segment'")
-    region_fn: Callable[[Path], Any] | None = None
+    if resume and (csv is None or hasattr(csv, "write")):
+        raise InputError("resume needs csv= the path of the table to continue")
+    scheduler = None
+    if client is not None:
+        from napari_nalu_count.infer import scaleout
+
+        scheduler = scaleout.check_client(client)
+    regions_value: Any = None
     if callable(regions):
-        region_fn = regions
+        regions_value = regions
     elif regions is not None:
-        fixed = read_regions(regions)
-        region_fn = lambda _p: fixed  # noqa: E731
+        regions_value = read_regions(regions)
     if areas is None:
-        areas = ps is not None or region_fn is not None
+        areas = ps is not None or regions_value is not None
     header = io_csv.table_header(
         kind=bool(volume),
-        region=region_fn is not None,
+        region=regions_value is not None,
         areas=None if not areas else ("um" if ps is not None else "px"),
         extra=("diameter_px",) if diameter_column else (),
     )
@@ -403,11 +668,27 @@ def run_batch(
     if not files:
         raise InputError("no images to process" + (f" ({problems[0]})" if problems else ""))
 
-    device = str(resolve_device(device))
+    done_before: set[str] = set()
+    continuing = measures_continue = False
+    if resume:
+        if measure_csv is not None:  # checked before either table is changed
+            _check_measure_columns(Path(measure_csv), ps)
+        found = _table_so_far(Path(csv), header)  # type: ignore[arg-type]
+        continuing = found is not None
+        done_before = found or set()
+        if measure_csv is not None:
+            measures_continue = _measurements_so_far(Path(measure_csv), done_before, ps)
+
+    if scheduler is None:
+        device = str(resolve_device(device))
+        load_device = device
+    else:
+        device = check_device_name(device)  # each worker resolves it
+        load_device = "cpu"
     loaded = (
         model
         if hasattr(model, "net") and hasattr(model, "card")
-        else load_model(model, device=device)
+        else load_model(model, device=load_device)
     )
     if loaded.task != task:
         raise InputError(
@@ -424,7 +705,22 @@ def run_batch(
     for d in (density_out, labels_out):
         if d is not None:
             d.mkdir(parents=True, exist_ok=True)
-    used: set[Path] = set()
+    names = output_names(files, density_out, labels_out, bool(volume))
+    settings = FileSettings(
+        task=task,
+        diameter=diameter,
+        axes=axes,
+        channel=channel,
+        device=device,
+        tile_size=tile_size,
+        volume=bool(volume),
+        z_diameter=z_diameter,
+        regions=regions_value,
+        pixel_size=ps,
+        areas=bool(areas),
+        diameter_column=bool(diameter_column),
+        measure=bool(measure),
+    )
 
     def emit(
         kind: str, index: int, path: Any = "", done: int = 0, tiles: int = 0, message: str = ""
@@ -432,21 +728,71 @@ def run_batch(
         if progress is not None:
             progress(BatchEvent(kind, index, len(files), str(path), done, tiles, message))
 
-    own_fh = False
-    fh: IO[str] | None
-    if csv is None:
-        fh = None
-    elif hasattr(csv, "write"):
-        fh = csv  # type: ignore[assignment]
-    else:
-        csv_path = Path(csv)  # type: ignore[arg-type]
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        own_fh = True
-    measured: list[Any] = []
+    todo: list[int] = []
+    for i, path in enumerate(files):
+        if str(path) in done_before:
+            result.resumed.append(path)
+            emit("resumed", i, path, message=f"{path.name}: already in {csv}")
+        else:
+            todo.append(i)
+
+    fh: IO[str] | None = None
+    measure_fh: IO[str] | None = None
+    stack = contextlib.ExitStack()  # the cluster of this run, closed at the end
     try:
-        writer = io_csv.CountsWriter(fh, header=header) if fh is not None else None
-        for i, path in enumerate(files):
+        if scheduler is not None and todo:  # connect (or start) before writing anything
+            dask_client, worker_threads = stack.enter_context(scaleout.open_client(scheduler))
+        if csv is None:
+            fh = None
+        elif hasattr(csv, "write"):
+            fh = csv  # type: ignore[assignment]
+        else:
+            csv_path = Path(csv)  # type: ignore[arg-type]
+            csv_path.parent.mkdir(parents=True, exist_ok=True)
+            mode = "a" if continuing else "w"
+            fh = stack.enter_context(open(csv_path, mode, newline="", encoding="utf-8"))
+        if measure_csv is not None:
+            measure_path = Path(measure_csv)
+            measure_path.parent.mkdir(parents=True, exist_ok=True)
+            mode = "a" if measures_continue else "w"
+            measure_fh = stack.enter_context(open(measure_path, mode, newline="", encoding="utf-8"))
+    except BaseException:
+        stack.close()
+        raise
+    measured: list[Any] = []
+    measure_header = [measures_continue]  # a header is in the measurement table
+    measure_columns = _measure_header(ps) if measure else []
+
+    def accept(i: int, outcome: FileOutcome) -> None:
+        path = files[i]
+        if outcome.rows is None:
+            result.skipped.append((str(path), outcome.error))
+            emit("skipped", i, path, message=f"skipped {path}: {outcome.error}")
+            return
+        result.rows.extend(outcome.rows)
+        result.files.append(path)
+        if writer is not None:
+            writer.write_rows(outcome.rows)
+        result.outputs.extend(outcome.outputs)
+        for reason, message in outcome.problems:
+            result.skipped.append((str(path), reason))
+            emit("output", i, path, message=message)
+        if outcome.measurements is not None:
+            measured.append(outcome.measurements)
+            if measure_fh is not None:  # streamed like the table, so a resume can continue
+                df = outcome.measurements
+                if list(df.columns) != measure_columns:  # no intensities for this file
+                    df = df.reindex(columns=measure_columns)
+                df.to_csv(
+                    measure_fh, index=False, lineterminator="\n", header=not measure_header[0]
+                )
+                measure_fh.flush()
+                measure_header[0] = True
+        emit("file", i, path, message=f"{path.name}: done")
+
+    def local_outcomes() -> Iterator[tuple[int, FileOutcome]]:
+        for i in todo:
+            path = files[i]
             emit("start", i, path, message=f"{task} {path.name} ({i + 1}/{len(files)})")
 
             def tile_progress(
@@ -454,82 +800,76 @@ def run_batch(
             ) -> None:
                 emit("tiles", i, path, done, total, message)
 
-            try:
-                image, file_axes, ch = read_input(path, axes, channel)
-                res = _run_one(
-                    task,
-                    image,
-                    loaded,
-                    file_axes,
-                    ch,
-                    diameter,
-                    device,
-                    tile_size,
-                    volume,
-                    z_diameter,
-                    options,
-                    tile_progress,
-                    cancel,
-                )
-                rows, per_file = _rows_for(
-                    path, res, task, integer, region_fn, ps, bool(areas), bool(volume)
-                )
-                if diameter_column:
-                    rows = with_diameter(rows, res)
-            except (Cancelled, KeyboardInterrupt):
-                raise
-            except Exception as exc:  # never lose the batch for one bad file
-                reason = str(exc) or type(exc).__name__
-                result.skipped.append((str(path), reason))
-                emit("skipped", i, path, message=f"skipped {path}: {reason}")
-                continue
-            result.rows.extend(rows)
-            result.files.append(path)
-            if writer is not None:
-                writer.write_rows(rows)
-            try:
-                if density_out is not None:
-                    out = unique_output(density_out, path.stem, "_density.tif", used)
-                    _write_tiff(out, np.asarray(res.density, dtype=np.float32), False)
-                    result.outputs.append(out)
-                if labels_out is not None:
-                    out = unique_output(labels_out, path.stem, "_labels.tif", used)
-                    _write_tiff(out, np.asarray(res.labels, dtype=np.int32), True)
-                    result.outputs.append(out)
-                    if getattr(res, "volume_labels", None) is not None:
-                        out = unique_output(labels_out, path.stem, "_labels3d.tif", used)
-                        _write_tiff(out, np.asarray(res.volume_labels, dtype=np.int32), True)
-                        result.outputs.append(out)
-            except OSError as exc:
-                result.skipped.append((str(path), f"cannot write output: {exc}"))
-                emit("output", i, path, message=f"cannot write output for {path}: {exc}")
-            if measure:
-                from napari_nalu_count.analysis.measurements import measure as _measure
+            yield i, process_file(path, settings, loaded, options, names[i], tile_progress, cancel)
 
-                try:
-                    plane_image = _intensity_for(image, file_axes, res, ch, loaded)
-                    df = _measure(res.labels, plane_image, pixel_size=ps, axes=res.axes)
-                    df.insert(0, "file", str(path))
-                    measured.append(df)
-                except Exception as exc:  # noqa: BLE001 - reported like any per-file problem
-                    result.skipped.append((str(path), f"cannot measure: {exc}"))
-                    emit("output", i, path, message=f"cannot measure {path}: {exc}")
-            del image, res, per_file
-            emit("file", i, path, message=f"{path.name}: done")
+    outcomes: Iterator[tuple[int, FileOutcome]] | None = None
+    try:
+        writer = (
+            io_csv.CountsWriter(fh, header=header, write_header=not continuing)
+            if fh is not None
+            else None
+        )
+        if scheduler is None or not todo:
+            outcomes = local_outcomes()
+        else:
+            outcomes = scaleout.run_files(
+                dask_client,
+                worker_threads,
+                settings,
+                loaded,
+                options,
+                [(i, files[i], names[i]) for i in todo],
+                submitted=lambda i: emit(
+                    "start", i, files[i], message=f"{task} {files[i].name}: sent to the cluster"
+                ),
+                cancel=cancel,
+            )
+        for i, outcome in outcomes:
+            accept(i, outcome)
     except Cancelled:
         result.cancelled = True
     finally:
-        if own_fh and fh is not None:
-            fh.close()
+        if outcomes is not None:
+            outcomes.close()  # cancels the files still on the cluster
         if measure:
             result.measurements = _concat_measurements(measured, ps)
-            if measure_csv is not None:
-                out = Path(measure_csv)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                result.measurements.to_csv(out, index=False, lineterminator="\n")
-                result.outputs.append(out)
+            if measure_fh is not None:
+                if not measure_header[0]:  # no objects anywhere: the header alone
+                    result.measurements.to_csv(measure_fh, index=False, lineterminator="\n")
+                result.outputs.append(Path(measure_csv))  # type: ignore[arg-type]
+        stack.close()  # the files; a cluster started for this run is shut down
     emit("done", len(files), message=result.message)
     return result
+
+
+def count_files(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    model: Any = "nuclei-count",
+    *,
+    csv: str | os.PathLike | IO[str] | None = None,
+    client: Any = None,
+    resume: bool = False,
+    **options: Any,
+) -> BatchResult:
+    """Count cells in many files into one table: :func:`run_batch` with ``task="count"``
+    (``client=`` a ``distributed.Client``, ``"local:N"`` or ``"tcp://HOST:PORT"`` to run on a
+    dask cluster; ``resume=True`` to continue ``csv``; ``options``: any other keyword of
+    :func:`run_batch`)."""
+    return run_batch(paths, "count", model, csv=csv, client=client, resume=resume, **options)
+
+
+def segment_files(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    model: Any = "nuclei-seg",
+    *,
+    csv: str | os.PathLike | IO[str] | None = None,
+    client: Any = None,
+    resume: bool = False,
+    **options: Any,
+) -> BatchResult:
+    """Segment nuclei in many files into one table: :func:`run_batch` with
+    ``task="segment"`` (arguments as for :func:`count_files`)."""
+    return run_batch(paths, "segment", model, csv=csv, client=client, resume=resume, **options)
 
 
 def _write_tiff(path: Path, arr: np.ndarray, compress: bool) -> None:
@@ -659,8 +999,8 @@ def _concat_measurements(parts: list[Any], ps: Any) -> Any:
 
     if parts:
         df = pd.concat(parts, ignore_index=True)
-    else:
-        df = _measure(np.zeros((1, 1), dtype=np.int32), pixel_size=ps)
+    else:  # no objects: the columns of a measurement with intensities, no rows
+        df = _measure(np.zeros((1, 1), np.int32), np.zeros((1, 1), np.float32), pixel_size=ps)
         df.insert(0, "file", pd.Series(dtype=str))
     df.attrs["units"] = "um" if ps is not None else "px"
     df.attrs["pixel_size"] = ps

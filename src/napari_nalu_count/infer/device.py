@@ -56,6 +56,25 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def check_device_name(device: str | torch.device | None = "auto") -> str:
+    """The device name, normalised (``"auto"``, ``"cpu"``, ``"cuda:1"`` ...), checked for
+    syntax only: whether it exists is decided where the work runs (a dask worker may have a
+    GPU that this machine lacks). Raises :class:`InputError` for an unknown name."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device is not None and not isinstance(device, str):
+        raise InputError(
+            f"device must be a name such as {', '.join(DEVICES)} or 'cuda:1', got {device!r}"
+        )
+    name = (device or "auto").strip().lower()
+    kind, sep, index = name.partition(":")
+    if kind not in DEVICES or kind == "auto" and sep:
+        raise InputError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    if sep and not (index.isascii() and index.isdigit() and len(index) < 6):
+        raise InputError(f"unknown device {device!r}: a device index is a number, as in 'cuda:1'")
+    return name
+
+
 def auto_tile_size(device: torch.device, stride: int = 32) -> int:
     """Tile edge in pixels for ``device`` (a multiple of ``stride``).
 

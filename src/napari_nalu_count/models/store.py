@@ -643,6 +643,82 @@ def _load_cached(name_or_path: str | os.PathLike, device: str | torch.device) ->
 
 
 # --------------------------------------------------------------------------------------------
+# models sent to other processes (dask workers)
+
+
+@dataclass(frozen=True)
+class ModelPayload:
+    """A checked model as plain data for another process (a dask worker): its card (JSON-able),
+    its weights as safetensors bytes and their SHA-256. Nothing in it is pickled code, so a
+    worker rebuilds the network from the card's config exactly as :func:`load_model` does.
+
+    ``name``, ``path`` and ``source`` are the client's, so results and messages name the same
+    model. Make one with :func:`model_payload`; rebuild it with :func:`load_model_payload`.
+    """
+
+    name: str
+    card: dict[str, Any]
+    weights: bytes
+    sha256: str
+    path: str = ""
+    source: str = "file"
+
+
+def model_payload(loaded: LoadedModel) -> ModelPayload:
+    """The model's current weights (in memory, so an unsaved fine-tune travels as it is) and
+    card as a :class:`ModelPayload`."""
+    from safetensors.torch import save as st_save
+
+    blob = st_save(_state_tensors(loaded.net))
+    return ModelPayload(
+        name=str(loaded.name),
+        card=jsonable(dict(loaded.card)),
+        weights=blob,
+        sha256=hashlib.sha256(blob).hexdigest(),
+        path=str(loaded.path),
+        source=str(loaded.source),
+    )
+
+
+def load_model_payload(payload: ModelPayload, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild a :class:`ModelPayload` as a checked :class:`LoadedModel` on ``device`` (the
+    weights' SHA-256, the tensors' names and shapes against the card's architecture).
+
+    Raises :class:`ModelFileError` when the payload does not hold together.
+    """
+    from safetensors.torch import load as st_load
+
+    dev = _resolve_device(device)
+    where = f"model {payload.name!r} sent by the client"
+    if hashlib.sha256(payload.weights).hexdigest() != payload.sha256:
+        raise ModelFileError(f"{where}: its weights arrived corrupt (sha256 mismatch)")
+    card = validate_card(
+        dict(payload.card), Path(payload.path or payload.name), check_weight_fields=False
+    )
+    try:
+        state = st_load(payload.weights)
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise ModelFileError(f"{where}: its weights cannot be parsed ({exc})") from exc
+    config = dict(card["config"])
+    net = _registry().build_model(config)
+    problems = _compare_state(net.state_dict(), state)
+    if problems:
+        raise ModelFileError(f"{where}: weights do not match its card: {'; '.join(problems)}")
+    net.load_state_dict(state, strict=True)
+    net.to(dev).eval()
+    return LoadedModel(
+        net=net,
+        card=card,
+        config=config,
+        name=payload.name,
+        task=card["task"],
+        path=Path(payload.path or payload.name),
+        source=payload.source,
+        device=dev,
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # listing
 
 
