@@ -62,6 +62,10 @@ OPTIONS: dict[str, Any] = {
     "overlap": 64,  # pixels shared by neighbouring tiles
     "batch_size": None,  # tiles per forward pass; None = automatic per device
     "size_check": True,  # check an estimated diameter with the counter's size head
+    # segment(): the counter that places the watershed seeds runs this many times finer than
+    # its model grid (nuclei 12 px -> 16 px): its peaks separate touching nuclei better
+    # (docs/models.md, "count-guided seeds")
+    "seed_grid": 1.33,
 }
 #: smallest tile the out-of-memory fallback goes down to
 MIN_TILE = 64
@@ -696,11 +700,20 @@ def count_events(
     volume: bool = False,
     z_diameter: float | None = None,
     uncertainty: bool = False,
+    grid_scale: float = 1.0,
 ) -> Generator[Event, None, CountResult]:
     """:func:`count` as an event generator: yields a :class:`~napari_nalu_count.events.Progress`
     per tile (and while the nucleus size is estimated) and returns the :class:`CountResult`.
     Arguments are checked when it starts (the first ``next``), as :func:`count` checks them.
+
+    ``grid_scale`` (> 0, default 1) runs the network that many times finer than its model grid
+    once the nucleus size is known (the size estimate and its check are unchanged); peaks are
+    then looked for with the diameter they have on that grid. :func:`segment` uses it for its
+    count-guided seeds (``OPTIONS["seed_grid"]``).
     """
+    grid_scale = _check_positive(grid_scale, "grid_scale")
+    if grid_scale != 1.0 and block_size is not None:
+        raise InputError("grid_scale is not available with block_size")
     ms = None if isinstance(image, (str, os.PathLike)) else _multiscale.resolve(image, level)
     if ms is None and level not in (None, 0):
         raise InputError(f"level={level} given but the image is not multiscale")
@@ -780,6 +793,9 @@ def count_events(
                 model_plane = _scale.rescale_plane(norm, scale.factor)
         else:
             model_plane = _scale.rescale_plane(norm, scale.factor)
+        if grid_scale != 1.0:
+            reuse = None
+            model_plane = _scale.rescale_plane(norm, scale.factor * grid_scale)
         del raw, norm
         if not total_set:
             runner.set_total(model_plane.shape, plan.n_planes - k)
@@ -801,7 +817,9 @@ def count_events(
             del sd_px
         del model_plane
         counts[k] = float(dens.sum(dtype=np.float64))
-        pts = _post.density_peaks(dens, scale.model_grid_diameter, min_mass=min_mass)
+        pts = _post.density_peaks(
+            dens, scale.model_grid_diameter * grid_scale, min_mass=min_mass
+        )
         pts = _scale.points_to_original(pts, dens.shape, (h, w))
         if plan.is_stack and len(pts):
             pts = np.hstack([np.tile(np.asarray(idx, dtype=np.float64), (len(pts), 1)), pts])
@@ -1213,6 +1231,7 @@ def segment_events(
                     device=str(dev),
                     cancel=cancel,
                     tile_size=tile_size,
+                    grid_scale=float(OPTIONS["seed_grid"]),
                 ),
                 functools.partial(runner.report, seeding),
             )
