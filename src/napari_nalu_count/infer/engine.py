@@ -817,9 +817,7 @@ def count_events(
             del sd_px
         del model_plane
         counts[k] = float(dens.sum(dtype=np.float64))
-        pts = _post.density_peaks(
-            dens, scale.model_grid_diameter * grid_scale, min_mass=min_mass
-        )
+        pts = _post.density_peaks(dens, scale.model_grid_diameter * grid_scale, min_mass=min_mass)
         pts = _scale.points_to_original(pts, dens.shape, (h, w))
         if plan.is_stack and len(pts):
             pts = np.hstack([np.tile(np.asarray(idx, dtype=np.float64), (len(pts), 1)), pts])
