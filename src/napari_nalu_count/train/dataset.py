@@ -357,6 +357,9 @@ class PatchSampler:
         #: per-sample ``(log object size relative to the model diameter, in the narrow range)``
         #: of the last :meth:`batch` (tensors ``(B,)``), for a size head's loss
         self.batch_info: dict[str, torch.Tensor] = {}
+        #: per sample of the last batch: the image part outside its annotated boxes (or None);
+        #: ``batch_info["outside"]`` ``(B, 1, P, P)`` when any sample has boxes
+        self._outside: list[np.ndarray | None] = []
         self._info: list[tuple[float, bool]] = []
         areas = np.array([it.shape[0] * it.shape[1] for it in self.items], dtype=np.float64)
         self.weights = _sampling_weights(self.items, areas, source_weights)
@@ -447,11 +450,15 @@ class PatchSampler:
             image = np.stack([self.appearance(c, self.rng) for c in image])
         h, w = image.shape[-2:]
         valid = np.ones((h, w), np.float32)
+        outside = None
         if packed:
             region, labels = _unpack_region(labels)
             valid *= region
+            if it.region is not None:  # annotated boxes: the rest of the patch is unlabelled
+                outside = 1.0 - region
             if self.task != "segment":
                 labels = None
+        self._outside.append(None if outside is None else _fit(outside, self.patch))
         if self.task == "count":
             d = np.zeros((0, 2)) if dots is None else np.asarray(dots, np.float64).reshape(-1, 2)
             target = dots_to_density(d, (h, w), sigma=self.sigma, out_of_bounds="clip")
@@ -464,11 +471,18 @@ class PatchSampler:
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x, y, valid)`` tensors for one batch (see the class docstring)."""
         self._info = []
+        self._outside = []
         parts = [self.sample() for _ in range(self.batch_size)]
         self.batch_info = {
             "log_size": torch.tensor([i[0] for i in self._info], dtype=torch.float32),
             "narrow": torch.tensor([float(i[1]) for i in self._info], dtype=torch.float32),
         }
+        if any(o is not None for o in self._outside):
+            p = self.patch
+            zero = np.zeros((p, p), np.float32)
+            self.batch_info["outside"] = torch.from_numpy(
+                np.stack([zero if o is None else o.astype(np.float32) for o in self._outside])
+            )[:, None]
         x = torch.from_numpy(np.stack([p[0] for p in parts]))
         valid = torch.from_numpy(np.stack([p[2] for p in parts]))[:, None]
         if self.task == "count":

@@ -85,6 +85,13 @@ class TrainConfig:
     source (``mre@SOURCE``, ``f1@SOURCE``) and their means (``mre_mean``, ``f1_mean``), which
     ``monitor`` may select.
 
+    Annotations inside boxes only (``Sample.boxes``): the loss sees the boxes, and outside
+    them, where nothing is labelled, ``keep_weight`` x the squared difference to the *start*
+    network's own prediction (its density, or its class probabilities as soft targets for
+    segmentation) keeps the network where it was; without it the unlabelled rest of the image
+    is free to drift, and a fine-tune on a few boxes could double the count of a whole image
+    (measured: docs/uncertainty.md). 0 turns it off.
+
     Count-level labels (samples with ``counts`` and no dots or labels): every step also draws
     ``batch_size`` whole boxes of them (:class:`~.dataset.CountLabelSampler`) and adds
     ``count_label_weight x mean((predicted - true)^2 / (true + 1))``, the predicted count
@@ -130,6 +137,7 @@ class TrainConfig:
     source_weights: dict[str, float] | None = None
     edge_margin: float = 0.0
     count_label_weight: float = 1.0
+    keep_weight: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the settings."""
@@ -331,6 +339,25 @@ def _count_label_loss(
         pred = (out * region.to(device)).sum() / cfg.density_scale
         parts.append((pred - n) ** 2 / (n + 1.0))
     return torch.stack(parts).mean()
+
+
+def _keep_loss(
+    teacher: nn.Module, x: torch.Tensor, out: torch.Tensor, outside: torch.Tensor, task: str
+) -> torch.Tensor:
+    """Mean over the unlabelled pixels (``outside`` ``(B, 1, H, W)``) of the difference to the
+    start network's prediction: squared density difference (counting), cross-entropy against
+    its class probabilities (segmentation)."""
+    m = outside.to(out.device)
+    n = m.sum().clamp_min(1.0)
+    with torch.no_grad():
+        ref = teacher(x)
+        if isinstance(ref, (tuple, list)):
+            ref = ref[0]
+    if task == "count":
+        return (((out[:, :1] - ref[:, :1]) ** 2) * m).sum() / n
+    soft = ref.softmax(1)
+    ce = -(soft * out.log_softmax(1)).sum(1, keepdim=True)
+    return (ce * m).sum() / n
 
 
 @torch.no_grad()
@@ -610,6 +637,10 @@ def train_events(
     sampler = None
     if dense_items:
         sampler = _patch_sampler(dense_items, task, cfg, rng)
+    teacher = None
+    if cfg.keep_weight > 0 and any(it.region is not None for it in dense_items):
+        teacher = copy.deepcopy(net).to(device).eval()
+        teacher.requires_grad_(False)
     net.to(device)
     net.requires_grad_(True)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -678,6 +709,9 @@ def train_events(
                 x, y, valid = x.to(device), y.to(device), valid.to(device)
                 out = net(x)
                 loss = _loss(net, out, y, valid, task, cfg, class_weights, sampler.batch_info)
+                outside = sampler.batch_info.get("outside")
+                if teacher is not None and outside is not None:
+                    loss = loss + cfg.keep_weight * _keep_loss(teacher, x, out, outside, task)
             if count_sampler is not None:
                 draws = count_sampler.batch()
                 loss = loss + cfg.count_label_weight * _count_label_loss(net, draws, cfg, device)
