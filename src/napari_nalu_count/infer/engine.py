@@ -45,6 +45,7 @@ from torch import nn
 from napari_nalu_count.errors import CancelToken, InputError
 from napari_nalu_count.events import Event, Progress, drive
 from napari_nalu_count.infer import axes as _axes
+from napari_nalu_count.infer import backend as _backend
 from napari_nalu_count.infer import device as _device
 from napari_nalu_count.infer import inputs as _inputs
 from napari_nalu_count.infer import multiscale as _multiscale
@@ -59,6 +60,8 @@ OPTIONS: dict[str, Any] = {
     "fuse_bn": True,  # fold BatchNorm into the preceding convolution at load
     "channels_last": True,  # NHWC memory format: 2.1x faster on CPU (docs/benchmarks/speed.md)
     "compile": False,  # torch.compile the network (pays only for long runs on a GPU)
+    # "auto" / "torch" / "onnxruntime" (None: $NALU_COUNT_BACKEND, else "auto"), see .backend
+    "backend": None,
     "overlap": 64,  # pixels shared by neighbouring tiles
     "batch_size": None,  # tiles per forward pass; None = automatic per device
     "size_check": True,  # check an estimated diameter with the counter's size head
@@ -233,7 +236,7 @@ def fold_batchnorm(net: nn.Module) -> int:
 
 @dataclass
 class _Prepared:
-    net: nn.Module
+    net: Any
     fingerprint: tuple
     ref: Any = field(repr=False, default=None)
 
@@ -247,15 +250,27 @@ def _fingerprint(net: nn.Module) -> tuple:
     return tuple(t._version for t in net.state_dict(keep_vars=True).values())
 
 
-def prepare_net(loaded: Any, device: torch.device) -> nn.Module:
-    """An inference copy of ``loaded.net`` on ``device``: eval mode, BN folded, optionally
-    channels_last / compiled (see :data:`OPTIONS`). The caller's network is never modified.
+def prepare_net(loaded: Any, device: torch.device) -> Any:
+    """An inference copy of ``loaded.net`` on ``device``: eval mode, BN folded, then either an
+    :class:`~.backend.OrtNet` (ONNX Runtime, see :mod:`.backend`) or the PyTorch network,
+    optionally channels_last / compiled (see :data:`OPTIONS`). Either is called on
+    ``(N, C, H, W)`` tensors and has ``stride``. The caller's network is never modified.
 
-    Copies are cached per (network, device, options) and rebuilt when the original's weights
-    change in place (e.g. after fine-tuning).
+    Copies are cached per (network, device, options, backend, threads) and rebuilt when the
+    original's weights change in place (e.g. after fine-tuning).
     """
     src = loaded.net
-    key = (id(src), str(device), OPTIONS["fuse_bn"], OPTIONS["channels_last"], OPTIONS["compile"])
+    backend = "torch" if OPTIONS["compile"] else _backend.resolve(OPTIONS["backend"], device)
+    threads = torch.get_num_threads() if backend == "onnxruntime" else 0
+    key = (
+        id(src),
+        str(device),
+        OPTIONS["fuse_bn"],
+        OPTIONS["channels_last"],
+        OPTIONS["compile"],
+        backend,
+        threads,
+    )
     fp = _fingerprint(src)
     with _prep_lock:
         hit = _prep_cache.get(key)
@@ -279,16 +294,21 @@ def prepare_net(loaded: Any, device: torch.device) -> nn.Module:
                 net = fused
             else:  # pragma: no cover - would mean an unexpected module layout
                 warnings.warn("batch-norm folding changed the output; using the plain network")
-    net = net.to(device)
-    if OPTIONS["channels_last"]:
-        net = net.to(memory_format=torch.channels_last)
-    if OPTIONS["compile"]:
-        net = torch.compile(net, dynamic=False)
+    prepared: Any = None
+    if backend == "onnxruntime":
+        prepared = _backend.to_onnxruntime(net.to("cpu").float(), _in_channels(loaded), threads)
+    if prepared is None:
+        net = net.to(device)
+        if OPTIONS["channels_last"]:
+            net = net.to(memory_format=torch.channels_last)
+        if OPTIONS["compile"]:
+            net = torch.compile(net, dynamic=False)
+        prepared = net
     with _prep_lock:
-        _prep_cache[key] = _Prepared(net=net, fingerprint=fp, ref=weakref.ref(src))
+        _prep_cache[key] = _Prepared(net=prepared, fingerprint=fp, ref=weakref.ref(src))
         for k in [k for k, v in _prep_cache.items() if v.ref() is None]:
             del _prep_cache[k]
-    return net
+    return prepared
 
 
 def _in_channels(loaded: Any) -> int:
@@ -306,7 +326,7 @@ def _has_size_head(loaded: Any) -> bool:
     return bool(cfg.get("size_head", False))
 
 
-def _stride(net: nn.Module) -> int:
+def _stride(net: Any) -> int:
     return int(getattr(net, "stride", 1) or 1)
 
 
@@ -342,7 +362,7 @@ class _Runner:
 
     def __init__(
         self,
-        net: nn.Module,
+        net: Any,
         device: torch.device,
         forward: Callable[[torch.Tensor], torch.Tensor],
         out_channels: int,
@@ -363,6 +383,8 @@ class _Runner:
         self.batch = OPTIONS["batch_size"] or _device.auto_batch_size(device, tile)
         self.overlap = int(OPTIONS["overlap"])
         self.device = device
+        # channels_last inputs for a channels_last PyTorch network (ONNX Runtime takes NCHW)
+        self.channels_last = bool(OPTIONS["channels_last"]) and isinstance(net, nn.Module)
         self.forward = forward
         self.out_channels = out_channels
         self.n_planes = n_planes
@@ -403,7 +425,7 @@ class _Runner:
             overlap=self._overlap_for(self.tile),
             batch_size=self.batch,
             device=self.device,
-            channels_last=OPTIONS["channels_last"],
+            channels_last=self.channels_last,
             on_tile=self.check_cancel,
         )
 
@@ -422,7 +444,7 @@ class _Runner:
                     overlap=self._overlap_for(self.tile),
                     batch_size=self.batch,
                     device=self.device,
-                    channels_last=OPTIONS["channels_last"],
+                    channels_last=self.channels_last,
                 )
                 while True:
                     try:
@@ -451,7 +473,7 @@ class _Runner:
                 yield self.report(f"{msg}: out of memory, retrying with {self.tile} px tiles")
 
 
-def _forward_fn(net: nn.Module, task: str, density_scale: float) -> Callable:
+def _forward_fn(net: Any, task: str, density_scale: float) -> Callable:
     inv = 1.0 / float(density_scale)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
