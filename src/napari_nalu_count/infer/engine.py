@@ -51,7 +51,12 @@ from napari_nalu_count.infer import inputs as _inputs
 from napari_nalu_count.infer import multiscale as _multiscale
 from napari_nalu_count.infer import postprocess as _post
 from napari_nalu_count.infer import scale as _scale
-from napari_nalu_count.infer.tiling import n_tiles, predict_tiled, predict_tiled_steps
+from napari_nalu_count.infer.tiling import (
+    balanced_tile,
+    n_tiles,
+    predict_tiled,
+    predict_tiled_steps,
+)
 
 ProgressFn = Callable[[int, int, str], Any]
 
@@ -63,6 +68,8 @@ OPTIONS: dict[str, Any] = {
     # "auto" / "torch" / "onnxruntime" (None: $NALU_COUNT_BACKEND, else "auto"), see .backend
     "backend": None,
     "overlap": 64,  # pixels shared by neighbouring tiles
+    # tiles shrunk to cover each plane evenly (same tile count, fewer pixels), see .tiling
+    "balanced_tiles": True,
     "batch_size": None,  # tiles per forward pass; None = automatic per device
     "size_check": True,  # check an estimated diameter with the counter's size head
 }
@@ -397,9 +404,22 @@ class _Runner:
     def _overlap_for(self, tile: int) -> int:
         return min(self.overlap, tile // 4)
 
+    def tile_for(self, shape: tuple[int, int]) -> int | tuple[int, int]:
+        """The tile for a plane of ``shape``: ``self.tile``, or with ``balanced_tiles`` the
+        smallest ``(tile_h, tile_w)`` (multiples of the stride) that covers the plane with as
+        many tiles as ``self.tile`` needs (:func:`.tiling.balanced_tile`)."""
+        if not OPTIONS["balanced_tiles"]:
+            return self.tile
+        ov = self._overlap_for(self.tile)
+        m = max(self.stride, 1)
+        return (
+            balanced_tile(int(shape[0]), self.tile, ov, m),
+            balanced_tile(int(shape[1]), self.tile, ov, m),
+        )
+
     def set_total(self, shape: tuple[int, int], planes_left: int) -> None:
         self.total = self.done + planes_left * self.passes * n_tiles(
-            shape, self.tile, self._overlap_for(self.tile)
+            shape, self.tile_for(shape), self._overlap_for(self.tile)
         )
 
     def report(self, message: str) -> Progress:
@@ -412,7 +432,7 @@ class _Runner:
 
     def skip_plane(self, shape: tuple[int, int], plane_no: int, note: str = "empty") -> Progress:
         """Count a plane's tiles as done without running them (empty, or already run)."""
-        self.done += n_tiles(shape, self.tile, self._overlap_for(self.tile))
+        self.done += n_tiles(shape, self.tile_for(shape), self._overlap_for(self.tile))
         return self.report(f"{self.label}: plane {plane_no + 1}/{self.n_planes} ({note})")
 
     def predict_quiet(self, plane: np.ndarray) -> np.ndarray:
@@ -421,7 +441,7 @@ class _Runner:
             self.forward,
             plane,
             self.out_channels,
-            tile=self.tile,
+            tile=self.tile_for(plane.shape),
             overlap=self._overlap_for(self.tile),
             batch_size=self.batch,
             device=self.device,
@@ -440,7 +460,7 @@ class _Runner:
                     self.forward,
                     plane,
                     self.out_channels,
-                    tile=self.tile,
+                    tile=self.tile_for(plane.shape),
                     overlap=self._overlap_for(self.tile),
                     batch_size=self.batch,
                     device=self.device,
@@ -1004,7 +1024,7 @@ def _count_blocked(
         for y, x in grid:
             a, b, c, d = padded(y, x)
             shape = _scale.scaled_shape((b - a, d - c), f)
-            tiles += n_tiles(shape, runner.tile, runner._overlap_for(runner.tile))
+            tiles += n_tiles(shape, runner.tile_for(shape), runner._overlap_for(runner.tile))
         runner.total = runner.done + tiles * (plan.n_planes - k)
         target = density[idx] if idx else density
         pts_plane = []
