@@ -988,7 +988,9 @@ def _count_blocked(
             continue
         if method == "percentile":
             q = [norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8)]
-            lo, hi = (float(v) for v in np.percentile(sample, q))
+            from napari_nalu_count.data.normalize import percentiles
+
+            lo, hi = percentiles(sample, q)
         else:
             lo, hi = 0.0, 1.0
         span = hi - lo
