@@ -170,6 +170,9 @@ def _requirement_names(key: str) -> set[str]:
 def test_dependencies_are_what_the_package_imports():
     imported = _third_party_imports(SRC)
     declared = _requirement_names("dependencies")
+    optional = _requirement_names("fast")  # imported only when installed (infer/backend.py)
+    assert optional == {"onnxruntime", "onnx"} and "onnxruntime" in imported
+    imported -= optional
     assert imported - declared == set(), "imported but not declared"
     assert declared - imported == set(), "declared but never imported"
     assert {"psygnal", "magicgui"} <= declared and "dask" not in declared
