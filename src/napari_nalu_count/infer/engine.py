@@ -72,6 +72,8 @@ OPTIONS: dict[str, Any] = {
     "balanced_tiles": True,
     "batch_size": None,  # tiles per forward pass; None = automatic per device
     "size_check": True,  # check an estimated diameter with the counter's size head
+    # normalise each plane once: the size estimate (and segment's counter) reuse it
+    "share_normalization": True,
 }
 #: smallest tile the out-of-memory fallback goes down to
 MIN_TILE = 64
@@ -354,6 +356,19 @@ def _normalize(plane: np.ndarray, card: dict) -> np.ndarray:
     raise InputError(f"unsupported normalization method {method!r} in the model card")
 
 
+def _size_normalized(card: dict, norm: np.ndarray) -> np.ndarray | None:
+    """``norm`` when the card's normalisation is the size estimator's own (percentile 1 /
+    99.8), so the estimator can take it as is; None otherwise."""
+    from napari_nalu_count.infer.size import NORM_PERCENTILES
+
+    cfg = card.get("normalization") or {"method": "percentile", "low": 1.0, "high": 99.8}
+    if cfg.get("method", "percentile") != "percentile":
+        return None
+    if (float(cfg.get("low", 1.0)), float(cfg.get("high", 99.8))) != NORM_PERCENTILES:
+        return None
+    return norm
+
+
 def _check_finite(plane: np.ndarray, index: tuple[int, ...]) -> None:
     if np.issubdtype(plane.dtype, np.floating) and not np.isfinite(plane).all():
         where = f" (plane {index})" if index else ""
@@ -556,13 +571,19 @@ class _ScaleState:
         self.source = "estimated"
         return self.factor
 
-    def resolve(self, raw: np.ndarray) -> float:
-        """The factor; estimates the diameter from ``raw`` (a raw plane) when pending."""
+    def resolve(self, raw: np.ndarray, norm: np.ndarray | None = None) -> float:
+        """The factor; estimates the diameter from ``raw`` (a raw plane) when pending.
+
+        ``norm``: the same plane already normalised as the size estimator does it (percentile
+        1 / 99.8, see :func:`_size_normalized`); then that work is not repeated."""
         if self.factor is None:
             import time
 
             t0 = time.perf_counter()
-            est = _scale.estimate_diameter(raw)
+            if norm is not None and OPTIONS["share_normalization"]:
+                est = _scale.estimate_diameter(norm, normalized=True)
+            else:
+                est = _scale.estimate_diameter(raw)
             self.estimate = {"regressor": est, "seconds": time.perf_counter() - t0}
             if est is None:
                 self.factor = 1.0
@@ -815,7 +836,7 @@ def count_events(
         reuse = None
         if scale.pending:
             yield runner.report("count: estimating the nucleus size")
-            scale.resolve(raw)
+            scale.resolve(raw, _size_normalized(card, norm))
             if n_out == 2 and scale.source == "estimated" and OPTIONS["size_check"]:
                 model_plane, reuse = _refine_diameter(runner, norm, scale)
             else:
@@ -1265,7 +1286,7 @@ def segment_events(
                 scale.set_diameter(float(sub.diameter))
         if scale.pending:
             yield runner.report("segment: estimating the nucleus size")
-        s = scale.resolve(raw)
+        s = scale.resolve(raw, _size_normalized(card, norm))
         model_plane = _scale.rescale_plane(norm, s)
         del norm, raw
         if not total_set:

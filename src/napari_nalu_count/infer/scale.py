@@ -147,14 +147,17 @@ def labels_to_original(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray
     return out.astype(np.int32, copy=False)
 
 
-def estimate_diameter(plane: np.ndarray, *, method: str = "learned") -> float | None:
+def estimate_diameter(
+    plane: np.ndarray, *, method: str = "learned", normalized: bool = False
+) -> float | None:
     """Typical object diameter (pixels) of a ``(H, W)`` fluorescence plane, or None when the
     plane has no contrast. ``method``: ``"learned"`` (:func:`.size.estimate_diameter`) or
-    ``"log"`` (:func:`estimate_diameter_log`)."""
+    ``"log"`` (:func:`estimate_diameter_log`). ``normalized``: ``plane`` is already
+    percentile-normalised (1 / 99.8) for the learned estimator."""
     if method == "learned":
         from napari_nalu_count.infer.size import estimate_diameter as learned
 
-        return learned(plane)
+        return learned(plane, normalized=normalized)
     if method == "log":
         return estimate_diameter_log(plane)
     raise InputError(f"unknown diameter estimation method {method!r}; use 'learned' or 'log'")
