@@ -72,8 +72,9 @@ OPTIONS: dict[str, Any] = {
     "balanced_tiles": True,
     "batch_size": None,  # tiles per forward pass; None = automatic per device
     "size_check": True,  # check an estimated diameter with the counter's size head
-    # normalise each plane once: the size estimate (and segment's counter) reuse it
-    "share_normalization": True,
+    # normalise each plane once (the size estimate and segment's counter reuse it) and skip
+    # the seed counter's density map on the image grid in segment (only its points are used)
+    "share_work": True,
 }
 #: smallest tile the out-of-memory fallback goes down to
 MIN_TILE = 64
@@ -356,6 +357,16 @@ def _normalize(plane: np.ndarray, card: dict) -> np.ndarray:
     raise InputError(f"unsupported normalization method {method!r} in the model card")
 
 
+def _same_normalization(a: dict, b: dict) -> bool:
+    """True when two model cards normalise images the same way."""
+    default = {"method": "percentile", "low": 1.0, "high": 99.8}
+    na, nb = (
+        dict(default, **(a.get("normalization") or {})),
+        dict(default, **(b.get("normalization") or {})),
+    )
+    return na == nb
+
+
 def _size_normalized(card: dict, norm: np.ndarray) -> np.ndarray | None:
     """``norm`` when the card's normalisation is the size estimator's own (percentile 1 /
     99.8), so the estimator can take it as is; None otherwise."""
@@ -580,7 +591,7 @@ class _ScaleState:
             import time
 
             t0 = time.perf_counter()
-            if norm is not None and OPTIONS["share_normalization"]:
+            if norm is not None and OPTIONS["share_work"]:
                 est = _scale.estimate_diameter(norm, normalized=True)
             else:
                 est = _scale.estimate_diameter(raw)
@@ -759,10 +770,17 @@ def count_events(
     volume: bool = False,
     z_diameter: float | None = None,
     uncertainty: bool = False,
+    _normalized: np.ndarray | None = None,
+    _density: bool = True,
 ) -> Generator[Event, None, CountResult]:
     """:func:`count` as an event generator: yields a :class:`~napari_nalu_count.events.Progress`
     per tile (and while the nucleus size is estimated) and returns the :class:`CountResult`.
     Arguments are checked when it starts (the first ``next``), as :func:`count` checks them.
+
+    For :func:`segment`'s count-guided seeds only (a 2-D plane): ``_normalized`` is the plane
+    already normalised as this model's card says (not repeated) and ``_density=False`` skips
+    the density map on the image grid (``density`` is then an empty array; count and points
+    are computed as usual).
     """
     ms = None if isinstance(image, (str, os.PathLike)) else _multiscale.resolve(image, level)
     if ms is None and level not in (None, 0):
@@ -805,7 +823,11 @@ def count_events(
     )
 
     h, w = plan.plane_shape
-    density = np.zeros(plan.stack_shape + (h, w), dtype=np.float32)
+    if not _density and (plan.is_stack or uncertainty or volume or block is not None):
+        raise ValueError("_density=False is for one 2-D plane without blocks, volume or TTA")
+    if _normalized is not None and plan.is_stack:
+        raise ValueError("_normalized is for one 2-D plane")
+    density = np.zeros(plan.stack_shape + ((h, w) if _density else (0, 0)), dtype=np.float32)
     counts = np.zeros(plan.n_planes, dtype=np.float64)
     all_points: list[np.ndarray] = []
     unc_map = tta_counts = None
@@ -832,7 +854,7 @@ def count_events(
             shape = _scale.scaled_shape((h, w), scale.factor or 1.0)
             yield runner.skip_plane(shape, k)
             continue
-        norm = _normalize(raw, card)
+        norm = _normalize(raw, card) if _normalized is None else _normalized
         reuse = None
         if scale.pending:
             yield runner.report("count: estimating the nucleus size")
@@ -869,8 +891,9 @@ def count_events(
         if plan.is_stack and len(pts):
             pts = np.hstack([np.tile(np.asarray(idx, dtype=np.float64), (len(pts), 1)), pts])
         all_points.append(pts)
-        target = density[idx] if idx else density
-        target[...] = _scale.density_to_original(dens, (h, w))
+        if _density:
+            target = density[idx] if idx else density
+            target[...] = _scale.density_to_original(dens, (h, w))
         del dens
     if block is not None:
         yield from _count_blocked(
@@ -1245,8 +1268,12 @@ def segment_events(
             "or 'TZYX')"
         )
     counter = None
+    share_norm = False
     if seeds == "count":
         counter = _resolve_model(count_model, "count", dev)
+        share_norm = bool(OPTIONS["share_work"]) and _same_normalization(
+            card, counter.card
+        )
 
     h, w = plan.plane_shape
     labels = np.zeros(plan.stack_shape + (h, w), dtype=np.int32)
@@ -1278,6 +1305,8 @@ def segment_events(
                     device=str(dev),
                     cancel=cancel,
                     tile_size=tile_size,
+                    _normalized=norm if share_norm else None,
+                    _density=not OPTIONS["share_work"],
                 ),
                 functools.partial(runner.report, seeding),
             )
