@@ -118,3 +118,14 @@ def test_torch_backend_keeps_a_module(options):
     options["backend"] = "torch"
     net = engine.prepare_net(engine._resolve_model(name, "count", CPU), CPU)
     assert isinstance(net, torch.nn.Module)
+
+
+@pytest.mark.parametrize("shape", [(107, 107), (5, 3), (1, 1), (13, 40), (64, 64), (7, 100)])
+def test_numpy_padding_equals_the_networks(shape):
+    from napari_nalu_count.nn.blocks import pad_to_multiple
+
+    x = np.random.default_rng(0).random((2, 1) + shape).astype(np.float32)
+    got, pads = backend.pad_array(x, 16)
+    want, want_pads = pad_to_multiple(torch.from_numpy(x), 16)
+    assert pads == want_pads
+    np.testing.assert_array_equal(got, want.numpy())

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from napari_nalu_count.errors import InputError
-from napari_nalu_count.nn.blocks import crop_padding, pad_to_multiple
+from napari_nalu_count.nn.blocks import crop_padding
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 #: largest ONNX-vs-PyTorch difference accepted, relative to the largest output magnitude
@@ -95,13 +95,28 @@ class OrtNet:
         self.input_name = session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        padded, pads = pad_to_multiple(x.detach().float(), self.stride)
-        arr = np.ascontiguousarray(padded.cpu().numpy(), dtype=np.float32)
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        arr, pads = pad_array(arr, self.stride)
         (y,) = self.session.run(None, {self.input_name: arr})
         return crop_padding(torch.from_numpy(y), pads)
 
     def eval(self) -> OrtNet:  # mirrors nn.Module for callers that call it
         return self
+
+
+def pad_array(x: np.ndarray, stride: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """:func:`~napari_nalu_count.nn.blocks.pad_to_multiple` on a NumPy ``(N, C, H, W)`` array
+    (the same split and modes: reflect, or replicate when the input is too small), without a
+    round trip through torch's thread pool."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % stride, (-w) % stride
+    if ph == 0 and pw == 0:
+        return x, (0, 0, 0, 0)
+    top, left = ph // 2, pw // 2
+    pads = (top, ph - top, left, pw - left)
+    mode = "reflect" if max(pads[:2]) < h and max(pads[2:]) < w else "edge"
+    width = ((0, 0), (0, 0), (pads[0], pads[1]), (pads[2], pads[3]))
+    return np.ascontiguousarray(np.pad(x, width, mode=mode)), pads
 
 
 def export_onnx(net: nn.Module, in_channels: int) -> bytes:

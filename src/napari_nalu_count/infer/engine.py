@@ -1271,9 +1271,7 @@ def segment_events(
     share_norm = False
     if seeds == "count":
         counter = _resolve_model(count_model, "count", dev)
-        share_norm = bool(OPTIONS["share_work"]) and _same_normalization(
-            card, counter.card
-        )
+        share_norm = bool(OPTIONS["share_work"]) and _same_normalization(card, counter.card)
 
     h, w = plan.plane_shape
     labels = np.zeros(plan.stack_shape + (h, w), dtype=np.int32)
