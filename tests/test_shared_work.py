@@ -74,3 +74,50 @@ def test_shared_work_off_normalises_three_times(options, monkeypatch):
     norms = _spy(monkeypatch, normalize, "percentile_normalize")
     segment(img, seg, count_model=counter, device="cpu")
     assert len(norms) == 3  # the baseline the benchmark compares against
+
+
+def _match(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
+    """Objects of ``a`` matched in ``b`` at IoU > 0.5, and their mean IoU."""
+    sa, sb = np.bincount(a.ravel()), np.bincount(b.ravel())
+    both = (a > 0) & (b > 0)
+    pair = a[both].astype(np.int64) * (int(b.max()) + 1) + b[both]
+    u, inter = np.unique(pair, return_counts=True)
+    ia, ib = u // (int(b.max()) + 1), u % (int(b.max()) + 1)
+    iou = inter / (sa[ia] + sb[ib] - inter)
+    good = iou > 0.5
+    return int(good.sum()), float(iou[good].mean())
+
+
+def test_large_planes_are_segmented_in_blocks_like_whole(options, monkeypatch):
+    img = synthetic_cells((480, 420), n_cells=110, diameter=22.0, seed=4).image
+    whole = segment(img, device="cpu")
+    monkeypatch.setattr(engine, "SEGMENT_BLOCK_PIXELS", 100 * 100)
+    monkeypatch.setattr(engine, "SEGMENT_BLOCK", 160)  # 3 x 3 blocks
+    blocks = []
+    real = engine._segment_blocked
+
+    def spy(*a, **k):
+        blocks.append(a[1].shape)
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "_segment_blocked", spy)
+    got = segment(img, device="cpu")
+    assert len(blocks) == 1
+    assert got.labels.max() == got.count and len(np.unique(got.labels)) == got.count + 1
+    assert abs(got.count - whole.count) <= 2
+    matched, iou = _match(whole.labels, got.labels)
+    assert matched >= whole.count - 2 and iou > 0.97
+    options["segment_blocks"] = False
+    again = segment(img, device="cpu")
+    np.testing.assert_array_equal(again.labels, whole.labels)
+
+
+def test_labels_to_image_in_rows_equals_labels_to_original():
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, 30, (37, 41)).astype(np.int32)
+    for shape in [(80, 90), (20, 25), (37, 41)]:
+        want = scale.labels_to_original(lab, shape)
+        got = np.zeros(shape, dtype=np.int32)
+        n = engine._labels_to_image(lab, got)
+        np.testing.assert_array_equal(got, want)
+        assert n == int(want.max())

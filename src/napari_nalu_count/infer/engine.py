@@ -72,6 +72,8 @@ OPTIONS: dict[str, Any] = {
     "balanced_tiles": True,
     "batch_size": None,  # tiles per forward pass; None = automatic per device
     "size_check": True,  # check an estimated diameter with the counter's size head
+    # segment planes larger than SEGMENT_BLOCK_PIXELS block by block (bounded memory)
+    "segment_blocks": True,
     # normalise each plane once (the size estimate and segment's counter reuse it) and skip
     # the seed counter's density map on the image grid in segment (only its points are used)
     "share_work": True,
@@ -1314,8 +1316,37 @@ def segment_events(
         if scale.pending:
             yield runner.report("segment: estimating the nucleus size")
         s = scale.resolve(raw, _size_normalized(card, norm))
+        del raw
+        if OPTIONS["segment_blocks"] and h * w > SEGMENT_BLOCK_PIXELS:
+            model_plane = _scale.rescale_plane(norm, s)
+            del norm
+            mshape = model_plane.shape
+            if points is not None and mshape != (h, w):
+                points = np.column_stack(
+                    [
+                        (points[:, 0] + 0.5) * mshape[0] / h - 0.5,
+                        (points[:, 1] + 0.5) * mshape[1] / w - 0.5,
+                    ]
+                )
+            halo = int(np.ceil(max(float(OPTIONS["overlap"]), 3.0 * (scale.card_diameter or 10.0))))
+            lab = yield from _segment_blocked(
+                runner,
+                model_plane,
+                points,
+                seeds,
+                min_size,
+                k,
+                halo,
+                max(64, int(round(SEGMENT_BLOCK * s))),
+                first=not total_set,
+            )
+            total_set = True
+            del model_plane
+            counts[k] = _labels_to_image(lab, labels[idx] if idx else labels)
+            del lab
+            continue
         model_plane = _scale.rescale_plane(norm, s)
-        del norm, raw
+        del norm
         if not total_set:
             runner.set_total(model_plane.shape, plan.n_planes - k)
             total_set = True
@@ -1356,6 +1387,128 @@ def segment_events(
         volume_count=vol_count,
         volume_points=vol_points,
     )
+
+
+#: planes with more pixels than this are segmented in blocks (bounded memory: the whole-plane
+#: watershed needs ~30 bytes per model-grid pixel) of SEGMENT_BLOCK image pixels plus a halo
+SEGMENT_BLOCK_PIXELS = 3072 * 3072
+SEGMENT_BLOCK = 2048
+
+
+def _segment_blocked(
+    runner: _Runner,
+    model_plane: np.ndarray,
+    points: np.ndarray | None,
+    seeds: str,
+    min_size: int,
+    plane_no: int,
+    halo: int,
+    block: int,
+    first: bool,
+) -> Generator[Progress, None, np.ndarray]:
+    """Instance labels (int32, 1..n) of a plane on the model grid, block by block.
+
+    The plane is cut into blocks of ``block`` model-grid pixels; each is predicted and
+    watershedded with ``halo`` pixels of context around it (the same resampled pixels as the
+    whole plane, so only the tiling differs); an object belongs to the block whose core holds
+    its centroid and is painted where no earlier object lies. ``points`` (cell centres on the
+    model grid) seed every block that sees them. Ids are renumbered 1..n at the end if an
+    object lost every pixel to its neighbours. Memory: the labels plus one block's work, not
+    the whole-plane watershed (about 30 bytes per pixel)."""
+    h, w = model_plane.shape
+    grid = [(ya, xa) for ya in _block_starts(h, block) for xa in _block_starts(w, block)]
+
+    def padded(y: tuple[int, int], x: tuple[int, int]) -> tuple[int, int, int, int]:
+        return max(0, y[0] - halo), min(h, y[1] + halo), max(0, x[0] - halo), min(w, x[1] + halo)
+
+    if first:
+        tiles = 0
+        for y, x in grid:
+            a, b, c, d = padded(y, x)
+            tiles += n_tiles(
+                (b - a, d - c), runner.tile_for((b - a, d - c)), runner._overlap_for(runner.tile)
+            )
+        runner.total = runner.done + tiles * (runner.n_planes - plane_no)
+        yield runner.report(f"segment: plane {plane_no + 1}/{runner.n_planes}")
+    out = np.zeros((h, w), dtype=np.int32)
+    next_id = 0
+    present = [False]
+    for y, x in grid:
+        runner.check_cancel()
+        a, b, c, d = padded(y, x)
+        probs = yield from runner.run(model_plane[a:b, c:d], plane_no)
+        pts = None
+        if points is not None:
+            inside = (points[:, 0] >= a - 0.5) & (points[:, 0] < b - 0.5)
+            inside &= (points[:, 1] >= c - 0.5) & (points[:, 1] < d - 0.5)
+            pts = points[inside] - np.array([a, c], dtype=np.float64)
+        lab = _post.classes_to_instances(probs, seeds=seeds, points=pts, min_size=min_size)
+        del probs
+        n = int(lab.max())
+        if n == 0:
+            continue
+        flat = lab.ravel()
+        size = np.bincount(flat, minlength=n + 1).astype(np.float64)
+        ys = np.repeat(np.arange(a, b, dtype=np.float64), d - c)
+        cy = np.bincount(flat, weights=ys, minlength=n + 1)
+        del ys
+        xs = np.tile(np.arange(c, d, dtype=np.float64), b - a)
+        cx = np.bincount(flat, weights=xs, minlength=n + 1)
+        del xs
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cy, cx = cy / size, cx / size
+        keep = (size > 0) & (cy >= y[0] - 0.5) & (cy < y[1] - 0.5)
+        keep &= (cx >= x[0] - 0.5) & (cx < x[1] - 0.5)
+        keep[0] = False
+        ids = np.flatnonzero(keep)
+        if len(ids) == 0:
+            continue
+        lut = np.zeros(n + 1, dtype=np.int32)
+        lut[ids] = np.arange(next_id + 1, next_id + 1 + len(ids), dtype=np.int32)
+        mapped = lut[lab]
+        del lab
+        region = out[a:b, c:d]
+        paint = (mapped > 0) & (region == 0)
+        region[paint] = mapped[paint]
+        got = np.zeros(len(ids), dtype=bool)
+        got[np.unique(mapped[paint]) - (next_id + 1)] = True
+        present.extend(got.tolist())
+        next_id += len(ids)
+        del mapped, paint
+    kept = np.asarray(present, dtype=bool)
+    if not kept[1:].all():
+        _renumber_rows(out, kept)
+    return out
+
+
+def _renumber_rows(labels: np.ndarray, kept: np.ndarray) -> None:
+    """Map the ids with ``kept[id]`` to 1..n in place, 512 rows at a time (no full-size
+    temporary)."""
+    lut = np.zeros(len(kept), dtype=np.int32)
+    lut[kept] = np.arange(1, int(kept.sum()) + 1, dtype=np.int32)
+    lut[0] = 0
+    for r0 in range(0, labels.shape[0], 512):
+        labels[r0 : r0 + 512] = lut[labels[r0 : r0 + 512]]
+
+
+def _labels_to_image(lab: np.ndarray, target: np.ndarray) -> int:
+    """:func:`.scale.labels_to_original` of model-grid labels into ``target`` (the image
+    plane), 512 rows at a time; returns the number of objects (ids renumbered 1..n when
+    shrinking lost some)."""
+    h, w = target.shape
+    mh, mw = lab.shape
+    rows = np.minimum(((np.arange(h) + 0.5) * mh / h).astype(np.intp), mh - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * mw / w).astype(np.intp), mw - 1)
+    n = int(lab.max())
+    seen = np.zeros(n + 1, dtype=bool)
+    for r0 in range(0, h, 512):
+        part = lab[rows[r0 : r0 + 512]][:, cols]
+        target[r0 : r0 + 512] = part
+        seen[np.unique(part)] = True
+    seen[0] = False
+    if not seen[1:].all():
+        _renumber_rows(target, seen)
+    return int(seen.sum())
 
 
 def _link_volume(labels: np.ndarray, plan: _axes.PlanePlan) -> tuple[np.ndarray, Any, np.ndarray]:
