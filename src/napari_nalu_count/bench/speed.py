@@ -34,12 +34,15 @@ import torch
 
 #: the engine as it was before issue 17's speed work, as far as switches reach: PyTorch for the
 #: networks, full-size tiles, every plane normalised by each step that needs it (segment: three
-#: times), the seed counter's density resampled to the image, percentiles by partitioning
+#: times), the seed counter's density resampled to the image, percentiles by partitioning,
+#: density maps upsampled by scipy; planes of any size segmented whole
 BASELINE_OPTIONS: dict[str, Any] = {
     "backend": "torch",
     "balanced_tiles": False,
     "share_work": False,
+    "segment_blocks": False,
     "_histogram_percentiles": False,
+    "_torch_resampling": False,
 }
 
 
@@ -48,14 +51,17 @@ def engine_config(options: dict[str, Any]):
     """Run the engine with ``options`` (engine ``OPTIONS`` keys, plus
     ``_histogram_percentiles``) and restore everything afterwards."""
     from napari_nalu_count.data import normalize
-    from napari_nalu_count.infer import engine
+    from napari_nalu_count.infer import engine, scale
 
     saved = dict(engine.OPTIONS)
     saved_hist = normalize.HISTOGRAM_MIN_SIZE
+    saved_torch = scale.TORCH_RESAMPLING
     try:
         for k, v in options.items():
             if k == "_histogram_percentiles":
                 normalize.HISTOGRAM_MIN_SIZE = saved_hist if v else 1 << 62
+            elif k == "_torch_resampling":
+                scale.TORCH_RESAMPLING = bool(v)
             else:
                 engine.OPTIONS[k] = v
         yield
@@ -63,6 +69,7 @@ def engine_config(options: dict[str, Any]):
         engine.OPTIONS.clear()
         engine.OPTIONS.update(saved)
         normalize.HISTOGRAM_MIN_SIZE = saved_hist
+        scale.TORCH_RESAMPLING = saved_torch
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -267,6 +274,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
         "share_work": False,
         "_histogram_percentiles": False,
     },
+    "density upsampled by scipy (torch resampling off)": {"_torch_resampling": False},
 }
 
 

@@ -27,6 +27,9 @@ from napari_nalu_count.errors import InputError
 
 #: resampling factors outside this range are refused (the image would grow or vanish)
 MIN_SCALE, MAX_SCALE = 1.0 / 16.0, 8.0
+#: bilinear upsampling with torch instead of scipy.ndimage.zoom (same values up to float32
+#: rounding, about 10x faster; see :func:`_bilinear_torch`)
+TORCH_RESAMPLING = True
 #: factors this close to 1 skip resampling entirely
 SCALE_TOLERANCE = 0.02
 
@@ -83,6 +86,10 @@ def _zoom_to(arr: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
     """Resample a 2-D float32 array to exactly ``shape`` (pixel-area aligned)."""
     if tuple(arr.shape) == tuple(shape):
         return arr
+    if order == 1 and TORCH_RESAMPLING and shape[0] >= arr.shape[0] and shape[1] >= arr.shape[1]:
+        # upsampling (density maps back to the image): torch; shrinking stays with scipy,
+        # where torch's float32 source coordinates would move samples by ~1e-4 px
+        return _bilinear_torch(arr, shape)
     factors = (shape[0] / arr.shape[0], shape[1] / arr.shape[1])
     out = ndi.zoom(arr, factors, order=order, mode="nearest", grid_mode=True, output=np.float32)
     if out.shape != tuple(shape):  # rounding guard; zoom rounds input*factor
@@ -91,6 +98,21 @@ def _zoom_to(arr: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
         fixed[:h, :w] = out[:h, :w]
         out = fixed
     return out
+
+
+def _bilinear_torch(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``ndi.zoom(order=1, mode="nearest", grid_mode=True)`` to ``shape`` with torch's bilinear
+    interpolation (``align_corners=False``: the same pixel-centre mapping and edge clamping;
+    equal up to float32 rounding, ~10x faster on 2 cores for a 2048 px output)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+    with torch.inference_mode():
+        out = F.interpolate(
+            x, size=tuple(int(v) for v in shape), mode="bilinear", align_corners=False
+        )
+    return out[0, 0].numpy()
 
 
 def rescale_plane(plane: np.ndarray, s: float) -> np.ndarray:
