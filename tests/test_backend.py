@@ -129,3 +129,10 @@ def test_numpy_padding_equals_the_networks(shape):
     want, want_pads = pad_to_multiple(torch.from_numpy(x), 16)
     assert pads == want_pads
     np.testing.assert_array_equal(got, want.numpy())
+
+
+@needs_ort
+def test_sessions_keep_no_memory_arena():
+    model = backend.export_onnx(build_model({"architecture": "unet_count", "widths": [4, 8]}), 1)
+    session = backend.make_session(model, 1)
+    assert session.get_session_options().enable_cpu_mem_arena is False

@@ -151,6 +151,10 @@ def make_session(model: bytes, threads: int) -> Any:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # no memory arena: it keeps the largest tile's activations resident for the session's
+    # life (+530 MB after one 1024 px tile of the segmenter, measured); plain allocation is
+    # as fast here (docs/benchmarks/speed.md)
+    opts.enable_cpu_mem_arena = False
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
