@@ -132,7 +132,9 @@ def test_numpy_padding_equals_the_networks(shape):
 
 
 @needs_ort
-def test_sessions_keep_no_memory_arena():
+def test_sessions_keep_no_memory_arena_and_do_not_spin():
     model = backend.export_onnx(build_model({"architecture": "unet_count", "widths": [4, 8]}), 1)
     session = backend.make_session(model, 1)
-    assert session.get_session_options().enable_cpu_mem_arena is False
+    opts = session.get_session_options()
+    assert opts.enable_cpu_mem_arena is False
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -45,13 +45,13 @@ def test_normalize_matches_the_plain_formula():
 @pytest.mark.parametrize(
     "src,dst", [((87, 87), (204, 204)), ((37, 41), (80, 90)), ((5, 5), (5, 9)), ((1, 7), (4, 20))]
 )
-def test_torch_upsampling_equals_scipy_zoom(src, dst, monkeypatch):
+def test_fast_upsampling_equals_scipy_zoom(src, dst, monkeypatch):
     from napari_nalu_count.infer import scale
 
     a = np.random.default_rng(0).random(src, dtype=np.float32)
-    monkeypatch.setattr(scale, "TORCH_RESAMPLING", False)
+    monkeypatch.setattr(scale, "FAST_UPSAMPLING", False)
     want = scale._zoom_to(a, dst, 1)
-    monkeypatch.setattr(scale, "TORCH_RESAMPLING", True)
+    monkeypatch.setattr(scale, "FAST_UPSAMPLING", True)
     got = scale._zoom_to(a, dst, 1)
     assert got.shape == dst and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=2e-5)  # float32 source coordinates

@@ -42,7 +42,7 @@ BASELINE_OPTIONS: dict[str, Any] = {
     "share_work": False,
     "segment_blocks": False,
     "_histogram_percentiles": False,
-    "_torch_resampling": False,
+    "_fast_upsampling": False,
 }
 
 
@@ -55,13 +55,13 @@ def engine_config(options: dict[str, Any]):
 
     saved = dict(engine.OPTIONS)
     saved_hist = normalize.HISTOGRAM_MIN_SIZE
-    saved_torch = scale.TORCH_RESAMPLING
+    saved_up = scale.FAST_UPSAMPLING
     try:
         for k, v in options.items():
             if k == "_histogram_percentiles":
                 normalize.HISTOGRAM_MIN_SIZE = saved_hist if v else 1 << 62
-            elif k == "_torch_resampling":
-                scale.TORCH_RESAMPLING = bool(v)
+            elif k == "_fast_upsampling":
+                scale.FAST_UPSAMPLING = bool(v)
             else:
                 engine.OPTIONS[k] = v
         yield
@@ -69,7 +69,7 @@ def engine_config(options: dict[str, Any]):
         engine.OPTIONS.clear()
         engine.OPTIONS.update(saved)
         normalize.HISTOGRAM_MIN_SIZE = saved_hist
-        scale.TORCH_RESAMPLING = saved_torch
+        scale.FAST_UPSAMPLING = saved_up
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -274,7 +274,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
         "share_work": False,
         "_histogram_percentiles": False,
     },
-    "density upsampled by scipy (torch resampling off)": {"_torch_resampling": False},
+    "density upsampled by scipy (fast upsampling off)": {"_fast_upsampling": False},
 }
 
 

@@ -27,9 +27,9 @@ from napari_nalu_count.errors import InputError
 
 #: resampling factors outside this range are refused (the image would grow or vanish)
 MIN_SCALE, MAX_SCALE = 1.0 / 16.0, 8.0
-#: bilinear upsampling with torch instead of scipy.ndimage.zoom (same values up to float32
-#: rounding, about 10x faster; see :func:`_bilinear_torch`)
-TORCH_RESAMPLING = True
+#: bilinear upsampling by two separable NumPy passes instead of scipy.ndimage.zoom (same
+#: values up to float32 rounding, several times faster; see :func:`_bilinear_numpy`)
+FAST_UPSAMPLING = True
 #: factors this close to 1 skip resampling entirely
 SCALE_TOLERANCE = 0.02
 
@@ -86,10 +86,10 @@ def _zoom_to(arr: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
     """Resample a 2-D float32 array to exactly ``shape`` (pixel-area aligned)."""
     if tuple(arr.shape) == tuple(shape):
         return arr
-    if order == 1 and TORCH_RESAMPLING and shape[0] >= arr.shape[0] and shape[1] >= arr.shape[1]:
-        # upsampling (density maps back to the image): torch; shrinking stays with scipy,
-        # where torch's float32 source coordinates would move samples by ~1e-4 px
-        return _bilinear_torch(arr, shape)
+    if order == 1 and FAST_UPSAMPLING and shape[0] >= arr.shape[0] and shape[1] >= arr.shape[1]:
+        # upsampling (density maps back to the image); shrinking (the network's input)
+        # stays with scipy
+        return _bilinear_numpy(arr, shape)
     factors = (shape[0] / arr.shape[0], shape[1] / arr.shape[1])
     out = ndi.zoom(arr, factors, order=order, mode="nearest", grid_mode=True, output=np.float32)
     if out.shape != tuple(shape):  # rounding guard; zoom rounds input*factor
@@ -100,19 +100,41 @@ def _zoom_to(arr: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
     return out
 
 
-def _bilinear_torch(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``ndi.zoom(order=1, mode="nearest", grid_mode=True)`` to ``shape`` with torch's bilinear
-    interpolation (``align_corners=False``: the same pixel-centre mapping and edge clamping;
-    equal up to float32 rounding, ~10x faster on 2 cores for a 2048 px output)."""
-    import torch
-    import torch.nn.functional as F
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices ``(i0, i1)`` and float32 weights of ``i1`` for linear resampling of
+    ``n_in`` samples to ``n_out`` (pixel centres aligned, edges clamped: ``ndi.zoom``'s
+    ``grid_mode=True, mode="nearest"``)."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0.0, n_in - 1)
+    i0 = np.floor(src).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
 
-    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
-    with torch.inference_mode():
-        out = F.interpolate(
-            x, size=tuple(int(v) for v in shape), mode="bilinear", align_corners=False
-        )
-    return out[0, 0].numpy()
+
+def _bilinear_numpy(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``ndi.zoom(order=1, mode="nearest", grid_mode=True)`` to ``shape`` as two separable
+    2-tap passes in float32 (equal up to float32 rounding, ~7x faster for 872 -> 2048 px, and
+    no thread pool to wake, unlike torch's interpolation)."""
+    a = np.asarray(arr, dtype=np.float32)
+    y0, y1, wy = _linear_taps(a.shape[0], int(shape[0]))
+    x0, x1, wx = _linear_taps(a.shape[1], int(shape[1]))
+    # columns first, on the small array; then whole rows (contiguous copies) of the output
+    cols = np.take(a, x0, axis=1)
+    right = np.take(a, x1, axis=1)
+    right -= cols
+    right *= wx[None, :]
+    cols += right
+    del right
+    out = np.empty((len(y0), len(x0)), dtype=np.float32)
+    for r0 in range(0, len(y0), 512):  # 512 output rows at a time: one small temporary
+        r1 = min(len(y0), r0 + 512)
+        top = out[r0:r1]
+        np.take(cols, y0[r0:r1], axis=0, out=top)
+        below = np.take(cols, y1[r0:r1], axis=0)
+        below -= top
+        below *= wy[r0:r1, None]
+        top += below
+    return out
 
 
 def rescale_plane(plane: np.ndarray, s: float) -> np.ndarray:
