@@ -493,7 +493,8 @@ def run(args: argparse.Namespace) -> int:
             }
     small = None
     if getattr(args, "small", 0):
-        small = _small_images(args, counter, dev, configs if with_base else {"current": {}})
+        small_cfgs = {k: v for k, v in configs.items() if k in ("current", "previous")}
+        small = _small_images(args, counter, dev, small_cfgs)
     memory = None
     if getattr(args, "memory", None):
         memory = _memory_rows(int(args.memory), threads, with_base, not args.no_segment)
@@ -653,7 +654,7 @@ def _small_images(args: argparse.Namespace, counter: Any, dev: str, configs: dic
         def batch(kw=kw) -> list[float]:
             return [float(count(im, counter, device=dev, **kw).count) for im in imgs]
 
-        best, times, results = _timed({k: batch for k in configs}, configs, args.repeats)
+        best, times, results = _timed({k: batch for k in configs}, configs, min(2, args.repeats))
         for name in configs:
             out["configurations"].setdefault(name, {})[mode] = {
                 "seconds": best[name],
