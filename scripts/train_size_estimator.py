@@ -87,7 +87,7 @@ def profiles(rows):
     for img, *_ in rows:
         t0 = time.perf_counter()
         x = size_mod._normalise(img)
-        X.append(size_mod.scale_profile(size_mod.choose_window(x, 640)))
+        X.append(size_mod.scale_profile(size_mod.choose_window(x, 640, clip=size_mod.CLIP)))
         t.append(time.perf_counter() - t0)
     return np.array(X), np.array(t)
 
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
         for img, *_ in val:
             t1 = time.perf_counter()
             x = size_mod._normalise(img)
-            d = estimate_diameter_log(x) if x is not None else None
+            d = estimate_diameter_log(np.clip(x, *size_mod.CLIP)) if x is not None else None
             log_t.append(time.perf_counter() - t1)
             log_pred.append(np.log(d) if d else np.log(10.0))
         log_err = np.array(log_pred) - yv

@@ -339,3 +339,19 @@ def test_ema_weights_are_kept_and_validated():
     assert averaged.best_metrics and "mae" in averaged.best_metrics
     with pytest.raises(InputError, match="ema"):
         TrainConfig(ema=1.0).check()
+
+
+def test_estimate_from_the_engines_normalised_plane_is_the_same():
+    from napari_nalu_count.data.normalize import percentile_normalize
+    from napari_nalu_count.data.synthetic import synthetic_cells
+
+    img = synthetic_cells((900, 760), n_cells=120, diameter=18.0, seed=3).image
+    raw = size_mod.estimate_diameter(img)
+    norm = percentile_normalize(img, *size_mod.NORM_PERCENTILES)
+    assert size_mod.estimate_diameter(norm, normalized=True) == raw
+    # windows judged on the clipped values without clipping the whole plane
+    clipped = np.clip(norm, *size_mod.CLIP)
+    np.testing.assert_array_equal(
+        size_mod.choose_window(norm, 640, clip=size_mod.CLIP), size_mod.choose_window(clipped, 640)
+    )
+    assert size_mod.estimate_diameter(np.zeros((64, 64), np.float32), normalized=True) is None

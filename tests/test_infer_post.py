@@ -143,3 +143,14 @@ def test_estimate_diameter(diameter):
 
 def test_estimate_diameter_of_empty_plane_is_none():
     assert estimate_diameter(np.zeros((64, 64), np.float32)) is None
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_argmax_masks_equal_numpy_argmax_with_ties(channels):
+    from napari_nalu_count.infer.postprocess import _argmax_masks
+
+    p = np.random.default_rng(channels).integers(0, 4, (channels, 40, 50)).astype(np.float32)
+    fg, one = _argmax_masks(p)
+    cls = p.argmax(axis=0)
+    np.testing.assert_array_equal(fg, cls != 0)
+    np.testing.assert_array_equal(one, cls == 1)

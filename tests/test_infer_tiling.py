@@ -12,6 +12,7 @@ import torch
 
 from napari_nalu_count.infer import count
 from napari_nalu_count.infer.tiling import (
+    balanced_tile,
     n_tiles,
     plan_tiles,
     predict_tiled,
@@ -33,6 +34,36 @@ def test_tile_starts_cover_with_overlap(length, tile, overlap):
     assert covered.min() >= 1
     for a, b in zip(starts[:-1], starts[1:], strict=True):
         assert a + t - b >= overlap  # neighbours share at least the overlap
+
+
+@pytest.mark.parametrize("length", [100, 872, 1025, 1430, 1715, 2048, 3490, 6880])
+def test_balanced_tile_covers_with_as_many_tiles_and_fewer_pixels(length):
+    t = balanced_tile(length, 1024, 64, 8)
+    assert t <= min(length, 1024)
+    assert t == length or t % 8 == 0
+    assert len(tile_starts(length, t, 64)) == len(tile_starts(length, min(length, 1024), 64))
+    starts = tile_starts(length, t, 64)
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        assert a + t - b >= 64
+    assert starts[-1] + t == length
+    if length == 1430:  # 2 tiles of 752 px instead of 2 of 1024 px
+        assert t == 752
+
+
+def test_rectangular_tiles_blend_exactly():
+    plane = np.random.default_rng(3).random((150, 90), dtype=np.float32)
+    seen = set()
+
+    def identity(x):
+        seen.add(tuple(x.shape[-2:]))
+        return x
+
+    out = predict_tiled(identity, plane, 1, tile=(56, 48), overlap=8)
+    assert seen == {(56, 48)}
+    np.testing.assert_allclose(out[0], plane, rtol=1e-5, atol=1e-6)
+    assert n_tiles((150, 90), (56, 48), 8) == len(tile_starts(150, 56, 8)) * len(
+        tile_starts(90, 48, 8)
+    )
 
 
 def test_ramp_window_is_positive_and_symmetric():
@@ -94,6 +125,36 @@ def test_tiled_count_equals_untiled():
     assert tiled.count == pytest.approx(whole.count, rel=0.005)
     assert float(np.abs(tiled.density - whole.density).max()) < 0.15 * float(whole.density.max())
     assert abs(len(tiled.points) - len(whole.points)) <= 0.02 * len(whole.points) + 1
+
+
+def test_balanced_tiles_count_like_full_tiles():
+    from napari_nalu_count.infer import engine
+
+    name = _trained_counter()
+    s = _many_cells((300, 330), 160, seed=5)
+    saved = dict(engine.OPTIONS)
+    try:
+        engine.OPTIONS["balanced_tiles"] = False
+        full = count(s.image, name, device="cpu", tile_size=192)
+        engine.OPTIONS["balanced_tiles"] = True
+        shapes = []
+        real = engine.predict_tiled_steps
+
+        def spy(forward, plane, *a, tile, **k):
+            shapes.append(tile)
+            return real(forward, plane, *a, tile=tile, **k)
+
+        engine.predict_tiled_steps = spy
+        try:
+            bal = count(s.image, name, device="cpu", tile_size=192)
+        finally:
+            engine.predict_tiled_steps = real
+    finally:
+        engine.OPTIONS.clear()
+        engine.OPTIONS.update(saved)
+    assert shapes == [(176, 192)]  # 300 px -> 2 x 176; 330 px -> 2 x 192 (multiples of 8)
+    assert bal.count == pytest.approx(full.count, rel=0.005)
+    assert abs(len(bal.points) - len(full.points)) <= 2
 
 
 @pytest.mark.slow

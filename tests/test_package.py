@@ -170,7 +170,10 @@ def _requirement_names(key: str) -> set[str]:
 def test_dependencies_are_what_the_package_imports():
     imported = _third_party_imports(SRC)
     declared = _requirement_names("dependencies")
-    optional = _requirement_names("distributed")  # the one optional import: --scheduler
+    optional = _requirement_names("distributed")  # --scheduler (infer/scaleout.py)
+    fast = _requirement_names("fast")  # imported only when installed (infer/backend.py)
+    assert fast == {"onnxruntime", "onnx"} and "onnxruntime" in imported
+    imported -= fast
     assert imported - declared - optional == set(), "imported but not declared"
     assert declared - imported == set(), "declared but never imported"
     assert {"psygnal", "magicgui"} <= declared and "dask" not in declared

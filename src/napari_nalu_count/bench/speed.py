@@ -21,6 +21,7 @@ does not depend on the weights) and the report says so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -30,6 +31,45 @@ from typing import Any
 
 import numpy as np
 import torch
+
+#: the engine as it was before issue 17's speed work, as far as switches reach: PyTorch for the
+#: networks, full-size tiles, every plane normalised by each step that needs it (segment: three
+#: times), the seed counter's density resampled to the image, percentiles by partitioning,
+#: density maps upsampled by scipy; planes of any size segmented whole
+BASELINE_OPTIONS: dict[str, Any] = {
+    "backend": "torch",
+    "balanced_tiles": False,
+    "share_work": False,
+    "segment_blocks": False,
+    "_histogram_percentiles": False,
+    "_fast_upsampling": False,
+}
+
+
+@contextlib.contextmanager
+def engine_config(options: dict[str, Any]):
+    """Run the engine with ``options`` (engine ``OPTIONS`` keys, plus
+    ``_histogram_percentiles``) and restore everything afterwards."""
+    from napari_nalu_count.data import normalize
+    from napari_nalu_count.infer import engine, scale
+
+    saved = dict(engine.OPTIONS)
+    saved_hist = normalize.HISTOGRAM_MIN_SIZE
+    saved_up = scale.FAST_UPSAMPLING
+    try:
+        for k, v in options.items():
+            if k == "_histogram_percentiles":
+                normalize.HISTOGRAM_MIN_SIZE = saved_hist if v else 1 << 62
+            elif k == "_fast_upsampling":
+                scale.FAST_UPSAMPLING = bool(v)
+            else:
+                engine.OPTIONS[k] = v
+        yield
+    finally:
+        engine.OPTIONS.clear()
+        engine.OPTIONS.update(saved)
+        normalize.HISTOGRAM_MIN_SIZE = saved_hist
+        scale.FAST_UPSAMPLING = saved_up
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +88,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=28.66,
         help="nucleus diameter of the synthetic image in pixels (28.66: BBBC039's)",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also time the previous engine (PyTorch, full-size tiles, no shared work) in the "
+        "same run, interleaved, and report the speed-ups",
+    )
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also time the engine with each speed switch turned back, one at a time",
+    )
+    parser.add_argument(
+        "--small",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also count N small images one call each (issue 17: 64), diameter estimated and given",
+    )
+    parser.add_argument("--small-size", type=int, default=256, help="their edge (256)")
+    parser.add_argument(
+        "--memory",
+        type=int,
+        default=None,
+        metavar="SIZE",
+        help="also measure the peak RSS of count and segment on a SIZE x SIZE uint16 image "
+        "(e.g. 8192), each in its own process (Linux)",
     )
     parser.add_argument(
         "--compare-model",
@@ -179,8 +246,61 @@ def _blob_log_count(image: np.ndarray, diameter: float) -> int:
     return len(blobs)
 
 
+def _timed(
+    fns: dict[str, Any], configs: dict[str, dict[str, Any]], repeats: int
+) -> tuple[dict[str, float], dict[str, list[float]], dict[str, Any]]:
+    """Best seconds per configuration of ``fns[name]()``, the configurations interleaved
+    (``repeats`` rounds of one call each), after one untimed warm-up call per configuration;
+    also every time and the last result per configuration."""
+    times: dict[str, list[float]] = {k: [] for k in configs}
+    results: dict[str, Any] = {}
+    for name, cfg in configs.items():
+        with engine_config(cfg):
+            results[name] = fns[name]()
+    for _ in range(max(1, repeats)):
+        for name, cfg in configs.items():
+            with engine_config(cfg):
+                t0 = time.perf_counter()
+                results[name] = fns[name]()
+                times[name].append(time.perf_counter() - t0)
+    return {k: min(v) for k, v in times.items()}, times, results
+
+
+#: one engine switch turned back to its previous setting at a time (``--ablation``)
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "PyTorch instead of ONNX Runtime": {"backend": "torch"},
+    "full-size tiles (balanced_tiles off)": {"balanced_tiles": False},
+    "no shared work (share_work off, percentiles by partition)": {
+        "share_work": False,
+        "_histogram_percentiles": False,
+    },
+    "density upsampled by scipy (fast upsampling off)": {"_fast_upsampling": False},
+}
+
+
+def _memory_rows(size: int, threads: int, baseline: bool, segment: bool) -> list[dict]:
+    """Peak RSS of count / segment on a SIZE x SIZE uint16 image, one child process each."""
+    import subprocess
+    import sys
+
+    rows = []
+    tasks = ["count"] + (["segment"] if segment else [])
+    for task in tasks:
+        for conf in ["current"] + (["baseline"] if baseline else []):
+            cmd = [sys.executable, "-m", "napari_nalu_count.bench._memory_child", task]
+            cmd += [str(size), str(threads)] + (["baseline"] if conf == "baseline" else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                rows.append({"task": task, "configuration": conf, "error": out.stderr[-500:]})
+                continue
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     from napari_nalu_count.data.synthetic import synthetic_cells
+    from napari_nalu_count.infer import backend as _backend
     from napari_nalu_count.infer import count, engine, segment
     from napari_nalu_count.infer.device import auto_tile_size, resolve_device
 
@@ -189,12 +309,19 @@ def run(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     device = resolve_device(args.device)
     size = int(args.size)
+    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     counter, count_source = _model(args.count_model, "count", device)
     tile = auto_tile_size(device, stride=max(int(getattr(counter.net, "stride", 1) or 1), 8))
     diameter = float(args.diameter)
     n_cells = int(size * size / (diameter * diameter * 4))
     image = synthetic_cells((size, size), n_cells=n_cells, diameter=diameter, seed=0).image
     mpx = size * size / 1e6
+    with_base = bool(getattr(args, "baseline", False))
+    configs: dict[str, dict[str, Any]] = {"current": {}}
+    if with_base:
+        configs["previous"] = dict(BASELINE_OPTIONS)
+    if getattr(args, "ablation", False):
+        configs.update(ABLATIONS)
 
     machine = {
         "platform": platform.platform(),
@@ -202,14 +329,19 @@ def run(args: argparse.Namespace) -> int:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "onnxruntime": _ort_version(),
+        "backend": _backend.resolve(engine.OPTIONS["backend"], device),
         "device": str(device),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average": load_start,
         "auto_tile_size": tile,
     }
     gflops = matmul_gflops(device)
-    count(image[:256, :256], counter, device=str(device))  # warm up (allocator, BN folding)
-    t_count = _best(lambda: count(image, counter, device=str(device)), args.repeats)
-    res = count(image, counter, device=str(device))
+    dev = str(device)
+    t_cfg, all_times, res_cfg = _timed(
+        {k: (lambda: count(image, counter, device=dev)) for k in configs}, configs, args.repeats
+    )
+    t_count = t_cfg["current"]
+    res = res_cfg["current"]
     grid = _grid_scale(counter, res)
     if res.diameter_source != "model" or grid != 1.0:
         count_source += (
@@ -221,8 +353,7 @@ def run(args: argparse.Namespace) -> int:
     if res.diameter_source == "estimated":
         # the same count with the estimated diameter given: the difference is the estimate
         t_given = _best(
-            lambda: count(image, counter, device=str(device), diameter=res.diameter),
-            args.repeats,
+            lambda: count(image, counter, device=dev, diameter=res.diameter), args.repeats
         )
         size_estimate = {
             "diameter_px": res.diameter,
@@ -233,36 +364,56 @@ def run(args: argparse.Namespace) -> int:
     # FLOPs per pixel of the *image*: a model run on a grid resampled by s sees s**2 the pixels
     fpp_count = flops_per_pixel(counter.net) * grid**2
     roof_count = gflops * 1e9 / fpp_count / 1e6  # Mpx/s if every FLOP ran at matmul speed
-    net_s_per_px = _network_only(engine.prepare_net(counter, device), tile, device)
-    net_s_per_px *= grid**2  # per image pixel
+    # the bare network on the plane it really runs on (the model grid, at most one tile)
+    side = min(tile, max(8, int(round(size * grid)) // 8 * 8))
+    net_rows = {}
+    for name in ["current"] + (["previous"] if with_base else []):
+        with engine_config(configs[name]):
+            net_s = _network_only(engine.prepare_net(counter, device), side, device, n=3)
+        net_rows[name] = net_s * grid**2  # per image pixel
 
     t0 = time.perf_counter()
     n_blob = _blob_log_count(image, diameter)
     t_blob = time.perf_counter() - t0
 
+    def count_row(what: str, name: str, t: float, result: Any) -> dict[str, Any]:
+        return {
+            "what": what,
+            "configuration": name,
+            "model": count_source,
+            "seconds": t,
+            "mpx_per_s": mpx / t,
+            "flops_per_px": fpp_count,
+            "roofline_mpx_per_s": roof_count,
+            "roofline_fraction": (mpx / t) / roof_count,
+            "result": result,
+            "times": all_times.get(name),
+        }
+
     rows: list[dict[str, Any]] = [
-        {
-            "what": "count (end to end)",
-            "model": count_source,
-            "seconds": t_count,
-            "mpx_per_s": mpx / t_count,
-            "flops_per_px": fpp_count,
-            "roofline_mpx_per_s": roof_count,
-            "roofline_fraction": (mpx / t_count) / roof_count,
-            "result": float(res.count),
-        },
-        {
-            "what": f"count network only ({tile} px tile)",
-            "model": count_source,
-            "seconds": net_s_per_px * size * size,
-            "mpx_per_s": 1e-6 / net_s_per_px,
-            "flops_per_px": fpp_count,
-            "roofline_mpx_per_s": roof_count,
-            "roofline_fraction": (1e-6 / net_s_per_px) / roof_count,
-            "result": None,
-        },
+        count_row("count (end to end)", "current", t_count, float(res.count))
+    ]
+    for name, t in t_cfg.items():
+        if name != "current":
+            rows.append(count_row(f"count, {name}", name, t, float(res_cfg[name].count)))
+    for name, net_s in net_rows.items():
+        rows.append(
+            {
+                "what": f"count network only, {name} ({side} px plane)",
+                "configuration": name,
+                "model": count_source,
+                "seconds": net_s * size * size,
+                "mpx_per_s": 1e-6 / net_s,
+                "flops_per_px": fpp_count,
+                "roofline_mpx_per_s": roof_count,
+                "roofline_fraction": (1e-6 / net_s) / roof_count,
+                "result": None,
+            }
+        )
+    rows.append(
         {
             "what": "blob_log baseline",
+            "configuration": None,
             "model": "skimage.feature.blob_log, 5 sigmas",
             "seconds": t_blob,
             "mpx_per_s": mpx / t_blob,
@@ -270,14 +421,14 @@ def run(args: argparse.Namespace) -> int:
             "roofline_mpx_per_s": None,
             "roofline_fraction": None,
             "result": n_blob,
-        },
-    ]
+        }
+    )
     compare = None
     if args.compare_model:
         other, other_source = _model(args.compare_model, "count", device)
-        count(image[:256, :256], other, device=str(device))
-        t_other = _best(lambda: count(image, other, device=str(device)), args.repeats)
-        other_res = count(image, other, device=str(device))
+        count(image[:256, :256], other, device=dev)
+        t_other = _best(lambda: count(image, other, device=dev), args.repeats)
+        other_res = count(image, other, device=dev)
         compare = {
             "model": other_source,
             "seconds": t_other,
@@ -289,6 +440,7 @@ def run(args: argparse.Namespace) -> int:
             1,
             {
                 "what": "count (end to end), compared model",
+                "configuration": "current",
                 "model": other_source,
                 "seconds": t_other,
                 "mpx_per_s": mpx / t_other,
@@ -298,86 +450,99 @@ def run(args: argparse.Namespace) -> int:
                 "result": float(other_res.count),
             },
         )
+    seg_agreement = None
     if not args.no_segment:
         seg, seg_source = _model(args.seg_model, "segment", device)
-        segment(image[:256, :256], seg, device=str(device))
-        t_seg = _best(lambda: segment(image, seg, device=str(device)), args.repeats)
-        seg_res = segment(image, seg, device=str(device))
-        seg_grid = _grid_scale(seg, seg_res)
+        seg_cfgs = dict(configs)
+        t_seg, seg_times, seg_res = _timed(
+            {k: (lambda: segment(image, seg, device=dev)) for k in seg_cfgs},
+            seg_cfgs,
+            args.repeats,
+        )
+        cur = seg_res["current"]
+        seg_grid = _grid_scale(seg, cur)
         fpp_seg = flops_per_pixel(seg.net) * seg_grid**2
         roof_seg = gflops * 1e9 / fpp_seg / 1e6
-        rows.insert(
-            2,
-            {
-                "what": "segment (end to end)",
-                "model": seg_source,
-                "seconds": t_seg,
-                "mpx_per_s": mpx / t_seg,
-                "flops_per_px": fpp_seg,
-                "roofline_mpx_per_s": roof_seg,
-                "roofline_fraction": (mpx / t_seg) / roof_seg,
-                "result": int(seg_res.count),
-            },
-        )
+        seg_source += f" (grid x{seg_grid:.3g})"
+        at = 1
+        for name, t in t_seg.items():
+            rows.insert(
+                at,
+                {
+                    "what": "segment (end to end)" if name == "current" else f"segment, {name}",
+                    "configuration": name,
+                    "model": seg_source,
+                    "seconds": t,
+                    "mpx_per_s": mpx / t,
+                    "flops_per_px": fpp_seg,
+                    "roofline_mpx_per_s": roof_seg,
+                    "roofline_fraction": (mpx / t) / roof_seg,
+                    "result": int(seg_res[name].count),
+                    "times": seg_times[name],
+                },
+            )
+            at += 1
+        if "previous" in seg_res:
+            prev = seg_res["previous"]
+            seg_agreement = {
+                "objects_current": int(cur.count),
+                "objects_previous": int(prev.count),
+                "pixels_with_other_label_state": float(
+                    np.mean((cur.labels > 0) != (prev.labels > 0))
+                ),
+            }
+    small = None
+    if getattr(args, "small", 0):
+        small_cfgs = {k: v for k, v in configs.items() if k in ("current", "previous")}
+        small = _small_images(args, counter, dev, small_cfgs)
+    memory = None
+    if getattr(args, "memory", None):
+        memory = _memory_rows(int(args.memory), threads, with_base, not args.no_segment)
 
     variants: list[dict[str, Any]] = []
     if args.variants:
-        saved = dict(engine.OPTIONS)
-        crop = image[: min(size, 1024), : min(size, 1024)]
-        cmpx = crop.size / 1e6
-        other = 2 if threads == 1 else 1
-        # (label, engine options, tile size, threads, autograd mode)
-        trials: list[tuple[str, dict, int | None, int, str]] = [
-            (
-                f"baseline: engine defaults, tile auto ({tile}), {threads} thr, inference_mode",
-                {},
-                None,
-                threads,
-                "inference_mode",
-            ),
-            (f"{other} thread(s)", {}, None, other, "inference_mode"),
-            ("no BN folding", {"fuse_bn": False}, None, threads, "inference_mode"),
-            ("NCHW (channels_last off)", {"channels_last": False}, None, threads, "inference_mode"),
-            ("torch.no_grad instead of inference_mode", {}, None, threads, "no_grad"),
-            ("autograd on (no grad context)", {}, None, threads, "grad"),
-            ("tile 256", {}, 256, threads, "inference_mode"),
-            ("tile 512", {}, 512, threads, "inference_mode"),
-            ("batch 1", {"batch_size": 1}, None, threads, "inference_mode"),
-            ("torch.compile", {"compile": True}, None, threads, "inference_mode"),
-            ("baseline again (last: order / drift check)", {}, None, threads, "inference_mode"),
-        ]
-        saved_fwd = engine._forward_fn
-        try:
-            for label, opts, tile_v, n_thr, grad_mode in trials:
-                engine.OPTIONS.update(saved)
-                engine.OPTIONS.update(opts)
-                torch.set_num_threads(n_thr)
-                if grad_mode != "inference_mode":
-                    engine._forward_fn = _forward_with(grad_mode)
-                try:
-                    # warm up on the whole crop: allocator, BN folding, compilation
-                    count(crop, counter, device=str(device), tile_size=tile_v)
-                    t = _best(
-                        lambda t_=tile_v: count(crop, counter, device=str(device), tile_size=t_),
-                        args.repeats,
-                    )
-                    variants.append({"variant": label, "seconds": t, "mpx_per_s": cmpx / t})
-                except Exception as exc:  # e.g. torch.compile without a compiler
-                    variants.append({"variant": label, "error": f"{type(exc).__name__}: {exc}"})
-                finally:
-                    engine._forward_fn = saved_fwd
-        finally:
-            engine.OPTIONS.clear()
-            engine.OPTIONS.update(saved)
-            torch.set_num_threads(threads)
-        base = variants[0].get("seconds")
-        for v in variants:
-            if base and "seconds" in v:
-                v["speed_vs_baseline"] = base / v["seconds"]
+        variants = _variants(args, image, counter, device, tile, threads)
 
+    # the roofline from the better of two matmul measurements (start and end of the run): a
+    # busy machine at one of them would otherwise inflate the fractions
+    gflops_end = matmul_gflops(device)
+    if gflops_end > gflops:
+        scale = gflops / gflops_end
+        for r in rows:
+            if r.get("roofline_mpx_per_s"):
+                r["roofline_mpx_per_s"] /= scale
+                r["roofline_fraction"] *= scale
+    gflops_measured = [gflops, gflops_end]
+    gflops = max(gflops, gflops_end)
+    load_end = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     _print(machine, gflops, size, rows, variants, count_source)
-    ratio = rows[0]["mpx_per_s"] / rows[-1]["mpx_per_s"]
+    blob = next(r for r in rows if r["what"] == "blob_log baseline")
+    ratio = rows[0]["mpx_per_s"] / blob["mpx_per_s"]
     print(f"count / blob_log speed ratio: {ratio:.2f}")
+    speedups = {}
+    for task in ("count", "segment"):
+        cur = next(
+            (
+                r
+                for r in rows
+                if r["what"].startswith(task)
+                and r["configuration"] == "current"
+                and "network" not in r["what"]
+            ),
+            None,
+        )
+        for r in rows:
+            if (
+                cur
+                and r["what"].startswith(task)
+                and "network" not in r["what"]
+                and r["configuration"] not in (None, "current")
+            ):
+                speedups[f"{task}: current vs {r['configuration']}"] = r["seconds"] / cur["seconds"]
+    if "previous" in net_rows:
+        speedups["count network: current vs previous"] = net_rows["previous"] / net_rows["current"]
+    for k, v in speedups.items():
+        print(f"speed-up {k}: {v:.2f}x")
     if size_estimate:
         print(
             f"size estimate: {size_estimate['diameter_px']:.1f} px (true {diameter:g}), "
@@ -386,31 +551,74 @@ def run(args: argparse.Namespace) -> int:
         )
     if compare:
         print(f"count speed vs {compare['model']}: {compare['speed_ratio_new_over_compared']:.2f}x")
-    print(
-        f"targets: count >= 1 Mpx/s: {'met' if rows[0]['mpx_per_s'] >= 1 else 'NOT met'}; "
-        f">= 40% of roofline: {'met' if rows[0]['roofline_fraction'] >= 0.4 else 'NOT met'}"
-    )
+    if small:
+        for name, v in small["configurations"].items():
+            print(
+                f"{small['n']} images of {small['size']} px, one call each, {name}: "
+                + ", ".join(f"{k} {v[k]['mpx_per_s']:.2f} Mpx/s" for k in ("estimated", "given"))
+            )
+    if memory:
+        for m in memory:
+            if "error" in m:
+                print(f"memory {m['task']} ({m['configuration']}): failed")
+            else:
+                print(
+                    f"memory {m['task']} {m['size']} px ({m['configuration']}): peak RSS "
+                    f"{m['peak_rss_mib'] / 1024:.2f} GiB, {m['seconds']:.1f} s"
+                )
+    net_frac = next(r for r in rows if r["what"].startswith("count network only, current"))
+    targets = _targets(rows, net_frac, small, memory)
+    for k, v in targets.items():
+        print(f"target {k}: {v}")
+    if seg_agreement:
+        print(f"segment agreement with the previous engine: {seg_agreement}")
+    print(f"load average at start {load_start}, at end {load_end}")
     if getattr(args, "json", None):
+        flags = " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if k
+            in (
+                "size",
+                "device",
+                "threads",
+                "repeats",
+                "diameter",
+                "compare_model",
+                "small",
+                "small_size",
+                "memory",
+            )
+            and v not in (None, 0)
+        )
+        switches = [
+            f" --{k}"
+            for k in ("variants", "no_segment", "baseline", "ablation")
+            if getattr(args, k, False)
+        ]
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(
                 {
                     "benchmark": "speed",
                     "command": "nalu-count bench speed "
-                    + " ".join(
-                        f"--{k.replace('_', '-')} {v}"
-                        for k, v in vars(args).items()
-                        if k
-                        in ("size", "device", "threads", "repeats", "diameter", "compare_model")
-                        and v is not None
-                    )
-                    + (" --variants" if args.variants else "")
-                    + (" --no-segment" if args.no_segment else ""),
+                    + flags
+                    + "".join(s.replace("_", "-") for s in switches),
                     "machine": machine,
+                    "load_average_start": load_start,
+                    "load_average_end": load_end,
                     "image": {"size": size, "n_cells": n_cells, "diameter": diameter, "seed": 0},
+                    "engine_options": {k: str(v) for k, v in engine.OPTIONS.items()},
+                    "baseline_options": BASELINE_OPTIONS if with_base else None,
                     "size_estimate": size_estimate,
                     "compared_model": compare,
                     "matmul_gflops": gflops,
+                    "matmul_gflops_start_end": gflops_measured,
                     "rows": rows,
+                    "speedups": speedups,
+                    "segment_agreement": seg_agreement,
+                    "small_images": small,
+                    "memory": memory,
+                    "targets": targets,
                     "variants": variants,
                     "count_over_blob_log": ratio,
                 },
@@ -418,6 +626,137 @@ def run(args: argparse.Namespace) -> int:
                 indent=2,
             )
     return 0
+
+
+def _ort_version() -> str | None:
+    try:
+        import onnxruntime
+
+        return str(onnxruntime.__version__)
+    except ImportError:
+        return None
+
+
+def _small_images(args: argparse.Namespace, counter: Any, dev: str, configs: dict) -> dict:
+    """N images of S x S counted one call each, the diameter estimated and given."""
+    from napari_nalu_count.data.synthetic import synthetic_cells
+    from napari_nalu_count.infer import count
+
+    n, side, d = int(args.small), int(args.small_size), float(args.diameter)
+    cells = max(1, int(side * side / (d * d * 4)))
+    imgs = [
+        synthetic_cells((side, side), n_cells=cells, diameter=d, seed=i).image for i in range(n)
+    ]
+    mpx = n * side * side / 1e6
+    out: dict[str, Any] = {"n": n, "size": side, "diameter": d, "configurations": {}}
+    for mode, kw in (("estimated", {}), ("given", {"diameter": d})):
+
+        def batch(kw=kw) -> list[float]:
+            return [float(count(im, counter, device=dev, **kw).count) for im in imgs]
+
+        best, times, results = _timed({k: batch for k in configs}, configs, min(2, args.repeats))
+        for name in configs:
+            out["configurations"].setdefault(name, {})[mode] = {
+                "seconds": best[name],
+                "ms_per_call": 1000 * best[name] / n,
+                "mpx_per_s": mpx / best[name],
+                "times": times[name],
+                "total_count": float(np.sum(results[name])),
+            }
+    return out
+
+
+def _targets(rows: list[dict], net: dict, small: dict | None, memory: list | None) -> dict:
+    """Issue 17's targets, met or not, from this run's figures."""
+    out = {}
+    count_row = rows[0]
+    out["count >= 4 Mpx/s end to end"] = (
+        f"{'met' if count_row['mpx_per_s'] >= 4 else 'NOT met'} ({count_row['mpx_per_s']:.2f})"
+    )
+    frac = net["roofline_fraction"]
+    out["count network >= 50 % of the matmul roofline"] = (
+        f"{'met' if frac >= 0.5 else 'NOT met'} ({100 * frac:.1f} %)"
+    )
+    seg = next((r for r in rows if r["what"] == "segment (end to end)"), None)
+    if seg:
+        out["segment >= 2 Mpx/s end to end"] = (
+            f"{'met' if seg['mpx_per_s'] >= 2 else 'NOT met'} ({seg['mpx_per_s']:.2f})"
+        )
+    if small:
+        cur = small["configurations"]["current"]
+        for mode in ("estimated", "given"):
+            v = cur[mode]["mpx_per_s"]
+            out[f"{small['n']} small images >= 3 Mpx/s (diameter {mode})"] = (
+                f"{'met' if v >= 3 else 'NOT met'} ({v:.2f})"
+            )
+    for m in memory or []:
+        if m.get("configuration") == "current engine":
+            gib = m["peak_rss_mib"] / 1024
+            out[f"{m['task']} {m['size']} px peak RSS < 2 GB"] = (
+                f"{'met' if m['peak_rss_mib'] * 2**20 < 2e9 else 'NOT met'} ({gib:.2f} GiB)"
+            )
+    return out
+
+
+def _variants(args, image, counter, device, tile, threads) -> list[dict[str, Any]]:
+    """The one-switch-at-a-time variants on a 1024 px crop (``--variants``)."""
+    from napari_nalu_count.infer import count, engine
+
+    size = image.shape[0]
+    variants: list[dict[str, Any]] = []
+    saved = dict(engine.OPTIONS)
+    crop = image[: min(size, 1024), : min(size, 1024)]
+    cmpx = crop.size / 1e6
+    other = 2 if threads == 1 else 1
+    # (label, engine options, tile size, threads, autograd mode)
+    trials: list[tuple[str, dict, int | None, int, str]] = [
+        (
+            f"baseline: engine defaults, tile auto ({tile}), {threads} thr, inference_mode",
+            {},
+            None,
+            threads,
+            "inference_mode",
+        ),
+        (f"{other} thread(s)", {}, None, other, "inference_mode"),
+        ("no BN folding", {"fuse_bn": False}, None, threads, "inference_mode"),
+        ("NCHW (channels_last off)", {"channels_last": False}, None, threads, "inference_mode"),
+        ("torch.no_grad instead of inference_mode", {}, None, threads, "no_grad"),
+        ("autograd on (no grad context)", {}, None, threads, "grad"),
+        ("tile 256", {}, 256, threads, "inference_mode"),
+        ("tile 512", {}, 512, threads, "inference_mode"),
+        ("batch 1", {"batch_size": 1}, None, threads, "inference_mode"),
+        ("torch.compile", {"compile": True}, None, threads, "inference_mode"),
+        ("baseline again (last: order / drift check)", {}, None, threads, "inference_mode"),
+    ]
+    saved_fwd = engine._forward_fn
+    try:
+        for label, opts, tile_v, n_thr, grad_mode in trials:
+            engine.OPTIONS.update(saved)
+            engine.OPTIONS.update(opts)
+            torch.set_num_threads(n_thr)
+            if grad_mode != "inference_mode":
+                engine._forward_fn = _forward_with(grad_mode)
+            try:
+                # warm up on the whole crop: allocator, BN folding, compilation
+                count(crop, counter, device=str(device), tile_size=tile_v)
+                t = _best(
+                    lambda t_=tile_v: count(crop, counter, device=str(device), tile_size=t_),
+                    args.repeats,
+                )
+                variants.append({"variant": label, "seconds": t, "mpx_per_s": cmpx / t})
+            except Exception as exc:  # e.g. torch.compile without a compiler
+                variants.append({"variant": label, "error": f"{type(exc).__name__}: {exc}"})
+            finally:
+                engine._forward_fn = saved_fwd
+    finally:
+        engine.OPTIONS.clear()
+        engine.OPTIONS.update(saved)
+        torch.set_num_threads(threads)
+    base = variants[0].get("seconds")
+    for v in variants:
+        if base and "seconds" in v:
+            v["speed_vs_baseline"] = base / v["seconds"]
+    return variants
 
 
 def _fmt(v: Any, spec: str) -> str:

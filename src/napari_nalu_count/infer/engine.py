@@ -45,12 +45,18 @@ from torch import nn
 from napari_nalu_count.errors import CancelToken, InputError
 from napari_nalu_count.events import Event, Progress, drive
 from napari_nalu_count.infer import axes as _axes
+from napari_nalu_count.infer import backend as _backend
 from napari_nalu_count.infer import device as _device
 from napari_nalu_count.infer import inputs as _inputs
 from napari_nalu_count.infer import multiscale as _multiscale
 from napari_nalu_count.infer import postprocess as _post
 from napari_nalu_count.infer import scale as _scale
-from napari_nalu_count.infer.tiling import n_tiles, predict_tiled, predict_tiled_steps
+from napari_nalu_count.infer.tiling import (
+    balanced_tile,
+    n_tiles,
+    predict_tiled,
+    predict_tiled_steps,
+)
 
 ProgressFn = Callable[[int, int, str], Any]
 
@@ -59,13 +65,22 @@ OPTIONS: dict[str, Any] = {
     "fuse_bn": True,  # fold BatchNorm into the preceding convolution at load
     "channels_last": True,  # NHWC memory format: 2.1x faster on CPU (docs/benchmarks/speed.md)
     "compile": False,  # torch.compile the network (pays only for long runs on a GPU)
+    # "auto" / "torch" / "onnxruntime" (None: $NALU_COUNT_BACKEND, else "auto"), see .backend
+    "backend": None,
     "overlap": 64,  # pixels shared by neighbouring tiles
+    # tiles shrunk to cover each plane evenly (same tile count, fewer pixels), see .tiling
+    "balanced_tiles": True,
     "batch_size": None,  # tiles per forward pass; None = automatic per device
     "size_check": True,  # check an estimated diameter with the counter's size head
     # segment(): the counter that places the watershed seeds runs this many times finer than
     # its model grid (nuclei 12 px -> 16 px): its peaks separate touching nuclei better
     # (docs/models.md, "count-guided seeds")
     "seed_grid": 1.33,
+    # segment planes larger than SEGMENT_BLOCK_PIXELS block by block (bounded memory)
+    "segment_blocks": True,
+    # normalise each plane once (the size estimate and segment's counter reuse it) and skip
+    # the seed counter's density map on the image grid in segment (only its points are used)
+    "share_work": True,
 }
 #: smallest tile the out-of-memory fallback goes down to
 MIN_TILE = 64
@@ -237,7 +252,7 @@ def fold_batchnorm(net: nn.Module) -> int:
 
 @dataclass
 class _Prepared:
-    net: nn.Module
+    net: Any
     fingerprint: tuple
     ref: Any = field(repr=False, default=None)
 
@@ -251,15 +266,27 @@ def _fingerprint(net: nn.Module) -> tuple:
     return tuple(t._version for t in net.state_dict(keep_vars=True).values())
 
 
-def prepare_net(loaded: Any, device: torch.device) -> nn.Module:
-    """An inference copy of ``loaded.net`` on ``device``: eval mode, BN folded, optionally
-    channels_last / compiled (see :data:`OPTIONS`). The caller's network is never modified.
+def prepare_net(loaded: Any, device: torch.device) -> Any:
+    """An inference copy of ``loaded.net`` on ``device``: eval mode, BN folded, then either an
+    :class:`~.backend.OrtNet` (ONNX Runtime, see :mod:`.backend`) or the PyTorch network,
+    optionally channels_last / compiled (see :data:`OPTIONS`). Either is called on
+    ``(N, C, H, W)`` tensors and has ``stride``. The caller's network is never modified.
 
-    Copies are cached per (network, device, options) and rebuilt when the original's weights
-    change in place (e.g. after fine-tuning).
+    Copies are cached per (network, device, options, backend, threads) and rebuilt when the
+    original's weights change in place (e.g. after fine-tuning).
     """
     src = loaded.net
-    key = (id(src), str(device), OPTIONS["fuse_bn"], OPTIONS["channels_last"], OPTIONS["compile"])
+    backend = "torch" if OPTIONS["compile"] else _backend.resolve(OPTIONS["backend"], device)
+    threads = torch.get_num_threads() if backend == "onnxruntime" else 0
+    key = (
+        id(src),
+        str(device),
+        OPTIONS["fuse_bn"],
+        OPTIONS["channels_last"],
+        OPTIONS["compile"],
+        backend,
+        threads,
+    )
     fp = _fingerprint(src)
     with _prep_lock:
         hit = _prep_cache.get(key)
@@ -283,16 +310,21 @@ def prepare_net(loaded: Any, device: torch.device) -> nn.Module:
                 net = fused
             else:  # pragma: no cover - would mean an unexpected module layout
                 warnings.warn("batch-norm folding changed the output; using the plain network")
-    net = net.to(device)
-    if OPTIONS["channels_last"]:
-        net = net.to(memory_format=torch.channels_last)
-    if OPTIONS["compile"]:
-        net = torch.compile(net, dynamic=False)
+    prepared: Any = None
+    if backend == "onnxruntime":
+        prepared = _backend.to_onnxruntime(net.to("cpu").float(), _in_channels(loaded), threads)
+    if prepared is None:
+        net = net.to(device)
+        if OPTIONS["channels_last"]:
+            net = net.to(memory_format=torch.channels_last)
+        if OPTIONS["compile"]:
+            net = torch.compile(net, dynamic=False)
+        prepared = net
     with _prep_lock:
-        _prep_cache[key] = _Prepared(net=net, fingerprint=fp, ref=weakref.ref(src))
+        _prep_cache[key] = _Prepared(net=prepared, fingerprint=fp, ref=weakref.ref(src))
         for k in [k for k, v in _prep_cache.items() if v.ref() is None]:
             del _prep_cache[k]
-    return net
+    return prepared
 
 
 def _in_channels(loaded: Any) -> int:
@@ -310,7 +342,7 @@ def _has_size_head(loaded: Any) -> bool:
     return bool(cfg.get("size_head", False))
 
 
-def _stride(net: nn.Module) -> int:
+def _stride(net: Any) -> int:
     return int(getattr(net, "stride", 1) or 1)
 
 
@@ -331,6 +363,29 @@ def _normalize(plane: np.ndarray, card: dict) -> np.ndarray:
     raise InputError(f"unsupported normalization method {method!r} in the model card")
 
 
+def _same_normalization(a: dict, b: dict) -> bool:
+    """True when two model cards normalise images the same way."""
+    default = {"method": "percentile", "low": 1.0, "high": 99.8}
+    na, nb = (
+        dict(default, **(a.get("normalization") or {})),
+        dict(default, **(b.get("normalization") or {})),
+    )
+    return na == nb
+
+
+def _size_normalized(card: dict, norm: np.ndarray) -> np.ndarray | None:
+    """``norm`` when the card's normalisation is the size estimator's own (percentile 1 /
+    99.8), so the estimator can take it as is; None otherwise."""
+    from napari_nalu_count.infer.size import NORM_PERCENTILES
+
+    cfg = card.get("normalization") or {"method": "percentile", "low": 1.0, "high": 99.8}
+    if cfg.get("method", "percentile") != "percentile":
+        return None
+    if (float(cfg.get("low", 1.0)), float(cfg.get("high", 99.8))) != NORM_PERCENTILES:
+        return None
+    return norm
+
+
 def _check_finite(plane: np.ndarray, index: tuple[int, ...]) -> None:
     if np.issubdtype(plane.dtype, np.floating) and not np.isfinite(plane).all():
         where = f" (plane {index})" if index else ""
@@ -346,7 +401,7 @@ class _Runner:
 
     def __init__(
         self,
-        net: nn.Module,
+        net: Any,
         device: torch.device,
         forward: Callable[[torch.Tensor], torch.Tensor],
         out_channels: int,
@@ -367,6 +422,8 @@ class _Runner:
         self.batch = OPTIONS["batch_size"] or _device.auto_batch_size(device, tile)
         self.overlap = int(OPTIONS["overlap"])
         self.device = device
+        # channels_last inputs for a channels_last PyTorch network (ONNX Runtime takes NCHW)
+        self.channels_last = bool(OPTIONS["channels_last"]) and isinstance(net, nn.Module)
         self.forward = forward
         self.out_channels = out_channels
         self.n_planes = n_planes
@@ -379,9 +436,22 @@ class _Runner:
     def _overlap_for(self, tile: int) -> int:
         return min(self.overlap, tile // 4)
 
+    def tile_for(self, shape: tuple[int, int]) -> int | tuple[int, int]:
+        """The tile for a plane of ``shape``: ``self.tile``, or with ``balanced_tiles`` the
+        smallest ``(tile_h, tile_w)`` (multiples of the stride) that covers the plane with as
+        many tiles as ``self.tile`` needs (:func:`.tiling.balanced_tile`)."""
+        if not OPTIONS["balanced_tiles"]:
+            return self.tile
+        ov = self._overlap_for(self.tile)
+        m = max(self.stride, 1)
+        return (
+            balanced_tile(int(shape[0]), self.tile, ov, m),
+            balanced_tile(int(shape[1]), self.tile, ov, m),
+        )
+
     def set_total(self, shape: tuple[int, int], planes_left: int) -> None:
         self.total = self.done + planes_left * self.passes * n_tiles(
-            shape, self.tile, self._overlap_for(self.tile)
+            shape, self.tile_for(shape), self._overlap_for(self.tile)
         )
 
     def report(self, message: str) -> Progress:
@@ -394,7 +464,7 @@ class _Runner:
 
     def skip_plane(self, shape: tuple[int, int], plane_no: int, note: str = "empty") -> Progress:
         """Count a plane's tiles as done without running them (empty, or already run)."""
-        self.done += n_tiles(shape, self.tile, self._overlap_for(self.tile))
+        self.done += n_tiles(shape, self.tile_for(shape), self._overlap_for(self.tile))
         return self.report(f"{self.label}: plane {plane_no + 1}/{self.n_planes} ({note})")
 
     def predict_quiet(self, plane: np.ndarray) -> np.ndarray:
@@ -403,11 +473,11 @@ class _Runner:
             self.forward,
             plane,
             self.out_channels,
-            tile=self.tile,
+            tile=self.tile_for(plane.shape),
             overlap=self._overlap_for(self.tile),
             batch_size=self.batch,
             device=self.device,
-            channels_last=OPTIONS["channels_last"],
+            channels_last=self.channels_last,
             on_tile=self.check_cancel,
         )
 
@@ -422,11 +492,11 @@ class _Runner:
                     self.forward,
                     plane,
                     self.out_channels,
-                    tile=self.tile,
+                    tile=self.tile_for(plane.shape),
                     overlap=self._overlap_for(self.tile),
                     batch_size=self.batch,
                     device=self.device,
-                    channels_last=OPTIONS["channels_last"],
+                    channels_last=self.channels_last,
                 )
                 while True:
                     try:
@@ -455,7 +525,7 @@ class _Runner:
                 yield self.report(f"{msg}: out of memory, retrying with {self.tile} px tiles")
 
 
-def _forward_fn(net: nn.Module, task: str, density_scale: float) -> Callable:
+def _forward_fn(net: Any, task: str, density_scale: float) -> Callable:
     inv = 1.0 / float(density_scale)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -518,13 +588,19 @@ class _ScaleState:
         self.source = "estimated"
         return self.factor
 
-    def resolve(self, raw: np.ndarray) -> float:
-        """The factor; estimates the diameter from ``raw`` (a raw plane) when pending."""
+    def resolve(self, raw: np.ndarray, norm: np.ndarray | None = None) -> float:
+        """The factor; estimates the diameter from ``raw`` (a raw plane) when pending.
+
+        ``norm``: the same plane already normalised as the size estimator does it (percentile
+        1 / 99.8, see :func:`_size_normalized`); then that work is not repeated."""
         if self.factor is None:
             import time
 
             t0 = time.perf_counter()
-            est = _scale.estimate_diameter(raw)
+            if norm is not None and OPTIONS["share_work"]:
+                est = _scale.estimate_diameter(norm, normalized=True)
+            else:
+                est = _scale.estimate_diameter(raw)
             self.estimate = {"regressor": est, "seconds": time.perf_counter() - t0}
             if est is None:
                 self.factor = 1.0
@@ -701,6 +777,8 @@ def count_events(
     z_diameter: float | None = None,
     uncertainty: bool = False,
     grid_scale: float = 1.0,
+    _normalized: np.ndarray | None = None,
+    _density: bool = True,
 ) -> Generator[Event, None, CountResult]:
     """:func:`count` as an event generator: yields a :class:`~napari_nalu_count.events.Progress`
     per tile (and while the nucleus size is estimated) and returns the :class:`CountResult`.
@@ -710,6 +788,10 @@ def count_events(
     once the nucleus size is known (the size estimate and its check are unchanged); peaks are
     then looked for with the diameter they have on that grid. :func:`segment` uses it for its
     count-guided seeds (``OPTIONS["seed_grid"]``).
+    For :func:`segment`'s count-guided seeds only (a 2-D plane): ``_normalized`` is the plane
+    already normalised as this model's card says (not repeated) and ``_density=False`` skips
+    the density map on the image grid (``density`` is then an empty array; count and points
+    are computed as usual).
     """
     grid_scale = _check_positive(grid_scale, "grid_scale")
     if grid_scale != 1.0 and block_size is not None:
@@ -755,7 +837,11 @@ def count_events(
     )
 
     h, w = plan.plane_shape
-    density = np.zeros(plan.stack_shape + (h, w), dtype=np.float32)
+    if not _density and (plan.is_stack or uncertainty or volume or block is not None):
+        raise ValueError("_density=False is for one 2-D plane without blocks, volume or TTA")
+    if _normalized is not None and plan.is_stack:
+        raise ValueError("_normalized is for one 2-D plane")
+    density = np.zeros(plan.stack_shape + ((h, w) if _density else (0, 0)), dtype=np.float32)
     counts = np.zeros(plan.n_planes, dtype=np.float64)
     all_points: list[np.ndarray] = []
     unc_map = tta_counts = None
@@ -782,11 +868,11 @@ def count_events(
             shape = _scale.scaled_shape((h, w), scale.factor or 1.0)
             yield runner.skip_plane(shape, k)
             continue
-        norm = _normalize(raw, card)
+        norm = _normalize(raw, card) if _normalized is None else _normalized
         reuse = None
         if scale.pending:
             yield runner.report("count: estimating the nucleus size")
-            scale.resolve(raw)
+            scale.resolve(raw, _size_normalized(card, norm))
             if n_out == 2 and scale.source == "estimated" and OPTIONS["size_check"]:
                 model_plane, reuse = _refine_diameter(runner, norm, scale)
             else:
@@ -822,8 +908,9 @@ def count_events(
         if plan.is_stack and len(pts):
             pts = np.hstack([np.tile(np.asarray(idx, dtype=np.float64), (len(pts), 1)), pts])
         all_points.append(pts)
-        target = density[idx] if idx else density
-        target[...] = _scale.density_to_original(dens, (h, w))
+        if _density:
+            target = density[idx] if idx else density
+            target[...] = _scale.density_to_original(dens, (h, w))
         del dens
     if block is not None:
         yield from _count_blocked(
@@ -962,7 +1049,9 @@ def _count_blocked(
             continue
         if method == "percentile":
             q = [norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8)]
-            lo, hi = (float(v) for v in np.percentile(sample, q))
+            from napari_nalu_count.data.normalize import percentiles
+
+            lo, hi = percentiles(sample, q)
         else:
             lo, hi = 0.0, 1.0
         span = hi - lo
@@ -998,7 +1087,7 @@ def _count_blocked(
         for y, x in grid:
             a, b, c, d = padded(y, x)
             shape = _scale.scaled_shape((b - a, d - c), f)
-            tiles += n_tiles(shape, runner.tile, runner._overlap_for(runner.tile))
+            tiles += n_tiles(shape, runner.tile_for(shape), runner._overlap_for(runner.tile))
         runner.total = runner.done + tiles * (plan.n_planes - k)
         target = density[idx] if idx else density
         pts_plane = []
@@ -1196,8 +1285,10 @@ def segment_events(
             "or 'TZYX')"
         )
     counter = None
+    share_norm = False
     if seeds == "count":
         counter = _resolve_model(count_model, "count", dev)
+        share_norm = bool(OPTIONS["share_work"]) and _same_normalization(card, counter.card)
 
     h, w = plan.plane_shape
     labels = np.zeros(plan.stack_shape + (h, w), dtype=np.int32)
@@ -1230,6 +1321,8 @@ def segment_events(
                     cancel=cancel,
                     tile_size=tile_size,
                     grid_scale=float(OPTIONS["seed_grid"]),
+                    _normalized=norm if share_norm else None,
+                    _density=not OPTIONS["share_work"],
                 ),
                 functools.partial(runner.report, seeding),
             )
@@ -1238,9 +1331,38 @@ def segment_events(
                 scale.set_diameter(float(sub.diameter))
         if scale.pending:
             yield runner.report("segment: estimating the nucleus size")
-        s = scale.resolve(raw)
+        s = scale.resolve(raw, _size_normalized(card, norm))
+        del raw
+        if OPTIONS["segment_blocks"] and h * w > SEGMENT_BLOCK_PIXELS:
+            model_plane = _scale.rescale_plane(norm, s)
+            del norm
+            mshape = model_plane.shape
+            if points is not None and mshape != (h, w):
+                points = np.column_stack(
+                    [
+                        (points[:, 0] + 0.5) * mshape[0] / h - 0.5,
+                        (points[:, 1] + 0.5) * mshape[1] / w - 0.5,
+                    ]
+                )
+            halo = int(np.ceil(max(float(OPTIONS["overlap"]), 3.0 * (scale.card_diameter or 10.0))))
+            lab = yield from _segment_blocked(
+                runner,
+                model_plane,
+                points,
+                seeds,
+                min_size,
+                k,
+                halo,
+                max(64, int(round(SEGMENT_BLOCK * s))),
+                first=not total_set,
+            )
+            total_set = True
+            del model_plane
+            counts[k] = _labels_to_image(lab, labels[idx] if idx else labels)
+            del lab
+            continue
         model_plane = _scale.rescale_plane(norm, s)
-        del norm, raw
+        del norm
         if not total_set:
             runner.set_total(model_plane.shape, plan.n_planes - k)
             total_set = True
@@ -1281,6 +1403,128 @@ def segment_events(
         volume_count=vol_count,
         volume_points=vol_points,
     )
+
+
+#: planes with more pixels than this are segmented in blocks (bounded memory: the whole-plane
+#: watershed needs ~30 bytes per model-grid pixel) of SEGMENT_BLOCK image pixels plus a halo
+SEGMENT_BLOCK_PIXELS = 3072 * 3072
+SEGMENT_BLOCK = 2048
+
+
+def _segment_blocked(
+    runner: _Runner,
+    model_plane: np.ndarray,
+    points: np.ndarray | None,
+    seeds: str,
+    min_size: int,
+    plane_no: int,
+    halo: int,
+    block: int,
+    first: bool,
+) -> Generator[Progress, None, np.ndarray]:
+    """Instance labels (int32, 1..n) of a plane on the model grid, block by block.
+
+    The plane is cut into blocks of ``block`` model-grid pixels; each is predicted and
+    watershedded with ``halo`` pixels of context around it (the same resampled pixels as the
+    whole plane, so only the tiling differs); an object belongs to the block whose core holds
+    its centroid and is painted where no earlier object lies. ``points`` (cell centres on the
+    model grid) seed every block that sees them. Ids are renumbered 1..n at the end if an
+    object lost every pixel to its neighbours. Memory: the labels plus one block's work, not
+    the whole-plane watershed (about 30 bytes per pixel)."""
+    h, w = model_plane.shape
+    grid = [(ya, xa) for ya in _block_starts(h, block) for xa in _block_starts(w, block)]
+
+    def padded(y: tuple[int, int], x: tuple[int, int]) -> tuple[int, int, int, int]:
+        return max(0, y[0] - halo), min(h, y[1] + halo), max(0, x[0] - halo), min(w, x[1] + halo)
+
+    if first:
+        tiles = 0
+        for y, x in grid:
+            a, b, c, d = padded(y, x)
+            tiles += n_tiles(
+                (b - a, d - c), runner.tile_for((b - a, d - c)), runner._overlap_for(runner.tile)
+            )
+        runner.total = runner.done + tiles * (runner.n_planes - plane_no)
+        yield runner.report(f"segment: plane {plane_no + 1}/{runner.n_planes}")
+    out = np.zeros((h, w), dtype=np.int32)
+    next_id = 0
+    present = [False]
+    for y, x in grid:
+        runner.check_cancel()
+        a, b, c, d = padded(y, x)
+        probs = yield from runner.run(model_plane[a:b, c:d], plane_no)
+        pts = None
+        if points is not None:
+            inside = (points[:, 0] >= a - 0.5) & (points[:, 0] < b - 0.5)
+            inside &= (points[:, 1] >= c - 0.5) & (points[:, 1] < d - 0.5)
+            pts = points[inside] - np.array([a, c], dtype=np.float64)
+        lab = _post.classes_to_instances(probs, seeds=seeds, points=pts, min_size=min_size)
+        del probs
+        n = int(lab.max())
+        if n == 0:
+            continue
+        flat = lab.ravel()
+        size = np.bincount(flat, minlength=n + 1).astype(np.float64)
+        ys = np.repeat(np.arange(a, b, dtype=np.float64), d - c)
+        cy = np.bincount(flat, weights=ys, minlength=n + 1)
+        del ys
+        xs = np.tile(np.arange(c, d, dtype=np.float64), b - a)
+        cx = np.bincount(flat, weights=xs, minlength=n + 1)
+        del xs
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cy, cx = cy / size, cx / size
+        keep = (size > 0) & (cy >= y[0] - 0.5) & (cy < y[1] - 0.5)
+        keep &= (cx >= x[0] - 0.5) & (cx < x[1] - 0.5)
+        keep[0] = False
+        ids = np.flatnonzero(keep)
+        if len(ids) == 0:
+            continue
+        lut = np.zeros(n + 1, dtype=np.int32)
+        lut[ids] = np.arange(next_id + 1, next_id + 1 + len(ids), dtype=np.int32)
+        mapped = lut[lab]
+        del lab
+        region = out[a:b, c:d]
+        paint = (mapped > 0) & (region == 0)
+        region[paint] = mapped[paint]
+        got = np.zeros(len(ids), dtype=bool)
+        got[np.unique(mapped[paint]) - (next_id + 1)] = True
+        present.extend(got.tolist())
+        next_id += len(ids)
+        del mapped, paint
+    kept = np.asarray(present, dtype=bool)
+    if not kept[1:].all():
+        _renumber_rows(out, kept)
+    return out
+
+
+def _renumber_rows(labels: np.ndarray, kept: np.ndarray) -> None:
+    """Map the ids with ``kept[id]`` to 1..n in place, 512 rows at a time (no full-size
+    temporary)."""
+    lut = np.zeros(len(kept), dtype=np.int32)
+    lut[kept] = np.arange(1, int(kept.sum()) + 1, dtype=np.int32)
+    lut[0] = 0
+    for r0 in range(0, labels.shape[0], 512):
+        labels[r0 : r0 + 512] = lut[labels[r0 : r0 + 512]]
+
+
+def _labels_to_image(lab: np.ndarray, target: np.ndarray) -> int:
+    """:func:`.scale.labels_to_original` of model-grid labels into ``target`` (the image
+    plane), 512 rows at a time; returns the number of objects (ids renumbered 1..n when
+    shrinking lost some)."""
+    h, w = target.shape
+    mh, mw = lab.shape
+    rows = np.minimum(((np.arange(h) + 0.5) * mh / h).astype(np.intp), mh - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * mw / w).astype(np.intp), mw - 1)
+    n = int(lab.max())
+    seen = np.zeros(n + 1, dtype=bool)
+    for r0 in range(0, h, 512):
+        part = lab[rows[r0 : r0 + 512]][:, cols]
+        target[r0 : r0 + 512] = part
+        seen[np.unique(part)] = True
+    seen[0] = False
+    if not seen[1:].all():
+        _renumber_rows(target, seen)
+    return int(seen.sum())
 
 
 def _link_volume(labels: np.ndarray, plan: _axes.PlanePlan) -> tuple[np.ndarray, Any, np.ndarray]:

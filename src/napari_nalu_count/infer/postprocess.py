@@ -125,6 +125,19 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     return out.astype(np.int32, copy=False)
 
 
+def _argmax_masks(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(argmax != 0, argmax == 1)`` of ``(C, H, W)`` scores without the int64 arg-max map
+    (the first maximum wins, as in :func:`numpy.argmax`)."""
+    p0, p1 = probs[0], probs[1]
+    foreground = p1 > p0
+    is_one = foreground.copy()
+    for c in range(2, probs.shape[0]):
+        pc = probs[c]
+        foreground |= pc > p0
+        is_one &= p1 >= pc
+    return foreground, is_one
+
+
 def classes_to_instances(
     classes: np.ndarray,
     *,
@@ -154,12 +167,15 @@ def classes_to_instances(
         if arr.shape[0] < 2:
             raise ValueError(f"class probabilities need >= 2 channels, got {arr.shape}")
         probs = arr.astype(np.float32, copy=False)
-        cls = np.argmax(probs, axis=0)
-        foreground = cls != 0
+        foreground, is_one = _argmax_masks(probs)
         p_in = probs[1]
-        interior = cls == 1 if interior_threshold is None else p_in > float(interior_threshold)
+        interior = is_one if interior_threshold is None else p_in > float(interior_threshold)
         interior &= foreground
-        elevation = -(ndi.gaussian_filter(p_in, float(smooth)) if smooth > 0 else p_in)
+        if smooth > 0:
+            elevation = ndi.gaussian_filter(p_in, float(smooth), output=np.float32)
+            np.negative(elevation, out=elevation)
+        else:
+            elevation = -p_in
     elif arr.ndim == 2:
         cls = arr.astype(np.int64, copy=False)
         foreground = cls != 0

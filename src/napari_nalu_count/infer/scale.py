@@ -27,6 +27,9 @@ from napari_nalu_count.errors import InputError
 
 #: resampling factors outside this range are refused (the image would grow or vanish)
 MIN_SCALE, MAX_SCALE = 1.0 / 16.0, 8.0
+#: bilinear upsampling by two separable NumPy passes instead of scipy.ndimage.zoom (same
+#: values up to float32 rounding, several times faster; see :func:`_bilinear_numpy`)
+FAST_UPSAMPLING = True
 #: factors this close to 1 skip resampling entirely
 SCALE_TOLERANCE = 0.02
 
@@ -83,6 +86,10 @@ def _zoom_to(arr: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
     """Resample a 2-D float32 array to exactly ``shape`` (pixel-area aligned)."""
     if tuple(arr.shape) == tuple(shape):
         return arr
+    if order == 1 and FAST_UPSAMPLING and shape[0] >= arr.shape[0] and shape[1] >= arr.shape[1]:
+        # upsampling (density maps back to the image); shrinking (the network's input)
+        # stays with scipy
+        return _bilinear_numpy(arr, shape)
     factors = (shape[0] / arr.shape[0], shape[1] / arr.shape[1])
     out = ndi.zoom(arr, factors, order=order, mode="nearest", grid_mode=True, output=np.float32)
     if out.shape != tuple(shape):  # rounding guard; zoom rounds input*factor
@@ -90,6 +97,43 @@ def _zoom_to(arr: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
         h, w = min(shape[0], out.shape[0]), min(shape[1], out.shape[1])
         fixed[:h, :w] = out[:h, :w]
         out = fixed
+    return out
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices ``(i0, i1)`` and float32 weights of ``i1`` for linear resampling of
+    ``n_in`` samples to ``n_out`` (pixel centres aligned, edges clamped: ``ndi.zoom``'s
+    ``grid_mode=True, mode="nearest"``)."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0.0, n_in - 1)
+    i0 = np.floor(src).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def _bilinear_numpy(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``ndi.zoom(order=1, mode="nearest", grid_mode=True)`` to ``shape`` as two separable
+    2-tap passes in float32 (equal up to float32 rounding, ~7x faster for 872 -> 2048 px, and
+    no thread pool to wake, unlike torch's interpolation)."""
+    a = np.asarray(arr, dtype=np.float32)
+    y0, y1, wy = _linear_taps(a.shape[0], int(shape[0]))
+    x0, x1, wx = _linear_taps(a.shape[1], int(shape[1]))
+    # columns first, on the small array; then whole rows (contiguous copies) of the output
+    cols = np.take(a, x0, axis=1)
+    right = np.take(a, x1, axis=1)
+    right -= cols
+    right *= wx[None, :]
+    cols += right
+    del right
+    out = np.empty((len(y0), len(x0)), dtype=np.float32)
+    for r0 in range(0, len(y0), 512):  # 512 output rows at a time: one small temporary
+        r1 = min(len(y0), r0 + 512)
+        top = out[r0:r1]
+        np.take(cols, y0[r0:r1], axis=0, out=top)
+        below = np.take(cols, y1[r0:r1], axis=0)
+        below -= top
+        below *= wy[r0:r1, None]
+        top += below
     return out
 
 
@@ -147,14 +191,17 @@ def labels_to_original(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray
     return out.astype(np.int32, copy=False)
 
 
-def estimate_diameter(plane: np.ndarray, *, method: str = "learned") -> float | None:
+def estimate_diameter(
+    plane: np.ndarray, *, method: str = "learned", normalized: bool = False
+) -> float | None:
     """Typical object diameter (pixels) of a ``(H, W)`` fluorescence plane, or None when the
     plane has no contrast. ``method``: ``"learned"`` (:func:`.size.estimate_diameter`) or
-    ``"log"`` (:func:`estimate_diameter_log`)."""
+    ``"log"`` (:func:`estimate_diameter_log`). ``normalized``: ``plane`` is already
+    percentile-normalised (1 / 99.8) for the learned estimator."""
     if method == "learned":
         from napari_nalu_count.infer.size import estimate_diameter as learned
 
-        return learned(plane)
+        return learned(plane, normalized=normalized)
     if method == "log":
         return estimate_diameter_log(plane)
     raise InputError(f"unknown diameter estimation method {method!r}; use 'learned' or 'log'")

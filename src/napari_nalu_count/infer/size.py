@@ -46,21 +46,30 @@ REGRESSOR_FILE = Path(__file__).with_name("size_regressor.json")
 _lock = threading.Lock()
 
 
+#: the estimator's normalisation: percentiles (as model cards' default) and the clip range
+NORM_PERCENTILES = (1.0, 99.8)
+CLIP = (-0.2, 1.5)
+
+
 def _normalise(plane: np.ndarray) -> np.ndarray | None:
+    """The plane percentile-normalised (not yet clipped), or None when it has no contrast."""
     from napari_nalu_count.data.normalize import percentile_normalize
 
-    x = percentile_normalize(np.asarray(plane), 1.0, 99.8)
+    x = percentile_normalize(np.asarray(plane), *NORM_PERCENTILES)
     if not np.any(x):
         return None
-    return np.clip(x, -0.2, 1.5)
+    return x
 
 
-def choose_window(x: np.ndarray, crop: int) -> np.ndarray:
+def choose_window(x: np.ndarray, crop: int, clip: tuple[float, float] | None = None) -> np.ndarray:
     """The ``crop x crop`` window (of the centre and four off-centre ones) with the most
-    contrast (standard deviation of a 4x block-mean image); the whole plane if smaller."""
+    contrast (standard deviation of a 4x block-mean image); the whole plane if smaller.
+
+    ``clip=(lo, hi)``: judge and return the windows of ``np.clip(x, lo, hi)`` without clipping
+    the whole plane (the same window and values as clipping first)."""
     h, w = x.shape
     if h <= crop and w <= crop:
-        return x
+        return x if clip is None else np.clip(x, *clip)
     ch, cw = min(h, crop), min(w, crop)
     starts = {((h - ch) // 2, (w - cw) // 2)}
     for fy in (0.2, 0.8):
@@ -69,9 +78,12 @@ def choose_window(x: np.ndarray, crop: int) -> np.ndarray:
     best, best_sd = None, -1.0
     for y0, x0 in sorted(starts):
         win = x[y0 : y0 + ch, x0 : x0 + cw]
-        sd = float(win[::4, ::4].std())
+        sub = win[::4, ::4] if clip is None else np.clip(win[::4, ::4], *clip)
+        sd = float(sub.std())
         if sd > best_sd:
             best, best_sd = win, sd
+    if clip is not None:
+        return np.clip(best, *clip)
     return best  # type: ignore[return-value]
 
 
@@ -159,14 +171,26 @@ def load_regressor(path: str | None = None) -> SizeRegressor:
 
 
 def estimate_diameter(
-    plane: np.ndarray, *, crop: int = 640, regressor: SizeRegressor | None = None
+    plane: np.ndarray,
+    *,
+    crop: int = 640,
+    regressor: SizeRegressor | None = None,
+    normalized: bool = False,
 ) -> float | None:
     """Typical object diameter (pixels) of a raw ``(H, W)`` fluorescence plane, or None for a
-    plane without contrast. See the module docstring for the method."""
-    x = _normalise(plane)
-    if x is None:
-        return None
+    plane without contrast. See the module docstring for the method.
+
+    ``normalized=True``: ``plane`` is already ``percentile_normalize(raw, 1, 99.8)`` (as the
+    engine has it for models with that card normalisation), which is then not repeated."""
+    if normalized:
+        x = np.asarray(plane, dtype=np.float32)
+        if not np.any(x):
+            return None
+    else:
+        x = _normalise(plane)
+        if x is None:
+            return None
     reg = regressor or load_regressor()
-    profile = scale_profile(choose_window(x, int(crop)))
+    profile = scale_profile(choose_window(x, int(crop), clip=CLIP))
     d = math.exp(reg(profile))
     return float(min(max(d, MIN_DIAMETER), MAX_DIAMETER))

@@ -1,0 +1,78 @@
+"""Child process of ``nalu-count bench speed --memory``: one count or segment call on a large
+synthetic uint16 image, its peak resident memory and time as one JSON line on stdout.
+
+    python -m napari_nalu_count.bench._memory_child count|segment SIZE THREADS [baseline]
+
+The image is tiled from 1024 px synthetic fields (nuclei of 28.66 px, as the speed image), so
+building it costs no more than the image itself. After a warm-up call on a 256 px crop, the
+kernel's peak-RSS mark is reset (``/proc/self/clear_refs``), so ``peak_rss_mib`` is the
+largest resident size of the whole process (Python, torch, models, the image, the result)
+during the timed call. Linux only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def main(argv: list[str]) -> int:
+    task, size, threads = argv[0], int(argv[1]), int(argv[2])
+    baseline = len(argv) > 3 and argv[3] == "baseline"
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    from napari_nalu_count.bench.speed import BASELINE_OPTIONS, engine_config
+    from napari_nalu_count.data.synthetic import synthetic_cells
+    from napari_nalu_count.infer import count, segment
+
+    d, tile = 28.66, 1024
+    n_cells = int(tile * tile / (d * d * 4))
+    image = np.zeros((size, size), dtype=np.uint16)
+    k = 0
+    for y in range(0, size, tile):
+        for x in range(0, size, tile):
+            part = synthetic_cells((tile, tile), n_cells=n_cells, diameter=d, seed=k).image
+            h, w = min(tile, size - y), min(tile, size - x)
+            image[y : y + h, x : x + w] = np.asarray(part[:h, :w], dtype=np.uint16)
+            k += 1
+    fn = count if task == "count" else segment
+    with engine_config(BASELINE_OPTIONS if baseline else {}):
+        fn(image[:256, :256], device="cpu")  # warm up: imports, model, backend
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        before = _status("VmRSS")
+        t0 = time.perf_counter()
+        res = fn(image, device="cpu")
+        seconds = time.perf_counter() - t0
+    peak = _status("VmHWM")
+    out = {
+        "task": task,
+        "size": size,
+        "threads": threads,
+        "configuration": "previous engine" if baseline else "current engine",
+        "seconds": round(seconds, 2),
+        "mpx_per_s": round(size * size / 1e6 / seconds, 3),
+        "peak_rss_mib": round(peak / 2**20, 1),
+        "rss_before_call_mib": round(before / 2**20, 1),
+        "image_mib": round(image.nbytes / 2**20, 1),
+        "count": float(np.sum(res.count)),
+        "load_average": list(os.getloadavg()),
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,42 @@
+"""``nalu-count bench speed``: the previous engine timed in the same run, the small-image and
+target sections, and the engine switches restored afterwards (issue 17)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from napari_nalu_count import cli
+from napari_nalu_count.bench.speed import BASELINE_OPTIONS, engine_config
+from napari_nalu_count.data import normalize
+from napari_nalu_count.infer import engine
+
+
+def test_engine_config_sets_and_restores():
+    before = dict(engine.OPTIONS)
+    hist = normalize.HISTOGRAM_MIN_SIZE
+    with engine_config(BASELINE_OPTIONS):
+        assert engine.OPTIONS["backend"] == "torch"
+        assert engine.OPTIONS["balanced_tiles"] is False
+        assert normalize.HISTOGRAM_MIN_SIZE > 1 << 40
+    assert engine.OPTIONS == before and normalize.HISTOGRAM_MIN_SIZE == hist
+
+
+def test_bench_speed_baseline_and_small_images(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    argv = ["bench", "speed", "--size", "128", "--repeats", "1", "--no-segment", "--baseline"]
+    argv += ["--small", "2", "--small-size", "64", "--threads", "1", "--json", str(out)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "speed-up count: current vs previous" in text and "load average" in text
+    data = json.loads(out.read_text())
+    configs = [r["configuration"] for r in data["rows"]]
+    assert "current" in configs and "previous" in configs
+    assert data["rows"][0]["what"] == "count (end to end)"
+    small = data["small_images"]["configurations"]
+    assert set(small) == {"current", "previous"}
+    cur, prev = small["current"]["given"], small["previous"]["given"]
+    assert cur["total_count"] == pytest.approx(prev["total_count"], rel=1e-4)
+    assert len(data["load_average_start"]) == 3 and "targets" in data
+    assert "--baseline" in data["command"] and "--small 2" in data["command"]
