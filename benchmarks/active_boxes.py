@@ -70,6 +70,12 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, default=15, help="steps per epoch")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--keep-weight",
+        type=float,
+        default=None,
+        help="TrainConfig.keep_weight (default: TrainConfig's)",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -117,6 +123,7 @@ def main(argv=None) -> int:
                 lr=3e-4,
                 patience=args.epochs,
                 seed=seed,
+                **({} if args.keep_weight is None else {"keep_weight": args.keep_weight}),
             )
             t0 = time.perf_counter()
             res = fine_tune(start, samples, name=f"ab-{how}-{seed}", cfg=cfg, overwrite=True)
@@ -177,6 +184,7 @@ def main(argv=None) -> int:
             "batch_size": 8,
             "patch_size": 128,
             "lr": 3e-4,
+            "keep_weight": cfg.keep_weight,
         },
         "before": before,
         "runs": runs,

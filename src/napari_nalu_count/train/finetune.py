@@ -42,7 +42,7 @@ from .dataset import spatial_split
 from .grid import model_grid
 from .loop import TrainConfig, TrainResult, train_events
 from .tune import TuneSettings, tune_events
-from .validate import as_model, end_to_end_events
+from .validate import as_model, end_to_end_events, outside_boxes_events
 
 __all__ = [
     "FineTuneResult",
@@ -570,13 +570,33 @@ def fine_tune_events(
             )
 
         yield Stage("validate", f"measuring {name} on the held-out part")
-        after = yield from validate(as_model(result.net, card_with({}), name), f"measuring {name}")
+        new_model = as_model(result.net, card_with({}), name)
+        after = yield from validate(new_model, f"measuring {name}")
         metrics = {
             "split": f"fine-tuning hold-out: {held_desc}, {before['n_cells']} cells; {how}",
             **after,
             "before": before,
             "after": after,
         }
+        if task == "count":
+            outside = yield from outside_boxes_events(
+                start,
+                new_model,
+                originals,
+                [grid.user_diameter] * len(originals),
+                device=cfg.device,
+            )
+            if outside is not None:
+                metrics["outside_boxes"] = outside
+                if outside["warn"]:
+                    notes.append(
+                        f"check before use: outside the annotated boxes of these "
+                        f"{outside['images']} image(s) the new model counts "
+                        f"{outside['after']:.0f} cells where {start.name} counted "
+                        f"{outside['start']:.0f} ({100 * outside['change']:+.0f} %); nothing "
+                        "there was annotated, so the boxes cannot say which is right. Count a "
+                        "whole image and compare, or annotate more (or larger) boxes"
+                    )
         card = card_with(metrics)
         path = save_model(result.net, card, name, directory=directory, overwrite=overwrite)
         return FineTuneResult(

@@ -87,10 +87,10 @@ class TrainConfig:
 
     Annotations inside boxes only (``Sample.boxes``): the loss sees the boxes, and outside
     them, where nothing is labelled, ``keep_weight`` x the squared difference to the *start*
-    network's own prediction (its density, or its class probabilities as soft targets for
-    segmentation) keeps the network where it was; without it the unlabelled rest of the image
-    is free to drift, and a fine-tune on a few boxes could double the count of a whole image
-    (measured: docs/uncertainty.md). 0 turns it off.
+    network's own prediction (its density and size map, or its class probabilities as soft
+    targets for segmentation) keeps the network where it was; without it the unlabelled rest
+    of the image is free to drift, and a fine-tune on a few boxes could double the count of a
+    whole image (measured: docs/uncertainty.md). 0 turns it off.
 
     Count-level labels (samples with ``counts`` and no dots or labels): every step also draws
     ``batch_size`` whole boxes of them (:class:`~.dataset.CountLabelSampler`) and adds
@@ -345,8 +345,9 @@ def _keep_loss(
     teacher: nn.Module, x: torch.Tensor, out: torch.Tensor, outside: torch.Tensor, task: str
 ) -> torch.Tensor:
     """Mean over the unlabelled pixels (``outside`` ``(B, 1, H, W)``) of the difference to the
-    start network's prediction: squared density difference (counting), cross-entropy against
-    its class probabilities (segmentation)."""
+    start network's prediction: squared density difference (counting; plus, with a size head,
+    the squared difference of its log-size map weighted by the start network's density),
+    cross-entropy against its class probabilities (segmentation)."""
     m = outside.to(out.device)
     n = m.sum().clamp_min(1.0)
     with torch.no_grad():
@@ -354,7 +355,15 @@ def _keep_loss(
         if isinstance(ref, (tuple, list)):
             ref = ref[0]
     if task == "count":
-        return (((out[:, :1] - ref[:, :1]) ** 2) * m).sum() / n
+        loss = (((out[:, :1] - ref[:, :1]) ** 2) * m).sum() / n
+        if out.shape[1] > 1 and ref.shape[1] > 1:
+            # the size head there too, weighted by the start network's density (where it sees
+            # nuclei): otherwise a few boxes move the diameter the model estimates for whole
+            # images, and with it the grid everything is counted on
+            w = ref[:, :1].clamp_min(0.0) * m
+            size = ((out[:, 1:2] - ref[:, 1:2]) ** 2 * w).sum() / w.sum().clamp_min(1e-6)
+            loss = loss + size
+        return loss
     soft = ref.softmax(1)
     ce = -(soft * out.log_softmax(1)).sum(1, keepdim=True)
     return (ce * m).sum() / n

@@ -20,7 +20,7 @@ from napari_nalu_count.data.boxes import as_boxes, box_mask
 from napari_nalu_count.errors import CancelToken
 from napari_nalu_count.events import Event, Progress
 
-__all__ = ["as_model", "end_to_end_events", "end_to_end_metrics"]
+__all__ = ["as_model", "end_to_end_events", "end_to_end_metrics", "outside_boxes_events"]
 
 
 def as_model(net: nn.Module, card: dict[str, Any], name: str) -> Any:
@@ -84,6 +84,61 @@ def end_to_end_events(
     if task == "count":
         return _count_metrics(predicted, samples)
     return _segment_metrics(predicted, samples)
+
+
+#: relative change of the count outside the boxes above which fine_tune warns (and 2 cells)
+OUTSIDE_WARN = 0.25
+
+
+def outside_boxes_events(
+    start: Any,
+    model: Any,
+    samples: Sequence[Any],
+    diameters: Sequence[Any],
+    *,
+    device: str = "cpu",
+    cancel: CancelToken | None = None,
+    label: str = "checking outside the boxes",
+) -> Generator[Event, None, dict[str, Any] | None]:
+    """How much a counter fine-tuned on boxes changed its count where nothing was annotated.
+
+    Every sample with ``boxes`` is counted end to end (as :func:`end_to_end_events` does) by
+    ``start`` and by ``model``; the density integrals outside the boxes are summed over the
+    images. Returns ``images``, ``start``, ``after`` (cells outside the boxes), ``change``
+    (relative to ``start``) and ``warn`` (the change exceeds :data:`OUTSIDE_WARN` and 2
+    cells), or None when no sample has boxes. The boxes say nothing about the rest of the image,
+    so this is no error measure; a large change says the new model counts the unannotated
+    parts of these images differently from the start model, which the boxes cannot confirm.
+    """
+    from napari_nalu_count import infer
+
+    boxed = [
+        (s, d)
+        for s, d in zip(samples, diameters, strict=True)
+        if getattr(s, "boxes", None) is not None
+    ]
+    if not boxed:
+        return None
+    totals = [0.0, 0.0]
+    n = len(boxed)
+    for i, (s, d) in enumerate(boxed):
+        yield Progress(i, n, f"{label}: image {i + 1}/{n}")
+        image = np.asarray(s.image)
+        for k, m in enumerate((start, model)):
+            res = yield from infer.count_events(image, m, diameter=d, device=device, cancel=cancel)
+            dens = res.density
+            inside = box_mask(np.shape(dens), as_boxes(s.boxes, np.shape(dens)))
+            totals[k] += float(dens[~inside].sum(dtype=np.float64))
+    yield Progress(n, n, f"{label}: done")
+    a, b = totals
+    change = (b - a) / max(a, 1.0)
+    return {
+        "images": n,
+        "start": a,
+        "after": b,
+        "change": change,
+        "warn": bool(abs(change) > OUTSIDE_WARN and abs(b - a) >= 2.0),
+    }
 
 
 def _in_boxes(labels: np.ndarray, boxes: Any) -> np.ndarray:
