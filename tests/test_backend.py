@@ -49,6 +49,10 @@ def test_resolve_rules(monkeypatch):
     assert backend.resolve("auto", torch.device("cuda")) == "torch"
     with pytest.raises(InputError, match="CPU only"):
         backend.resolve("onnxruntime", torch.device("cuda"))
+    monkeypatch.delenv("NALU_COUNT_BACKEND", raising=False)
+    assert backend.resolve(None, CPU) == "torch"  # the default, even with ONNX Runtime there
+    monkeypatch.setenv("NALU_COUNT_BACKEND", "auto")
+    assert backend.resolve(None, CPU) == "onnxruntime"
     monkeypatch.setenv("NALU_COUNT_BACKEND", "torch")
     assert backend.resolve(None, CPU) == "torch"
 

@@ -266,9 +266,10 @@ def _timed(
     return {k: min(v) for k, v in times.items()}, times, results
 
 
-#: one engine switch turned back to its previous setting at a time (``--ablation``)
+#: one engine switch changed at a time (``--ablation``): turned back to its previous setting,
+#: or, for the opt-in ONNX Runtime backend, turned on (PyTorch when it is not installed)
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "PyTorch instead of ONNX Runtime": {"backend": "torch"},
+    "ONNX Runtime (opt-in) instead of PyTorch": {"backend": "auto"},
     "full-size tiles (balanced_tiles off)": {"balanced_tiles": False},
     "no shared work (share_work off, percentiles by partition)": {
         "share_work": False,

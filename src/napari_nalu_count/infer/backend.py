@@ -1,19 +1,21 @@
-"""Where the prepared network runs: PyTorch, or ONNX Runtime on the CPU (optional, faster).
+"""Where the prepared network runs: PyTorch (default), or ONNX Runtime on the CPU (optional).
 
 ``backend`` (engine option ``OPTIONS["backend"]``, or the environment variable
 ``NALU_COUNT_BACKEND``):
 
-- ``"auto"`` (default): ONNX Runtime for CPU inference when ``onnxruntime`` and ``onnx`` are
-  installed (``pip install "napari-nalu-count[fast]"``), PyTorch otherwise and on GPUs;
-- ``"torch"``: always PyTorch;
+- ``"torch"`` (default): always PyTorch;
+- ``"auto"``: ONNX Runtime for CPU inference when ``onnxruntime`` and ``onnx`` are installed
+  (``pip install "napari-nalu-count[fast]"``), PyTorch otherwise and on GPUs;
 - ``"onnxruntime"``: ONNX Runtime (CPU only; an error when it is not installed).
 
 The network (batch norm already folded by the engine) is exported once per process and model
 (``torch.onnx.export``, the padded forward, dynamic batch / height / width) and checked: its
 output on a random input must match PyTorch's within ``1e-4`` of the output range, otherwise
 the engine warns and stays on PyTorch. The same happens when the export fails (e.g. a custom
-unit ONNX cannot express). Measured on the bundled U-Nets (2-core CPU): about 2x faster than
-PyTorch with channels_last, outputs equal to ~1e-6 (docs/benchmarks/speed.md).
+unit ONNX cannot express). Measured on the bundled U-Nets (2-core CPU, outputs equal to ~1e-6,
+docs/benchmarks/speed.md): on a quiet machine 0.93x PyTorch for counting and 1.11x for
+segmenting, below the 1.3x a default needs; 1.5-1.7x only when another process holds a core
+(PyTorch's OpenMP threads then stall). Hence opt-in.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ def available() -> bool:
 
 
 def default_backend() -> str:
-    """The backend asked for by ``$NALU_COUNT_BACKEND`` (``"auto"`` when unset)."""
-    return os.environ.get("NALU_COUNT_BACKEND", "auto").strip().lower() or "auto"
+    """The backend asked for by ``$NALU_COUNT_BACKEND`` (``"torch"`` when unset)."""
+    return os.environ.get("NALU_COUNT_BACKEND", "torch").strip().lower() or "torch"
 
 
 def resolve(name: str | None, device: torch.device) -> str:

@@ -65,7 +65,7 @@ OPTIONS: dict[str, Any] = {
     "fuse_bn": True,  # fold BatchNorm into the preceding convolution at load
     "channels_last": True,  # NHWC memory format: 2.1x faster on CPU (docs/benchmarks/speed.md)
     "compile": False,  # torch.compile the network (pays only for long runs on a GPU)
-    # "auto" / "torch" / "onnxruntime" (None: $NALU_COUNT_BACKEND, else "auto"), see .backend
+    # "torch" / "auto" / "onnxruntime" (None: $NALU_COUNT_BACKEND, else "torch"), see .backend
     "backend": None,
     "overlap": 64,  # pixels shared by neighbouring tiles
     # tiles shrunk to cover each plane evenly (same tile count, fewer pixels), see .tiling
