@@ -363,10 +363,15 @@ def run_files(
                         )
                     fut.release()
             while nxt in ready:
+                # a stop asked for while the last file was handed on takes effect before the
+                # next one, even when the workers have finished it already
+                if cancel is not None and cancel.cancelled:
+                    raise Cancelled("operation cancelled")
                 outcome = ready.pop(nxt)
                 yield items[nxt][0], outcome
                 nxt += 1
-                send()
+                if cancel is None or not cancel.cancelled:
+                    send()
     finally:
         if pending:
             client.cancel(list(pending))
