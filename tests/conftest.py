@@ -38,3 +38,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present beside the checkout")
     return SHARED_DATA
+
+
+@pytest.fixture
+def options():
+    """The inference engine's OPTIONS, restored after the test (tests switch them freely)."""
+    from napari_nalu_count.infer import engine
+
+    saved = dict(engine.OPTIONS)
+    yield engine.OPTIONS
+    engine.OPTIONS.clear()
+    engine.OPTIONS.update(saved)

@@ -28,14 +28,6 @@ def _save(name: str, config: dict, task: str, diameter: float = 10.0) -> str:
     return name
 
 
-@pytest.fixture
-def options():
-    saved = dict(engine.OPTIONS)
-    yield engine.OPTIONS
-    engine.OPTIONS.clear()
-    engine.OPTIONS.update(saved)
-
-
 def test_resolve_rules(monkeypatch):
     assert backend.resolve("torch", CPU) == "torch"
     with pytest.raises(InputError, match="unknown backend"):

@@ -127,31 +127,23 @@ def test_tiled_count_equals_untiled():
     assert abs(len(tiled.points) - len(whole.points)) <= 0.02 * len(whole.points) + 1
 
 
-def test_balanced_tiles_count_like_full_tiles():
+def test_balanced_tiles_count_like_full_tiles(options, monkeypatch):
     from napari_nalu_count.infer import engine
 
     name = _trained_counter()
     s = _many_cells((300, 330), 160, seed=5)
-    saved = dict(engine.OPTIONS)
-    try:
-        engine.OPTIONS["balanced_tiles"] = False
-        full = count(s.image, name, device="cpu", tile_size=192)
-        engine.OPTIONS["balanced_tiles"] = True
-        shapes = []
-        real = engine.predict_tiled_steps
+    options["balanced_tiles"] = False
+    full = count(s.image, name, device="cpu", tile_size=192)
+    options["balanced_tiles"] = True
+    shapes = []
+    real = engine.predict_tiled_steps
 
-        def spy(forward, plane, *a, tile, **k):
-            shapes.append(tile)
-            return real(forward, plane, *a, tile=tile, **k)
+    def spy(forward, plane, *a, tile, **k):
+        shapes.append(tile)
+        return real(forward, plane, *a, tile=tile, **k)
 
-        engine.predict_tiled_steps = spy
-        try:
-            bal = count(s.image, name, device="cpu", tile_size=192)
-        finally:
-            engine.predict_tiled_steps = real
-    finally:
-        engine.OPTIONS.clear()
-        engine.OPTIONS.update(saved)
+    monkeypatch.setattr(engine, "predict_tiled_steps", spy)
+    bal = count(s.image, name, device="cpu", tile_size=192)
     assert shapes == [(176, 192)]  # 300 px -> 2 x 176; 330 px -> 2 x 192 (multiples of 8)
     assert bal.count == pytest.approx(full.count, rel=0.005)
     assert abs(len(bal.points) - len(full.points)) <= 2

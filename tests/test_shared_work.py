@@ -5,7 +5,6 @@ image grid; results are identical with and without the sharing."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from napari_nalu_count.data import normalize
@@ -30,14 +29,6 @@ def _models() -> tuple[str, str]:
         "sw-seg",
     )
     return "sw-count", "sw-seg"
-
-
-@pytest.fixture
-def options():
-    saved = dict(engine.OPTIONS)
-    yield engine.OPTIONS
-    engine.OPTIONS.clear()
-    engine.OPTIONS.update(saved)
 
 
 def _spy(monkeypatch, module, name):

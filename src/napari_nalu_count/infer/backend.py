@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from napari_nalu_count.errors import InputError
-from napari_nalu_count.nn.blocks import crop_padding
+from napari_nalu_count.nn.blocks import crop_padding, padding_plan
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 #: largest ONNX-vs-PyTorch difference accepted, relative to the largest output magnitude
@@ -110,13 +110,10 @@ def pad_array(x: np.ndarray, stride: int) -> tuple[np.ndarray, tuple[int, int, i
     """:func:`~napari_nalu_count.nn.blocks.pad_to_multiple` on a NumPy ``(N, C, H, W)`` array
     (the same split and modes: reflect, or replicate when the input is too small), without a
     round trip through torch's thread pool."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % stride, (-w) % stride
-    if ph == 0 and pw == 0:
-        return x, (0, 0, 0, 0)
-    top, left = ph // 2, pw // 2
-    pads = (top, ph - top, left, pw - left)
-    mode = "reflect" if max(pads[:2]) < h and max(pads[2:]) < w else "edge"
+    pads, reflect = padding_plan(*x.shape[-2:], stride)
+    if pads == (0, 0, 0, 0):
+        return x, pads
+    mode = "reflect" if reflect else "edge"
     width = ((0, 0), (0, 0), (pads[0], pads[1]), (pads[2], pads[3]))
     return np.ascontiguousarray(np.pad(x, width, mode=mode)), pads
 

@@ -175,13 +175,22 @@ def pad_to_multiple(x: torch.Tensor, stride: int) -> tuple[torch.Tensor, tuple[i
     h, w = x.shape[-2:]
     if h < 1 or w < 1:
         raise ValueError(f"input must have a non-empty spatial shape, got {h} x {w}")
+    pads, reflect = padding_plan(h, w, stride)
+    if pads == (0, 0, 0, 0):
+        return x, pads
+    mode = "reflect" if reflect else "replicate"
+    return F.pad(x, (pads[2], pads[3], pads[0], pads[1]), mode=mode), pads
+
+
+def padding_plan(h: int, w: int, stride: int) -> tuple[tuple[int, int, int, int], bool]:
+    """``(top, bottom, left, right)`` padding that makes ``h`` x ``w`` multiples of ``stride``
+    (split evenly, the odd pixel at the end), and whether reflect padding can do it (every pad
+    smaller than the side it mirrors); shared by :func:`pad_to_multiple` and the NumPy twin in
+    ``infer.backend``."""
     ph, pw = (-h) % stride, (-w) % stride
-    if ph == 0 and pw == 0:
-        return x, (0, 0, 0, 0)
     top, left = ph // 2, pw // 2
     pads = (top, ph - top, left, pw - left)
-    mode = "reflect" if max(pads[:2]) < h and max(pads[2:]) < w else "replicate"
-    return F.pad(x, (pads[2], pads[3], pads[0], pads[1]), mode=mode), pads
+    return pads, max(pads[:2]) < h and max(pads[2:]) < w
 
 
 def crop_padding(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
