@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from napari_nalu_count.errors import Cancelled, CancelToken, InputError
+from napari_nalu_count.errors import CancelToken, InputError
 
 #: what ``--scheduler`` accepts, for messages
 SCHEDULER_FORMS = "local:N (a local cluster of N worker processes) or tcp://HOST:PORT"
@@ -343,8 +343,8 @@ def run_files(
     try:
         send()
         while nxt < len(items):
-            if cancel is not None and cancel.cancelled:
-                raise Cancelled("operation cancelled")
+            if cancel is not None:
+                cancel.raise_if_cancelled()
             if nxt not in ready:
                 try:
                     done, _ = distributed.wait(
@@ -365,13 +365,12 @@ def run_files(
             while nxt in ready:
                 # a stop asked for while the last file was handed on takes effect before the
                 # next one, even when the workers have finished it already
-                if cancel is not None and cancel.cancelled:
-                    raise Cancelled("operation cancelled")
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
                 outcome = ready.pop(nxt)
                 yield items[nxt][0], outcome
                 nxt += 1
-                if cancel is None or not cancel.cancelled:
-                    send()
+                send()
     finally:
         if pending:
             client.cancel(list(pending))
