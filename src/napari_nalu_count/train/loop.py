@@ -308,10 +308,7 @@ def _loss(
                 loss = loss + cfg.count_weight * per.mean()
         if size is not None and info and "log_size" in info and cfg.size_weight:
             target = info["log_size"].to(out.device).reshape(-1, 1, 1, 1)
-            w = y * valid
-            loss = loss + cfg.size_weight * (w * (size - target) ** 2).sum() / w.sum().clamp_min(
-                1e-6
-            )
+            loss = loss + cfg.size_weight * _weighted_sq(size, target, y * valid)
         if aux is not None:
             loss = loss + cfg.aux_weight * (((aux - y) ** 2) * valid).sum() / n
         return loss
@@ -324,6 +321,12 @@ def _loss(
         ce_aux = F.cross_entropy(aux, y, weight=class_weights, reduction="none")
         loss = loss + cfg.aux_weight * (ce_aux * v).sum() / v.sum().clamp_min(1.0)
     return loss
+
+
+def _weighted_sq(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``w``-weighted mean of ``(a - b)^2`` (0 where the weights sum to 0): the size head's
+    losses, weighted by density so that only where nuclei are counts."""
+    return (w * (a - b) ** 2).sum() / w.sum().clamp_min(1e-6)
 
 
 def _count_label_loss(
@@ -360,9 +363,7 @@ def _keep_loss(
             # the size head there too, weighted by the start network's density (where it sees
             # nuclei): otherwise a few boxes move the diameter the model estimates for whole
             # images, and with it the grid everything is counted on
-            w = ref[:, :1].clamp_min(0.0) * m
-            size = ((out[:, 1:2] - ref[:, 1:2]) ** 2 * w).sum() / w.sum().clamp_min(1e-6)
-            loss = loss + size
+            loss = loss + _weighted_sq(out[:, 1:2], ref[:, 1:2], ref[:, :1].clamp_min(0.0) * m)
         return loss
     soft = ref.softmax(1)
     ce = -(soft * out.log_softmax(1)).sum(1, keepdim=True)
