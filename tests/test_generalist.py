@@ -224,6 +224,51 @@ def test_estimate_diameter_flat_and_bad_regressor(tmp_path):
     assert profile.shape == (3 * size_mod.N_SCALES,) and np.isfinite(profile).all()
 
 
+def _profile_with_scipy_filters(x):
+    """The scale profile as first written: one SciPy LoG filter and np.percentile per scale."""
+    from scipy import ndimage as ndi
+
+    level, stats = np.ascontiguousarray(x, dtype=np.float32), []
+    for _octave in range(size_mod.N_OCTAVES):
+        for j in range(size_mod.PER_OCTAVE):
+            s = size_mod.SIGMA0 * 2 ** (j / size_mod.PER_OCTAVE)
+            resp = -(s * s) * ndi.gaussian_laplace(level, s, mode="reflect")
+            q = np.percentile(resp, [95.0, 99.5])
+            stats.append((q[1], q[0], float(np.maximum(resp, 0).mean())))
+        if min(level.shape) < 16:
+            break
+        level = ndi.gaussian_filter(level, 1.0, mode="reflect")[::2, ::2]
+    arr = np.maximum(np.asarray(stats, dtype=np.float64), 1e-6)
+    if len(arr) < size_mod.N_SCALES:
+        arr = np.vstack([arr, np.repeat(arr[-1:], size_mod.N_SCALES - len(arr), axis=0)])
+    return np.log(arr / arr.max(axis=0, keepdims=True)).T.reshape(-1)
+
+
+@pytest.mark.parametrize("shape", [(9, 11), (40, 31), (97, 160), (300, 257)])
+def test_fast_scale_profile_equals_the_scipy_filters(shape):
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(shape[0])
+    s = synthetic_cells((max(shape[0], 32), max(shape[1], 32)), 12, 9.0, seed=shape[1])
+    x = s.image[: shape[0], : shape[1]] / s.image.max() + rng.normal(0, 0.05, shape)
+    x = np.clip(x, -0.2, 1.5)
+    np.testing.assert_allclose(size_mod.scale_profile(x), _profile_with_scipy_filters(x), atol=2e-5)
+    if min(shape) > 2 * 8:  # the FFT path on its own, against SciPy's LoG
+        sig = [1.2, 1.9, 3.0]
+        fast = size_mod._log_responses(x.astype(np.float32), sig)
+        for k, s_ in enumerate(sig):
+            ref = -(s_ * s_) * ndi.gaussian_laplace(x.astype(np.float32), s_, mode="reflect")
+            np.testing.assert_allclose(fast[k], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 20, 201, 4096])
+def test_upper_percentiles_equal_numpy(n):
+    rng = np.random.default_rng(n)
+    for v in (rng.normal(size=n).astype(np.float32), rng.integers(0, 3, n).astype(np.float32)):
+        got = size_mod._upper_percentiles(v, (95.0, 99.5))
+        np.testing.assert_allclose(got, np.percentile(v, [95.0, 99.5]), rtol=1e-6, atol=1e-7)
+
+
 # ------------------------------------------------------------------ the engine
 
 

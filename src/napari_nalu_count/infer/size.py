@@ -10,7 +10,9 @@ image in a few tens of milliseconds, for any size from about 5 to 150 px:
    of diameter ``d`` responds most strongly at ``sigma = d / (2 sqrt 2)``. Per scale three
    statistics (99.5th and 95th percentile, mean positive response), each divided by its maximum
    over the scales and logged, form a 54-number scale profile that does not depend on
-   brightness;
+   brightness (each octave's three responses come from one FFT of the mirror-padded level,
+   and the two percentiles from two partial partitions: the same numbers as SciPy's
+   ``gaussian_laplace`` and ``np.percentile`` to float32 rounding, about 1.8x faster);
 3. a 2-layer MLP (:class:`SizeRegressor`, weights in ``size_regressor.json`` beside this
    module, trained by ``scripts/train_size_estimator.py`` on the train splits of BBBC039, DSB
    2018 and Aitslab plus synthetic nuclei, each rescaled to diameters 5-130 px) maps the profile
@@ -87,16 +89,95 @@ def choose_window(x: np.ndarray, crop: int, clip: tuple[float, float] | None = N
     return best  # type: ignore[return-value]
 
 
+def _kernels(sigma: float, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sampled, normalised Gaussian of ``sigma`` and its second derivative on
+    ``-radius..radius`` (what SciPy's ``gaussian_filter1d`` uses with orders 0 and 2 and its
+    default truncation of 4 sigma, padded with zeros to ``radius``)."""
+    own = int(4.0 * sigma + 0.5)
+    x = np.arange(-own, own + 1, dtype=np.float64)
+    g = np.exp(-0.5 * x * x / (sigma * sigma))
+    g /= g.sum()
+    d2 = (x * x / sigma**4 - 1.0 / sigma**2) * g
+    pad = radius - own
+    return np.pad(g, pad), np.pad(d2, pad)
+
+
+@lru_cache(maxsize=32)
+def _log_transfer(shape: tuple[int, int], sigmas: tuple[float, ...], radius: int) -> np.ndarray:
+    """Real-FFT transfer functions ``(S, H, W // 2 + 1)`` of ``-s^2 LoG_s`` on ``shape``."""
+    from scipy import fft
+
+    out = []
+    for s in sigmas:
+        g, d2 = _kernels(s, radius)
+        k = np.zeros(shape, dtype=np.float64)
+        n = 2 * radius + 1
+        k[:n, :n] = -(s * s) * (np.outer(d2, g) + np.outer(g, d2))
+        k = np.roll(k, (-radius, -radius), axis=(0, 1))  # centre the kernel on (0, 0)
+        out.append(fft.rfft2(k))
+    return np.stack(out).astype(np.complex64)
+
+
+def _log_responses(level: np.ndarray, sigmas: list[float]) -> np.ndarray:
+    """``-s^2 LoG_s`` of ``level`` for each ``s`` in ``sigmas``, shape ``(len(sigmas), H, W)``.
+
+    The same linear filter as ``ndi.gaussian_laplace(level, s, mode="reflect")`` (the sum of
+    the second derivative along each axis, smoothed along the other, with SciPy's sampled
+    kernels), computed for all scales from one FFT of the plane mirror-padded by the largest
+    kernel radius: inside that border the circular convolution is the linear one. Equal to
+    SciPy's up to float32 rounding (one thread: threaded FFTs were slower on 256-640 px)."""
+    from scipy import fft
+
+    radius = max(int(4.0 * s + 0.5) for s in sigmas)
+    padded = np.pad(np.asarray(level, dtype=np.float32), radius, mode="symmetric")
+    shape = tuple(fft.next_fast_len(n, real=True) for n in padded.shape)
+    spec = fft.rfft2(padded, s=shape)
+    tf = _log_transfer(shape, tuple(sigmas), radius)  # type: ignore[arg-type]
+    resp = fft.irfft2(spec[None] * tf, s=shape, axes=(-2, -1))
+    h, w = level.shape
+    return resp[:, radius : radius + h, radius : radius + w]
+
+
+def _upper_percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """``np.percentile(values, qs)`` (linear interpolation) for high ``qs``, faster: one
+    partition at the lowest rank, then a second one of only the values above it."""
+    v = np.ravel(values)
+    n = v.size
+    pos = [q / 100.0 * (n - 1) for q in qs]
+    low = [int(math.floor(p)) for p in pos]
+    k0 = min(low)
+    top = np.partition(v, k0)[k0:]
+    ranks = sorted({min(i - k0 + d, top.size - 1) for i in low for d in (0, 1)})
+    top = np.partition(top, ranks)
+    out = []
+    for p, i in zip(pos, low, strict=True):
+        a = float(top[i - k0])
+        b = float(top[min(i - k0 + 1, top.size - 1)])
+        t = p - i  # NumPy's lerp: from the nearer end
+        out.append(a + (b - a) * t if t < 0.5 else b - (b - a) * (1.0 - t))
+    return out
+
+
+def _stats(resp: np.ndarray) -> tuple[float, float, float]:
+    """(99.5th percentile, 95th percentile, mean positive) of one scale's response."""
+    p95, p995 = _upper_percentiles(resp, (95.0, 99.5))
+    return p995, p95, float(np.maximum(resp, 0).mean())
+
+
 def scale_profile(x: np.ndarray) -> np.ndarray:
-    """The 54-number scale profile (see the module docstring) of a normalised window."""
+    """The 54-number scale profile (see the module docstring) of a normalised window.
+
+    Each octave's three LoG responses come from one FFT (:func:`_log_responses`); levels
+    too small to mirror-pad by the kernel radius use SciPy's filter directly."""
     level = np.ascontiguousarray(x, dtype=np.float32)
     stats = []
     for _octave in range(N_OCTAVES):
-        for j in range(PER_OCTAVE):
-            s = SIGMA0 * 2 ** (j / PER_OCTAVE)
-            resp = -(s * s) * ndi.gaussian_laplace(level, s, mode="reflect")
-            q = np.percentile(resp, [95.0, 99.5])
-            stats.append((q[1], q[0], float(np.maximum(resp, 0).mean())))
+        sigmas = [SIGMA0 * 2 ** (j / PER_OCTAVE) for j in range(PER_OCTAVE)]
+        if min(level.shape) > 2 * int(4.0 * sigmas[-1] + 0.5):
+            stats.extend(_stats(r) for r in _log_responses(level, sigmas))
+        else:
+            for s in sigmas:
+                stats.append(_stats(-(s * s) * ndi.gaussian_laplace(level, s, mode="reflect")))
         if min(level.shape) < 16:
             break
         level = ndi.gaussian_filter(level, 1.0, mode="reflect")[::2, ::2]
