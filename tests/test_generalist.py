@@ -287,7 +287,11 @@ def test_engine_estimates_size_for_generalist_cards(tmp_path):
     r = count(img, gen, device="cpu")
     assert r.diameter_source == "estimated" and r.diameter == pytest.approx(16.0, rel=0.6)
     assert r.density.shape == img.shape
-    assert count(img, gen, diameter=20.0, device="cpu").diameter_source == "given"
+    info = r.size_estimate  # how the diameter was found, and what it cost
+    assert info["regressor"] > 0 and info["refined"] == pytest.approx(r.diameter)
+    assert len(info["size_head"]) >= 1 and 0 <= info["seconds"] < 60
+    given = count(img, gen, diameter=20.0, device="cpu")
+    assert given.diameter_source == "given" and given.size_estimate is None
     rf = count(img, fixed, device="cpu")
     assert rf.diameter_source == "model" and rf.diameter is None
     assert count(img, fixed, diameter="auto", device="cpu").diameter_source == "estimated"
@@ -321,6 +325,9 @@ def test_size_head_refines_the_estimate(monkeypatch):
     assert st.diameter == pytest.approx(24.0) and runner.calls == 2
     assert plane.shape == (50, 50) and pred is not None  # whole plane checked: reused
     assert st.estimate["size_head"][0]["log_size"] == pytest.approx(math.log(2.0), abs=1e-3)
+    # the reused last pass is not counted as extra time; the first (discarded) one is
+    first, last = (c["seconds"] for c in st.estimate["size_head"])
+    assert st.estimate["seconds"] == pytest.approx(first)
 
 
 def test_card_diameter_mode_validation(tmp_path):

@@ -32,6 +32,7 @@ import copy
 import functools
 import os
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Generator
@@ -123,6 +124,12 @@ class CountResult:
     cells per pixel, high where the model is unsure) and ``uncertainty_info`` (the raw
     augmentation counts ``tta_counts`` per plane, their sd ``tta_sd`` and the ``calibration``
     used); see :mod:`.uncertainty`. They are None otherwise.
+
+    ``size_estimate`` (``diameter_source == "estimated"`` only, else None): how the diameter
+    was found, ``regressor`` (the learned estimate, px), ``size_head`` (one ``log_size`` /
+    ``cells`` entry per check pass of the counter's size head), ``refined`` (px, when checked)
+    and ``seconds``: the time the estimate added to the count (regressor plus check passes
+    whose prediction was not reused for the count).
     """
 
     count: float | np.ndarray
@@ -140,6 +147,7 @@ class CountResult:
     count_sd: float | np.ndarray | None = None
     uncertainty: np.ndarray | None = None
     uncertainty_info: dict[str, Any] | None = None
+    size_estimate: dict[str, Any] | None = None
 
     @property
     def plane_counts(self) -> np.ndarray:
@@ -594,14 +602,13 @@ class _ScaleState:
         ``norm``: the same plane already normalised as the size estimator does it (percentile
         1 / 99.8, see :func:`_size_normalized`); then that work is not repeated."""
         if self.factor is None:
-            import time
-
             t0 = time.perf_counter()
             if norm is not None and OPTIONS["share_work"]:
                 est = _scale.estimate_diameter(norm, normalized=True)
             else:
                 est = _scale.estimate_diameter(raw)
-            self.estimate = {"regressor": est, "seconds": time.perf_counter() - t0}
+            seconds = time.perf_counter() - t0
+            self.estimate = {"regressor": est, "regressor_seconds": seconds, "seconds": seconds}
             if est is None:
                 self.factor = 1.0
             else:
@@ -644,9 +651,11 @@ def _refine_diameter(
         runner.check_cancel()
         whole = max(model_plane.shape) <= REFINE_WINDOW
         window = model_plane if whole else choose_window(model_plane, REFINE_WINDOW)
+        t0 = time.perf_counter()
         out = runner.predict_quiet(window)
+        seconds = time.perf_counter() - t0
         m, cells = _weighted_log_size(out)
-        checks.append({"log_size": round(m, 4), "cells": round(cells, 2)})
+        checks.append({"log_size": round(m, 4), "cells": round(cells, 2), "seconds": seconds})
         pred = out if whole else None
         if cells < REFINE_MIN_CELLS or abs(m) <= np.log(REFINE_TOLERANCE):
             break
@@ -656,6 +665,9 @@ def _refine_diameter(
         pred = None
     scale.estimate["size_head"] = checks
     scale.estimate["refined"] = scale.diameter
+    # a check pass whose prediction the count reuses is not extra time
+    extra = sum(c["seconds"] for c in checks) - (checks[-1]["seconds"] if pred is not None else 0)
+    scale.estimate["seconds"] = scale.estimate.get("regressor_seconds", 0.0) + extra
     return model_plane, pred
 
 
@@ -958,6 +970,7 @@ def count_events(
         z_diameter=zd_used,
         count_sd=sd_out,
         uncertainty=unc_out,
+        size_estimate=dict(scale.estimate) if scale.source == "estimated" else None,
         uncertainty_info=info,
     )
 
