@@ -479,10 +479,20 @@ def run(args: argparse.Namespace) -> int:
         cur = seg_res["current"]
         seg_grid = _grid_scale(seg, cur)
         fpp_seg = flops_per_pixel(seg.net) * seg_grid**2
-        roof_seg = gflops * 1e9 / fpp_seg / 1e6
         seg_source += f" (grid x{seg_grid:.3g})"
+        fpp_counter = flops_per_pixel(counter.net)
+
+        def seed_fpp(name: str) -> float:
+            # count-guided seeds: the counter once more, on its grid made finer by seed_grid
+            if getattr(seg_res[name], "seeds", None) != "count":
+                return 0.0
+            sg = float(configs[name].get("seed_grid", engine.OPTIONS["seed_grid"]))
+            return fpp_counter * (grid * sg) ** 2
+
         at = 1
         for name, t in t_seg.items():
+            fpp_total = fpp_seg + seed_fpp(name)
+            roof_total = gflops * 1e9 / fpp_total / 1e6
             rows.insert(
                 at,
                 {
@@ -491,9 +501,11 @@ def run(args: argparse.Namespace) -> int:
                     "model": seg_source,
                     "seconds": t,
                     "mpx_per_s": mpx / t,
-                    "flops_per_px": fpp_seg,
-                    "roofline_mpx_per_s": roof_seg,
-                    "roofline_fraction": (mpx / t) / roof_seg,
+                    "flops_per_px": fpp_total,
+                    "flops_per_px_segmenter": fpp_seg,
+                    "flops_per_px_seed_counter": fpp_total - fpp_seg,
+                    "roofline_mpx_per_s": roof_total,
+                    "roofline_fraction": (mpx / t) / roof_total,
                     "result": int(seg_res[name].count),
                     "times": seg_times[name],
                 },
