@@ -134,3 +134,27 @@ def test_sessions_keep_no_memory_arena_and_do_not_spin():
     opts = session.get_session_options()
     assert opts.enable_cpu_mem_arena is False
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_inplace_relu_changes_nothing_but_the_inference_copy(options):
+    """ReLU in place in the prepared copy: the same labels, the caller's network untouched."""
+    from napari_nalu_count.models import load_model
+
+    name = _save("be-seg-relu", {"architecture": "se_unet", "widths": [4, 8]}, "segment")
+    loaded = load_model(name)
+    img = np.zeros((64, 80), np.float32)
+    img[10:22, 10:22] = img[40:52, 30:44] = 1.0
+    options["backend"] = "torch"
+    options["inplace_relu"] = False
+    plain = engine.prepare_net(loaded, CPU)
+    ref = segment(img, loaded, seeds="interior", device="cpu").labels
+    options["inplace_relu"] = True
+    fast = engine.prepare_net(loaded, CPU)
+    assert fast is not plain  # the switch is part of the cache key
+    relus = [m for m in fast.modules() if type(m) is torch.nn.ReLU]
+    assert relus and all(m.inplace for m in relus)
+    assert not any(getattr(m, "inplace", False) for m in loaded.net.modules())
+    x = torch.randn(2, 1, 32, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x.clone()), plain(x.clone()))
+    np.testing.assert_array_equal(segment(img, loaded, seeds="interior", device="cpu").labels, ref)

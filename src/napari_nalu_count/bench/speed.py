@@ -41,6 +41,7 @@ BASELINE_OPTIONS: dict[str, Any] = {
     "balanced_tiles": False,
     "share_work": False,
     "segment_blocks": False,
+    "inplace_relu": False,
     "_histogram_percentiles": False,
     "_fast_upsampling": False,
 }
@@ -280,6 +281,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
         "_histogram_percentiles": False,
     },
     "density upsampled by scipy (fast upsampling off)": {"_fast_upsampling": False},
+    "ReLU not in place (inplace_relu off)": {"inplace_relu": False},
 }
 
 
