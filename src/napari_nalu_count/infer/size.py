@@ -102,20 +102,33 @@ def _kernels(sigma: float, radius: int) -> tuple[np.ndarray, np.ndarray]:
     return np.pad(g, pad), np.pad(d2, pad)
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=8)
 def _log_transfer(shape: tuple[int, int], sigmas: tuple[float, ...], radius: int) -> np.ndarray:
-    """Real-FFT transfer functions ``(S, H, W // 2 + 1)`` of ``-s^2 LoG_s`` on ``shape``."""
+    """Real-FFT transfer functions ``(S, H, W // 2 + 1)`` of ``-s^2 LoG_s`` on ``shape``.
+
+    The 2-D kernel ``d2 (x) g + g (x) d2`` is separable, so its spectrum is built from 1-D
+    spectra of the kernels (centred on index 0): ``D2_y G_x + G_y D2_x``. At most 8 shapes
+    are kept (about 5 MB each for the estimator's 640 px window)."""
     from scipy import fft
+
+    h, w = shape
+
+    def spectra(k: np.ndarray, n: int, real: bool) -> np.ndarray:
+        pad = np.zeros(n, dtype=np.float64)
+        pad[: k.size] = k
+        pad = np.roll(pad, -radius)  # centre the kernel on index 0
+        return (fft.rfft(pad) if real else fft.fft(pad)).astype(np.complex64)
 
     out = []
     for s in sigmas:
         g, d2 = _kernels(s, radius)
-        k = np.zeros(shape, dtype=np.float64)
-        n = 2 * radius + 1
-        k[:n, :n] = -(s * s) * (np.outer(d2, g) + np.outer(g, d2))
-        k = np.roll(k, (-radius, -radius), axis=(0, 1))  # centre the kernel on (0, 0)
-        out.append(fft.rfft2(k))
-    return np.stack(out).astype(np.complex64)
+        gy, d2y = spectra(g, h, False), spectra(d2, h, False)
+        gx, d2x = spectra(g, w, True), spectra(d2, w, True)
+        t = np.outer(d2y, gx)
+        t += np.outer(gy, d2x)
+        t *= np.float32(-(s * s))
+        out.append(t)
+    return np.stack(out)
 
 
 def _log_responses(level: np.ndarray, sigmas: list[float]) -> np.ndarray:
