@@ -330,6 +330,37 @@ def test_size_head_refines_the_estimate(monkeypatch):
     assert st.estimate["seconds"] == pytest.approx(first)
 
 
+def test_size_check_predicts_small_planes_whole_but_reads_the_window(monkeypatch):
+    """A plane over REFINE_WINDOW but under REFINE_WHOLE_PIXELS is predicted whole (the count
+    reuses that pass); the size head is read on the same window as for a big plane."""
+    shapes = []
+
+    class Runner:
+        def check_cancel(self):
+            pass
+
+        def predict_quiet(self, plane):
+            shapes.append(plane.shape)
+            dens = np.full(plane.shape, 0.01, np.float32)
+            logsize = np.full(plane.shape, math.log(2.0), np.float32)
+            rows, cols = size_mod.window_slices(plane, eng.REFINE_WINDOW)
+            logsize[rows, cols] = 0.0  # objects of the model's size inside the window only
+            return np.stack([dens, logsize])
+
+    st = eng._ScaleState(None, 12.0, None, "estimate")
+    st.set_diameter(12.0)
+    plane, pred = eng._refine_diameter(Runner(), np.zeros((300, 320), np.float32), st)
+    assert shapes == [(300, 320)] and pred is not None and pred.shape[1:] == (300, 320)
+    assert st.diameter == pytest.approx(12.0) and st.estimate["size_head"][0]["log_size"] == 0
+    assert st.estimate["seconds"] == pytest.approx(0.0, abs=1e-9)  # the pass is the count's
+    shapes.clear()
+    monkeypatch.setattr(eng, "REFINE_WHOLE_PIXELS", 0)  # a big plane: the window alone
+    st = eng._ScaleState(None, 12.0, None, "estimate")
+    st.set_diameter(12.0)
+    plane, pred = eng._refine_diameter(Runner(), np.zeros((300, 320), np.float32), st)
+    assert shapes == [(256, 256)] and pred is None and st.diameter == pytest.approx(12.0)
+
+
 def test_card_diameter_mode_validation(tmp_path):
     cfg = {"architecture": "unet_count", "widths": [4, 8]}
     with pytest.raises(NaluCountError, match="diameter_mode"):  # refused before anything is written

@@ -11,7 +11,8 @@ Pipeline per plane (stacks are walked plane by plane, dask arrays computed one p
    models), estimate it once, from the first non-empty plane (:mod:`.size`: a learned
    scale-profile regressor, tens of milliseconds) and, for counters with a size head, check the
    estimate with the network itself (one pass on a window of at most ``REFINE_WINDOW`` px of
-   the model grid, or the whole plane when smaller, whose output is then reused): when the
+   the model grid, or the whole plane when it has at most ``REFINE_WHOLE_PIXELS`` pixels, whose
+   output is then reused by the count when no resampling follows): when the
    objects it sees are more than ``REFINE_TOLERANCE`` off the model's diameter the image is
    resampled again. ``None`` for other models resamples by the card's ``input_scale`` (1.0
    when absent);
@@ -93,6 +94,12 @@ MIN_TILE = 64
 REFINE_WINDOW = 256
 REFINE_TOLERANCE = 1.25
 REFINE_ROUNDS = 2
+#: model-grid planes up to this many pixels are predicted whole for the check (the size head is
+#: still read on the REFINE_WINDOW window), so that the check's pass *is* the count's pass when
+#: the estimate holds (the usual case: 94 % of val estimates are within 30 %); a window pass
+#: of its own cost 32 of the estimate's 57 ms on BBBC039's 520 x 696 images. When the check
+#: does resample, the whole plane costs at most 4 windows.
+REFINE_WHOLE_PIXELS = 512 * 512
 #: the size head's estimate is used only when the window holds at least this many cells
 REFINE_MIN_CELLS = 2.0
 
@@ -662,19 +669,26 @@ def _refine_diameter(
     Returns ``(model_plane, prediction or None)``: the plane resampled by the final factor and,
     when the last check ran on that whole plane, its prediction (to be reused).
     """
-    from napari_nalu_count.infer.size import choose_window
+    from napari_nalu_count.infer.size import window_slices
 
     model_plane = _scale.rescale_plane(norm, scale.factor)
     pred = None
     checks = []
     for _ in range(REFINE_ROUNDS):
         runner.check_cancel()
-        whole = max(model_plane.shape) <= REFINE_WINDOW
-        window = model_plane if whole else choose_window(model_plane, REFINE_WINDOW)
+        # the size head is read on the same window either way; a small plane is predicted
+        # whole so that the pass can be the count's own (the window's context then differs
+        # only at its edges)
+        rows, cols = window_slices(model_plane, REFINE_WINDOW)
+        whole = model_plane.size <= REFINE_WHOLE_PIXELS
         t0 = time.perf_counter()
-        out = runner.predict_quiet(window)
+        if whole:
+            out = runner.predict_quiet(model_plane)
+            m, cells = _weighted_log_size(out[:, rows, cols])
+        else:
+            out = runner.predict_quiet(model_plane[rows, cols])
+            m, cells = _weighted_log_size(out)
         seconds = time.perf_counter() - t0
-        m, cells = _weighted_log_size(out)
         checks.append({"log_size": round(m, 4), "cells": round(cells, 2), "seconds": seconds})
         pred = out if whole else None
         if cells < REFINE_MIN_CELLS or abs(m) <= np.log(REFINE_TOLERANCE):

@@ -63,30 +63,37 @@ def _normalise(plane: np.ndarray) -> np.ndarray | None:
     return x
 
 
-def choose_window(x: np.ndarray, crop: int, clip: tuple[float, float] | None = None) -> np.ndarray:
-    """The ``crop x crop`` window (of the centre and four off-centre ones) with the most
-    contrast (standard deviation of a 4x block-mean image); the whole plane if smaller.
-
-    ``clip=(lo, hi)``: judge and return the windows of ``np.clip(x, lo, hi)`` without clipping
-    the whole plane (the same window and values as clipping first)."""
+def window_slices(
+    x: np.ndarray, crop: int, clip: tuple[float, float] | None = None
+) -> tuple[slice, slice]:
+    """Where :func:`choose_window` looks: the ``(rows, cols)`` slices of the ``crop x crop``
+    window (of the centre and four off-centre ones) with the most contrast (standard deviation
+    of a 4x block-mean image, judged on ``np.clip(x, *clip)`` when ``clip`` is given); the
+    whole plane if it is smaller."""
     h, w = x.shape
     if h <= crop and w <= crop:
-        return x if clip is None else np.clip(x, *clip)
+        return slice(0, h), slice(0, w)
     ch, cw = min(h, crop), min(w, crop)
     starts = {((h - ch) // 2, (w - cw) // 2)}
     for fy in (0.2, 0.8):
         for fx in (0.2, 0.8):
             starts.add((int((h - ch) * fy), int((w - cw) * fx)))
-    best, best_sd = None, -1.0
+    best, best_sd = (slice(0, ch), slice(0, cw)), -1.0
     for y0, x0 in sorted(starts):
-        win = x[y0 : y0 + ch, x0 : x0 + cw]
-        sub = win[::4, ::4] if clip is None else np.clip(win[::4, ::4], *clip)
-        sd = float(sub.std())
+        sub = x[y0 : y0 + ch : 4, x0 : x0 + cw : 4]
+        sd = float((sub if clip is None else np.clip(sub, *clip)).std())
         if sd > best_sd:
-            best, best_sd = win, sd
-    if clip is not None:
-        return np.clip(best, *clip)
-    return best  # type: ignore[return-value]
+            best, best_sd = (slice(y0, y0 + ch), slice(x0, x0 + cw)), sd
+    return best
+
+
+def choose_window(x: np.ndarray, crop: int, clip: tuple[float, float] | None = None) -> np.ndarray:
+    """The ``crop x crop`` window of :func:`window_slices` (the whole plane if smaller).
+
+    ``clip=(lo, hi)``: judge and return the windows of ``np.clip(x, lo, hi)`` without clipping
+    the whole plane (the same window and values as clipping first)."""
+    win = x[window_slices(x, crop, clip)]
+    return win if clip is None else np.clip(win, *clip)
 
 
 def _kernels(sigma: float, radius: int) -> tuple[np.ndarray, np.ndarray]:
