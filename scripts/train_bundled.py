@@ -160,6 +160,32 @@ def calibrate_count(net, train_items, density_scale: float) -> tuple[float, dict
     return float(density_scale * ratio), record
 
 
+def _appearance_overrides(text: str | None) -> dict:
+    """``noise=0.2,saturate=0.3:0.9`` -> ``{"noise": 0.2, "saturate": [0.3, 0.9]}``, checked
+    against :class:`~napari_nalu_count.data.augment.Appearance`'s fields."""
+    import dataclasses
+
+    from napari_nalu_count.data.augment import Appearance
+
+    if not text:
+        return {}
+    fields = {f.name for f in dataclasses.fields(Appearance) if f.init}
+    out: dict = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in fields or not value:
+            raise SystemExit(f"--appearance-set: {item!r} is not FIELD=VALUE of {sorted(fields)}")
+        if ":" in value:
+            lo, hi = value.split(":")
+            kind = int if key == "levels" else float
+            out[key] = [kind(lo), kind(hi)]
+        else:
+            out[key] = float(value)
+    Appearance(**out)  # refuse bad values before training starts
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--task", choices=("count", "segment"), required=True)
@@ -208,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="lowest nucleus gain after normalisation (0: off), see data.augment.Appearance",
+    )
+    p.add_argument(
+        "--appearance-set",
+        default=None,
+        metavar="K=V,...",
+        help="other strengths of data.augment.Appearance, e.g. noise=0.2,blur=2,background=0.6 "
+        "(ranges as lo:hi, e.g. saturate=0.3:0.9)",
     )
     p.add_argument(
         "--warm-start",
@@ -272,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         else {
             "p": args.appearance_p,
             **({"dim": args.appearance_dim} if args.appearance_dim else {}),
+            **_appearance_overrides(args.appearance_set),
         },
         source_weights=weights,
         monitor="mre_mean" if task == "count" else "f1_mean",

@@ -182,6 +182,16 @@ def test_count_widget_end_to_end(make_napari_viewer, qtbot, tiny_count, tmp_path
     widget.run()  # re-run replaces
     _wait(qtbot, widget)
     assert len(viewer.layers) == n_layers
+    assert "background flattened" not in results.detail_label.text()
+
+    widget.background_check.value = True  # flatten an uneven background first
+    assert widget.params().background
+    widget.run()
+    _wait(qtbot, widget)
+    assert "background flattened (3 diameters)" in results.detail_label.text()
+    widget.background_check.value = False
+    widget.run()
+    _wait(qtbot, widget)
 
     out = widget.export_csv(tmp_path / "counts.csv")
     rows = list(csv.DictReader(out.open()))

@@ -293,3 +293,40 @@ def test_run_params_pass_level_and_volume():
     kwargs = RunParams("m", axes="ZYX", level=1, volume=True).engine_kwargs()
     assert kwargs["level"] == 1 and kwargs["volume"] is True
     assert "level" not in RunParams("m").engine_kwargs()
+
+
+def test_batch_flatten_background_reaches_the_engine(tiny_count, tmp_path, monkeypatch):
+    import tifffile
+
+    from napari_nalu_count._widgets.batch_widget import batch_job, check_batch
+    from napari_nalu_count.infer import background, count
+
+    calls = []
+    real = background.flatten_background
+
+    def spy(*args, **kwargs):
+        calls.append(args[1:])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(background, "flatten_background", spy)
+
+    folder = _folder(tmp_path, n=1)
+    (folder / "broken.tif").unlink()
+    out = {}
+    for flag in (False, True):
+        params = check_batch(
+            str(folder), "count", tiny_count, str(tmp_path / f"t{flag}.csv"), background=flag
+        )
+        assert params.background is flag
+        gen = batch_job(params, CancelToken())
+        try:
+            while True:
+                next(gen)
+        except StopIteration:
+            pass
+        out[flag] = float(next(csv.DictReader((tmp_path / f"t{flag}.csv").open()))["count"])
+        assert bool(calls) is flag  # the engine flattened the input only when asked
+        calls.clear()
+    image = tifffile.imread(folder / "img0.tif")
+    assert out[True] == pytest.approx(count(image, tiny_count, background=True).count, abs=0.01)
+    assert out[False] == pytest.approx(count(image, tiny_count).count, abs=0.01)

@@ -38,6 +38,7 @@ class RunParams:
     level: int | None = None  # pyramid level of a multiscale layer (None: not multiscale)
     volume: bool = False  # also count each Z-stack as volumes (3-D cells / linked objects)
     uncertainty: bool = False  # counting: count_sd and the uncertainty map (8 passes)
+    background: bool = False  # subtract a smooth uneven background first (engine default width)
 
     def engine_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -52,6 +53,8 @@ class RunParams:
             kwargs["volume"] = True
         if self.uncertainty:
             kwargs["uncertainty"] = True
+        if self.background:
+            kwargs["background"] = True
         return kwargs
 
 
@@ -66,6 +69,7 @@ def check_run(
     channel: int | str | None = None,
     level: int | None = None,
     volume: bool = False,
+    background: bool = False,
 ) -> RunParams:
     """:class:`RunParams` for running ``model`` on ``layer``, checked with the engine's rules
     (diameter, axes, channel against the model's input rule); raises InputError saying why."""
@@ -82,6 +86,7 @@ def check_run(
         channel=channel,
         level=level if _viewer.n_levels(layer) > 1 else None,
         volume=bool(volume),
+        background=bool(background),
     )
     data = _viewer.level0(layer)
     make_plan(data, params.axes, params.channel, input_rule(_models.model_card(model)))
@@ -166,8 +171,14 @@ class InferenceDock(JobDock):
             tooltip="Z-stacks: also detect each nucleus once in 3-D (one count per volume and "
             "a 3-D layer), beside the per-plane counts",
         )
+        self.background_check = CheckBox(
+            text="flatten uneven background",
+            tooltip="subtract a smooth background (haze, uneven illumination) before the "
+            "network sees the image; recovers the nuclei it hides. Leave off for dense tissue "
+            "whose background is out-of-focus nuclei: they would be counted too",
+        )
         self.form.extend([self.level_combo, self.pixel_edit, self.regions_combo])
-        self.form.append(self.volume_check)
+        self.form.extend([self.volume_check, self.background_check])
         self.results = ResultsPanel(napari_viewer)
         self.region_table = TablePanel("counts per region")
         self.body.addWidget(self.results)
@@ -258,6 +269,7 @@ class InferenceDock(JobDock):
             channel=self.channel_combo.value if self.channel_needed else None,
             level=self.level_combo.value,
             volume=self.volume_check.value and self.volume_allowed,
+            background=bool(self.background_check.value),
         )
 
     def quantities(self, source: Any, params: RunParams) -> dict[str, Any]:

@@ -43,6 +43,7 @@ class BatchParams:
     volume: bool = False
     measure: bool = False
     maps_dir: Path | None = None
+    background: bool = False  # flatten an uneven background first (count / segment background=)
 
     def batch_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``run_batch`` (besides ``paths``, ``progress``, ``cancel``)."""
@@ -62,6 +63,7 @@ class BatchParams:
             "measure_csv": measure_csv,
             "csv": self.csv,
             **(maps if self.maps_dir is not None else {}),
+            **({"engine_options": {"background": True}} if self.background else {}),
         }
 
 
@@ -84,6 +86,7 @@ def check_batch(
     volume: bool = False,
     measure: bool = False,
     maps_dir: str = "",
+    background: bool = False,
 ) -> BatchParams:
     """:class:`BatchParams` from the form's texts; raises InputError saying what is missing."""
     from napari_nalu_count.infer.batch import expand_inputs
@@ -114,6 +117,7 @@ def check_batch(
         volume=bool(volume),
         measure=bool(measure) and task == "segment",
         maps_dir=Path(maps_dir) if maps_dir else None,
+        background=bool(background),
     )
 
 
@@ -167,6 +171,9 @@ class BatchWidget(JobDock):
                                      "for every image: counts per region id")  # fmt: skip
         self.volume_check = CheckBox(text="count Z-stacks as volumes")
         self.measure_check = CheckBox(text="measure objects (one more CSV)", value=True)
+        self.background_check = CheckBox(text="flatten uneven background", tooltip="subtract "
+                                         "a smooth background (haze, uneven illumination) "
+                                         "first; off for dense tissue")  # fmt: skip
         self.csv_edit = FileEdit(label="save table", mode="w", filter="*.csv")
         self.maps_edit = FileEdit(label="maps folder", mode="d", tooltip="optional: a density "
                                   "map (count) or labels (segment) per image")  # fmt: skip
@@ -176,6 +183,7 @@ class BatchWidget(JobDock):
             edit.native.setPlaceholderText(hint)
         self.form.extend([self.device_combo, self.diameter_edit, self.axes_edit, self.pixel_edit])
         self.form.extend([self.regions_edit, self.volume_check, self.measure_check])
+        self.form.append(self.background_check)
         self.form.extend([self.csv_edit, self.maps_edit])
         self.result: BatchResult | None = None
         self.table = TablePanel("table (one row per plane, region, volume)")
@@ -208,6 +216,7 @@ class BatchWidget(JobDock):
             volume=self.volume_check.value,
             measure=self.measure_check.value,
             maps_dir=self.maps_edit.line_edit.value,
+            background=self.background_check.value,
         )
 
     def prepare(self, cancel: CancelToken | None) -> Prepared:

@@ -148,6 +148,9 @@ def apply_count_results(
         )
         sd = np.asarray(result.plane_sd, dtype=float)
     details = diameter_detail(output.diameter, output.diameter_source)
+    flattened = getattr(output.result, "background", None)
+    if flattened:
+        details.append(f"background flattened ({flattened:g} diameters)")
     if result.volume_points is not None:
         vpoints = np.asarray(result.volume_points, dtype=float).reshape(-1, points.shape[1])
         layers.append(

@@ -133,6 +133,9 @@ def apply_segment_results(
         layer.features = features  # napari shows the row of the label under the cursor
     layers = [layer]
     details = diameter_detail(output.diameter, output.diameter_source)
+    flattened = getattr(output.result, "background", None)
+    if flattened:
+        details.append(f"background flattened ({flattened:g} diameters)")
     if result.volume_labels is not None:
         layers.append(
             _viewer.replace_result_layer(

@@ -82,6 +82,21 @@ def channel_arg(text: str) -> int | str:
         ) from None
 
 
+def background_arg(text: str) -> float:
+    from napari_nalu_count.errors import InputError
+    from napari_nalu_count.infer.background import parse_background
+
+    try:
+        value = parse_background(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value is None:
+        raise argparse.ArgumentTypeError(
+            f"--flatten-background {text!r}: give a width of at least 2 object diameters"
+        )
+    return value
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, default_model: str) -> None:
     """Options shared by ``count`` and ``segment``."""
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
@@ -111,6 +126,17 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_model: str) ->
         help="channel index, or mean/max/luminance, for multi-channel images",
     )
     parser.add_argument("--tile-size", type=int, metavar="PX", help="tile edge (default: auto)")
+    parser.add_argument(
+        "--flatten-background",
+        nargs="?",
+        const=True,
+        default=None,
+        type=background_arg,
+        metavar="DIAMETERS",
+        help="subtract a smooth uneven background (haze, uneven illumination) first: a grey "
+        "opening DIAMETERS object diameters wide (default 3). Off by default: in dense tissue "
+        "it also counts out-of-focus nuclei",
+    )
     parser.add_argument(
         "--scheduler",
         type=scheduler_arg,
@@ -323,10 +349,19 @@ def run_batch(
     return 0
 
 
+def engine_options_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``count`` / ``segment`` keyword arguments the shared options give."""
+    options: dict[str, Any] = {}
+    if getattr(args, "flatten_background", None):
+        options["background"] = args.flatten_background
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     return run_batch(
         args,
         "count",
+        engine_options_from(args),
         density_dir=args.density_dir,
         volume=bool(args.volume),
         z_diameter=args.z_diameter,

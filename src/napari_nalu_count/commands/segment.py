@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import argparse
 
-from napari_nalu_count.commands.count import add_common_arguments, add_table_arguments, run_batch
+from napari_nalu_count.commands.count import (
+    add_common_arguments,
+    add_table_arguments,
+    engine_options_from,
+    run_batch,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = {"seeds": args.seeds}
+    options = {"seeds": args.seeds, **engine_options_from(args)}
     if args.seeds == "count":
         options["count_model"] = args.count_model
     return run_batch(
