@@ -269,6 +269,38 @@ def test_upper_percentiles_equal_numpy(n):
         np.testing.assert_allclose(got, np.percentile(v, [95.0, 99.5]), rtol=1e-6, atol=1e-7)
 
 
+def test_upper_percentiles_prefilter_is_exact_and_falls_back(monkeypatch):
+    """Large arrays go through the subsample threshold; ties at the threshold, a heavy
+    tail, and a sample whose threshold lets too few values pass (the fallback) all give
+    NumPy's numbers."""
+    rng = np.random.default_rng(7)
+    n = size_mod.PREFILTER_MIN + 12345
+    tail = rng.normal(size=n).astype(np.float32)
+    tail[rng.integers(0, n, 500)] = 50.0
+    mostly_zero = np.zeros(n, np.float32)
+    mostly_zero[rng.integers(0, n, 3000)] = rng.random(3000).astype(np.float32)
+    ties = np.round(rng.normal(size=n), 1).astype(np.float32)
+    # sorted ascending: the 1-in-16 subsample's threshold sits on the sorted order, exact
+    ordered = np.sort(rng.random(n).astype(np.float32))
+    for v in (tail, mostly_zero, ties, ordered, ordered[::-1].copy()):
+        got = size_mod._upper_percentiles(v, (95.0, 99.5))
+        np.testing.assert_allclose(got, np.percentile(v, [95.0, 99.5]), rtol=1e-6, atol=1e-7)
+    # a threshold too high for the values needed: the whole array is used instead
+    calls = []
+    real_partition = np.partition
+
+    def spy(a, kth, *args, **kwargs):
+        calls.append(np.size(a))
+        return real_partition(a, kth, *args, **kwargs)
+
+    monkeypatch.setattr(size_mod.np, "partition", spy)
+    v = np.zeros(n, np.float32)
+    v[::32] = 1.0  # half the 1-in-16 subsample is ones: threshold 1, only 3 % pass
+    got = size_mod._upper_percentiles(v, (95.0, 99.5))
+    np.testing.assert_allclose(got, np.percentile(v, [95.0, 99.5]))
+    assert n in calls  # fell back to partitioning the whole array
+
+
 # ------------------------------------------------------------------ the engine
 
 
