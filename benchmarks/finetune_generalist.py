@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--minutes", type=float, default=3.0, help="fine-tuning wall-clock budget")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
             steps_per_epoch=15,
             batch_size=8,
             patch_size=128,
-            lr=3e-4,
+            lr=args.lr,
             patience=40,
             warmup_steps=0,
             seed=seed,
