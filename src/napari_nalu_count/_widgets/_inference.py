@@ -113,6 +113,12 @@ def diameter_detail(diameter: float | None, source: str) -> list[str]:
     return [f"nucleus diameter {float(diameter):.1f} px ({how})"]
 
 
+def background_detail(result: Any) -> list[str]:
+    """The result's line saying that an uneven background was subtracted (none when not)."""
+    flattened = getattr(result, "background", None)
+    return [f"background flattened ({flattened:g} diameters)"] if flattened else []
+
+
 class InferenceDock(JobDock):
     """Base of the Count and Segment docks: subclasses set ``task``/``verb``, add rows to the
     form, and implement :meth:`job` (the event generator) and :meth:`apply` (the result into

@@ -24,6 +24,7 @@ from napari_nalu_count._widgets import _quantify, _viewer
 from napari_nalu_count._widgets._inference import (
     InferenceDock,
     RunParams,
+    background_detail,
     diameter_detail,
     result_diameter,
 )
@@ -148,9 +149,7 @@ def apply_count_results(
         )
         sd = np.asarray(result.plane_sd, dtype=float)
     details = diameter_detail(output.diameter, output.diameter_source)
-    flattened = getattr(output.result, "background", None)
-    if flattened:
-        details.append(f"background flattened ({flattened:g} diameters)")
+    details += background_detail(output.result)
     if result.volume_points is not None:
         vpoints = np.asarray(result.volume_points, dtype=float).reshape(-1, points.shape[1])
         layers.append(

@@ -17,6 +17,7 @@ from napari_nalu_count._widgets import _models, _quantify, _viewer
 from napari_nalu_count._widgets._inference import (
     InferenceDock,
     RunParams,
+    background_detail,
     diameter_detail,
     result_diameter,
 )
@@ -133,9 +134,7 @@ def apply_segment_results(
         layer.features = features  # napari shows the row of the label under the cursor
     layers = [layer]
     details = diameter_detail(output.diameter, output.diameter_source)
-    flattened = getattr(output.result, "background", None)
-    if flattened:
-        details.append(f"background flattened ({flattened:g} diameters)")
+    details += background_detail(output.result)
     if result.volume_labels is not None:
         layers.append(
             _viewer.replace_result_layer(

@@ -48,6 +48,7 @@ from napari_nalu_count.errors import CancelToken, InputError
 from napari_nalu_count.events import Event, Progress, drive
 from napari_nalu_count.infer import axes as _axes
 from napari_nalu_count.infer import backend as _backend
+from napari_nalu_count.infer import background as _background
 from napari_nalu_count.infer import device as _device
 from napari_nalu_count.infer import inputs as _inputs
 from napari_nalu_count.infer import multiscale as _multiscale
@@ -656,12 +657,6 @@ class _ScaleState:
         return 10.0
 
 
-def _parse_background(value: Any) -> float | None:
-    from napari_nalu_count.infer.background import parse_background
-
-    return parse_background(value)
-
-
 def _model_input(
     norm: np.ndarray, factor: float, grid_diameter: float | None, background: float | None
 ) -> np.ndarray:
@@ -670,11 +665,8 @@ def _model_input(
     :func:`.background.parse_background`) and a known object diameter on that grid, its smooth
     background subtracted (:func:`.background.flatten_background`)."""
     plane = _scale.rescale_plane(norm, factor)
-    b = background
-    if b and grid_diameter:
-        from napari_nalu_count.infer.background import flatten_background
-
-        plane = flatten_background(plane, float(grid_diameter), float(b))
+    if background and grid_diameter:
+        plane = _background.flatten_background(plane, float(grid_diameter), float(background))
     return plane
 
 
@@ -819,7 +811,7 @@ def count(
         recovers the nuclei an uneven background hides (val images with an added ramp:
         Aitslab 16.3 -> 9.9 %, BBBC039 5.4 -> 3.8 %) and leaves images with an even
         background as they were, but in dense tissue whose background is out-of-focus nuclei
-        it counts those too (docs/models.md, "Uneven background"). Models whose card has no
+        it counts those too (docs/models.md, "Appearance"). Models whose card has no
         object diameter ignore it.
     """
     _inputs.check_callbacks(progress, None)
@@ -878,7 +870,7 @@ def count_events(
     are computed as usual).
     """
     grid_scale = _check_positive(grid_scale, "grid_scale")
-    background = _parse_background(background)
+    background = _background.parse_background(background)
     if grid_scale != 1.0 and block_size is not None:
         raise InputError("grid_scale is not available with block_size")
     ms = None if isinstance(image, (str, os.PathLike)) else _multiscale.resolve(image, level)
@@ -1176,10 +1168,8 @@ def _count_blocked(
         card_d = scale.card_diameter or 10.0
         halo = max(float(OPTIONS["overlap"]), 3.0 * card_d)
         if background and scale.card_diameter:
-            from napari_nalu_count.infer.background import background_support
-
             # the background at a pixel reads this far: the network's context starts after it
-            halo += background_support(scale.card_diameter, background)
+            halo += _background.background_support(scale.card_diameter, background)
         halo = int(np.ceil(halo / f))
         grid = [(ya, xa) for ya in _block_starts(h, block) for xa in _block_starts(w, block)]
 
@@ -1362,7 +1352,7 @@ def segment_events(
     if ms is not None:
         image = ms.array
     volume = _check_flag(volume, "volume")
-    background = _parse_background(background)
+    background = _background.parse_background(background)
     if not isinstance(seeds, str) or seeds not in _post.SEED_MODES:
         raise InputError(f"seeds must be one of {_post.SEED_MODES}, got {seeds!r}")
     image, axes, diameter, device = _inputs.check_call(
