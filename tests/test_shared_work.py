@@ -103,6 +103,53 @@ def test_large_planes_are_segmented_in_blocks_like_whole(options, monkeypatch):
     np.testing.assert_array_equal(again.labels, whole.labels)
 
 
+class _TwoViewRunner:
+    """A stand-in for the engine's runner whose class probabilities depend on the block, as a
+    network's do near a block's edge: ``scenes[k]`` (interior = 1) for the k-th block asked."""
+
+    def __init__(self, scenes: list[np.ndarray]) -> None:
+        self.scenes = scenes
+        self.calls = 0
+
+    def check_cancel(self) -> None:
+        pass
+
+    def run(self, plane, plane_no):
+        # the block's window, found from the plane's values (each pixel holds its flat index)
+        r0, c0 = divmod(int(plane[0, 0]), self.scenes[0].shape[1])
+        h, w = plane.shape
+        inside = self.scenes[self.calls][r0 : r0 + h, c0 : c0 + w]
+        self.calls += 1
+        probs = np.zeros((3, h, w), np.float32)
+        probs[1] = inside
+        probs[0] = 1.0 - inside
+        return probs
+        yield  # a generator, like the runner's
+
+
+def test_blocked_segmentation_owns_an_object_by_its_seed():
+    # one nucleus (a bar, columns 52-75) across the border of two 64 px blocks (halo 24),
+    # seeded at column 60 (left block's core); the left block sees it with a spur to the right
+    # and the right block with a spur to the left, so each block's centroid of it lies in the
+    # *other* block's core: owning by centroid lost it
+    h, w = 16, 128
+    left, right = np.zeros((h, w), np.float32), np.zeros((h, w), np.float32)
+    left[6:10, 52:87] = 1.0
+    right[6:10, 42:76] = 1.0
+    index = np.arange(h * w, dtype=np.float64).reshape(h, w)
+    points = np.array([[7.6, 60.2]])
+    gen = engine._segment_blocked(
+        _TwoViewRunner([left, right]), index, points, "count", 1, 0, 24, 64, False
+    )
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        labels = stop.value
+    assert labels.max() == 1
+    assert (labels[6:10, 52:87] == 1).all() and (labels[:, :52] == 0).all()  # the owner's view
+
+
 def test_labels_to_image_in_rows_equals_labels_to_original():
     rng = np.random.default_rng(0)
     lab = rng.integers(0, 30, (37, 41)).astype(np.int32)

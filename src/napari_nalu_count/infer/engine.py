@@ -1531,12 +1531,19 @@ def _segment_blocked(
 
     The plane is cut into blocks of ``block`` model-grid pixels; each is predicted and
     watershedded with ``halo`` pixels of context around it (the same resampled pixels as the
-    whole plane, so only the tiling differs); an object belongs to the block whose core holds
-    its centroid and is painted where no earlier object lies. ``points`` (cell centres on the
-    model grid) seed every block that sees them. Ids are renumbered 1..n at the end if an
-    object lost every pixel to its neighbours. Memory: the labels plus one block's work, not
-    the whole-plane watershed (about 30 bytes per pixel)."""
+    whole plane, so only the tiling differs) and painted where no earlier object lies.
+    ``points`` (cell centres on the model grid, rounded to pixels once for all blocks) seed
+    every block that sees them. An object grown from a seed belongs to the block whose core
+    holds that seed pixel, one fixed place for every block (owning by centroid instead lost an
+    object whenever two blocks' segmentations put its centroid on opposite sides of their
+    border); an object without a seed belongs to the block whose core holds its centroid. Ids
+    are renumbered 1..n at the end if an object lost every pixel to its neighbours. Memory: the
+    labels plus one block's work, not the whole-plane watershed (about 30 bytes per pixel)."""
     h, w = model_plane.shape
+    if points is not None:
+        # the pixel each seed lands on, the same in every block (classes_to_instances rounds
+        # local coordinates, which may differ from the global rounding at exact halves)
+        points = np.round(np.asarray(points, dtype=np.float64).reshape(-1, 2))
     grid = [(ya, xa) for ya in _block_starts(h, block) for xa in _block_starts(w, block)]
 
     def padded(y: tuple[int, int], x: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -1560,14 +1567,23 @@ def _segment_blocked(
         probs = yield from runner.run(model_plane[a:b, c:d], plane_no)
         pts = None
         if points is not None:
-            inside = (points[:, 0] >= a - 0.5) & (points[:, 0] < b - 0.5)
-            inside &= (points[:, 1] >= c - 0.5) & (points[:, 1] < d - 0.5)
+            inside = (points[:, 0] >= a) & (points[:, 0] < b)
+            inside &= (points[:, 1] >= c) & (points[:, 1] < d)
             pts = points[inside] - np.array([a, c], dtype=np.float64)
         lab = _post.classes_to_instances(probs, seeds=seeds, points=pts, min_size=min_size)
         del probs
         n = int(lab.max())
         if n == 0:
             continue
+        seeded = owned = None
+        if pts is not None and len(pts):
+            py, px = pts[:, 0].astype(np.intp), pts[:, 1].astype(np.intp)
+            hit = lab[py, px]
+            core = (py + a >= y[0]) & (py + a < y[1]) & (px + c >= x[0]) & (px + c < x[1])
+            seeded = np.zeros(n + 1, dtype=bool)
+            seeded[hit] = True
+            owned = np.zeros(n + 1, dtype=bool)
+            owned[hit[core]] = True
         flat = lab.ravel()
         size = np.bincount(flat, minlength=n + 1).astype(np.float64)
         ys = np.repeat(np.arange(a, b, dtype=np.float64), d - c)
@@ -1580,6 +1596,8 @@ def _segment_blocked(
             cy, cx = cy / size, cx / size
         keep = (size > 0) & (cy >= y[0] - 0.5) & (cy < y[1] - 0.5)
         keep &= (cx >= x[0] - 0.5) & (cx < x[1] - 0.5)
+        if seeded is not None:
+            keep = np.where(seeded, owned & (size > 0), keep)
         keep[0] = False
         ids = np.flatnonzero(keep)
         if len(ids) == 0:
