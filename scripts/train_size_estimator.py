@@ -3,8 +3,12 @@
 
 Usage (the command that produced the shipped ``size_regressor.json``)::
 
-    python scripts/train_size_estimator.py --data ../shared/data \\
-        --out src/napari_nalu_count/infer/size_regressor.json --report docs/benchmarks/size.json
+    python scripts/train_size_estimator.py --data ../shared/data --no-log \\
+        --out src/napari_nalu_count/infer/size_regressor.json \\
+        --report docs/benchmarks/size_estimate_r6.json
+
+(``--octave-crop 256 --pyramid binomial``, the defaults, since 2026-12-05; the regressor
+before it was trained with ``--octave-crop 0 --pyramid gauss``.)
 
 Training rows: windows of the *train* splits of BBBC039 (x5 each), DSB 2018 (x3) and Aitslab
 (x16), and ``--synthetic`` :func:`~napari_nalu_count.data.synthetic.synthetic_varied` images,
@@ -82,12 +86,13 @@ def rows_for(samples, reps, rng, scales=None, lo=5.0, hi=130.0):
     return out
 
 
-def profiles(rows):
+def profiles(rows, options):
     X, t = [], []
     for img, *_ in rows:
         t0 = time.perf_counter()
         x = size_mod._normalise(img)
-        X.append(size_mod.scale_profile(size_mod.choose_window(x, 640, clip=size_mod.CLIP)))
+        win = size_mod.choose_window(x, 640, clip=size_mod.CLIP)
+        X.append(size_mod.scale_profile(win, **options))
         t.append(time.perf_counter() - t0)
     return np.array(X), np.array(t)
 
@@ -150,6 +155,19 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-log", action="store_true", help="skip the (slow) LoG comparison")
     p.add_argument("--ensemble", type=int, default=5, help="MLPs averaged (different seeds)")
+    p.add_argument(
+        "--octave-crop",
+        type=int,
+        default=256,
+        help="read each octave of the profile on at most this many samples square "
+        "(0: the whole window; see infer.size.scale_profile)",
+    )
+    p.add_argument(
+        "--pyramid",
+        choices=("gauss", "binomial"),
+        default="binomial",
+        help="the profile's pyramid filter (see infer.size._decimate)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
@@ -166,9 +184,10 @@ def main(argv=None) -> int:
     for loader in (load_bbbc039, load_dsb2018, load_aitslab):
         val += rows_for(loader(args.data, "val"), 0, rng, scales=(0.5, 1.0, 2.0, 3.0))
     print(f"{len(train)} train rows, {len(val)} val rows ({time.time() - t0:.0f}s)", flush=True)
-    X, _ = profiles(train)
+    options = {"octave_crop": args.octave_crop or None, "pyramid": args.pyramid}
+    X, _ = profiles(train, options)
     y = np.log([r[1] for r in train])
-    Xv, tv = profiles(val)
+    Xv, tv = profiles(val, options)
     yv = np.log([r[1] for r in val])
     members = [fit(X, y, args.seed + k) for k in range(args.ensemble)]
     reg = size_mod.SizeRegressor({"members": [m.to_dict() for m in members]})
@@ -213,6 +232,7 @@ def main(argv=None) -> int:
         "trained": time.strftime("%Y-%m-%d"),
         "command": report["command"],
         "train_rows": len(train),
+        "profile": options,
         "val": report["regressor"],
     }
     Path(args.out).write_text(json.dumps(reg.to_dict()))

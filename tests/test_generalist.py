@@ -244,6 +244,58 @@ def _profile_with_scipy_filters(x):
     return np.log(arr / arr.max(axis=0, keepdims=True)).T.reshape(-1)
 
 
+@pytest.mark.parametrize("shape", [(640, 640), (521, 640), (33, 17), (5, 4), (1, 3)])
+def test_pyramid_levels(shape):
+    from scipy import ndimage as ndi
+
+    x = np.random.default_rng(shape[0]).random(shape).astype(np.float32)
+    # "gauss": exactly SciPy's filter-then-decimate, with half the second pass
+    np.testing.assert_array_equal(
+        size_mod._decimate(x, "gauss"), ndi.gaussian_filter(x, 1.0, mode="reflect")[::2, ::2]
+    )
+    # "binomial": [1, 2, 1] / 4 along each axis with mirrored edges, at the kept samples
+    k = np.array([0.25, 0.5, 0.25])
+    ref = ndi.correlate1d(x.astype(np.float64), k, axis=0, mode="reflect")
+    ref = ndi.correlate1d(ref, k, axis=1, mode="reflect")[::2, ::2]
+    got = size_mod._decimate(x, "binomial")
+    assert got.shape == ref.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    with pytest.raises(ValueError, match="pyramid"):
+        size_mod._decimate(x, "box")
+
+
+def test_octave_crop_reads_each_octave_on_a_sub_window():
+    rng = np.random.default_rng(0)
+    s = synthetic_cells((600, 520), 300, 9.0, seed=5)
+    x = np.clip(s.image / s.image.max() + rng.normal(0, 0.05, s.image.shape), -0.2, 1.5)
+    whole = size_mod.scale_profile(x, pyramid="binomial")
+    # a crop at least the window's size changes nothing
+    np.testing.assert_array_equal(size_mod.scale_profile(x, 600, "binomial"), whole)
+    cropped = size_mod.scale_profile(x, 256, "binomial")
+    assert not np.array_equal(cropped, whole)
+    # only the octaves whose level is larger than the crop differ (levels 600 and 300 px here)
+    per_stat = size_mod.N_SCALES
+    diff = np.abs(cropped - whole).reshape(3, per_stat) > 0
+    assert diff[:, : 2 * size_mod.PER_OCTAVE].any()
+    # the profile's normalisation (each statistic over its maximum) may move the coarse
+    # octaves too, but never by a different amount within one statistic
+    for row_c, row_w in zip(cropped.reshape(3, per_stat), whole.reshape(3, per_stat), strict=True):
+        tail = (row_c - row_w)[2 * size_mod.PER_OCTAVE :]
+        np.testing.assert_allclose(tail, tail[0], atol=1e-9)
+
+
+def test_regressor_profile_options(tmp_path):
+    bundled = size_mod.load_regressor()
+    assert bundled.profile_options == {"octave_crop": 256, "pyramid": "binomial"}
+    plain = {"mean": [0.0], "std": [1.0], "layers": [[[[1.0]], [0.0]]]}
+    old_style = size_mod.SizeRegressor(plain).profile_options
+    assert old_style == {"octave_crop": None, "pyramid": "gauss"}
+    for bad in ({"octave_crop": 8}, {"octave_crop": "256"}, {"pyramid": "box"}):
+        reg = size_mod.SizeRegressor(dict(plain, info={"profile": bad}))
+        with pytest.raises(ModelFileError, match="info.profile"):
+            _ = reg.profile_options
+
+
 @pytest.mark.parametrize("shape", [(9, 11), (40, 31), (97, 160), (300, 257)])
 def test_fast_scale_profile_equals_the_scipy_filters(shape):
     from scipy import ndimage as ndi
