@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--pyramid",
-        choices=("gauss", "binomial"),
+        choices=size_mod.PYRAMIDS,
         default="binomial",
         help="the profile's pyramid filter (see infer.size._decimate)",
     )

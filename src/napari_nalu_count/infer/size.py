@@ -48,6 +48,8 @@ N_SCALES = N_OCTAVES * PER_OCTAVE
 #: estimates are clipped to this range (pixels)
 MIN_DIAMETER, MAX_DIAMETER = 3.0, 250.0
 REGRESSOR_FILE = Path(__file__).with_name("size_regressor.json")
+#: the scale profile's pyramid filters (see :func:`_decimate`)
+PYRAMIDS = ("gauss", "binomial")
 
 _lock = threading.Lock()
 
@@ -224,8 +226,8 @@ def _decimate(level: np.ndarray, pyramid: str = "gauss") -> np.ndarray:
     if pyramid == "gauss":
         rows = ndi.gaussian_filter1d(level, 1.0, axis=0, mode="reflect")[::2]
         return ndi.gaussian_filter1d(rows, 1.0, axis=1, mode="reflect")[:, ::2]
-    if pyramid != "binomial":
-        raise ValueError(f"pyramid must be 'gauss' or 'binomial', got {pyramid!r}")
+    if pyramid not in PYRAMIDS:
+        raise ValueError(f"pyramid must be one of {PYRAMIDS}, got {pyramid!r}")
     h, w = level.shape
     # mirror by one sample ("reflect" in SciPy's sense: the edge sample repeated)
     p = np.pad(level, ((1, 1 + h % 2), (1, 1 + w % 2)), mode="symmetric")
@@ -270,6 +272,23 @@ def scale_profile(
     return arr.T.reshape(-1).astype(np.float64)  # p99.5 x 18, p95 x 18, mean x 18
 
 
+def _profile_options(info: dict) -> dict:
+    """:func:`scale_profile` keywords from a regressor's ``info["profile"]`` (files without one
+    were trained on whole-window profiles of a Gaussian pyramid), checked."""
+    opts = dict(info.get("profile") or {})
+    crop = opts.get("octave_crop")
+    if crop is not None and (not isinstance(crop, int) or isinstance(crop, bool) or crop < 16):
+        raise ModelFileError(
+            f"size regressor info.profile.octave_crop must be an integer >= 16, got {crop!r}"
+        )
+    pyramid = opts.get("pyramid", "gauss")
+    if pyramid not in PYRAMIDS:
+        raise ModelFileError(
+            f"size regressor info.profile.pyramid must be one of {PYRAMIDS}, got {pyramid!r}"
+        )
+    return {"octave_crop": crop, "pyramid": pyramid}
+
+
 class SizeRegressor:
     """``log(diameter)`` from a scale profile: standardise, two GELU layers, linear output.
 
@@ -279,6 +298,7 @@ class SizeRegressor:
 
     def __init__(self, params: dict) -> None:
         self.info = dict(params.get("info", {})) if isinstance(params, dict) else {}
+        _profile_options(self.info)  # a malformed profile fails at load, not mid-count
         self.members: list[SizeRegressor] = []
         if isinstance(params, dict) and "members" in params:
             if not isinstance(params["members"], list) or not params["members"]:
@@ -300,22 +320,8 @@ class SizeRegressor:
 
     @property
     def profile_options(self) -> dict:
-        """The :func:`scale_profile` keywords this regressor was trained for, from its
-        ``info["profile"]`` (files without one were trained on whole-window profiles of a
-        Gaussian pyramid)."""
-        opts = dict(self.info.get("profile") or {})
-        crop = opts.get("octave_crop")
-        if crop is not None and (not isinstance(crop, int) or isinstance(crop, bool) or crop < 16):
-            raise ModelFileError(
-                f"size regressor info.profile.octave_crop must be an integer >= 16, got {crop!r}"
-            )
-        pyramid = opts.get("pyramid", "gauss")
-        if pyramid not in ("gauss", "binomial"):
-            raise ModelFileError(
-                f"size regressor info.profile.pyramid must be 'gauss' or 'binomial', "
-                f"got {pyramid!r}"
-            )
-        return {"octave_crop": crop, "pyramid": pyramid}
+        """The :func:`scale_profile` keywords this regressor was trained for."""
+        return _profile_options(self.info)
 
     def __call__(self, profile: np.ndarray) -> float:
         if self.members:
