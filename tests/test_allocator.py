@@ -1,0 +1,100 @@
+"""The glibc allocator tuning of the engine (``OPTIONS["malloc_tuning"]``, .infer.allocator)."""
+
+from __future__ import annotations
+
+import ast
+import resource
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from napari_nalu_count.infer import allocator, engine
+from napari_nalu_count.models import make_card, save_model
+from napari_nalu_count.nn.registry import build_model
+
+glibc = pytest.mark.skipif(allocator._glibc() is None, reason="needs glibc (mallopt)")
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def restore_allocator():
+    yield
+    allocator.apply(engine.OPTIONS["malloc_tuning"])
+
+
+#: run in a fresh process: a heap that earlier tests grew serves blocks of any size from free
+#: chunks, whatever the thresholds say
+CHILD = """
+import resource, sys
+import numpy as np
+from napari_nalu_count.infer import allocator
+
+def faults():
+    # minor page faults of allocating, touching and freeing 8 MiB (median of 5 after one)
+    counts = []
+    for _ in range(6):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        a = np.ones((8 << 20) // 4, dtype=np.float32)
+        del a
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return float(np.median(counts[1:]))
+
+out = []
+for step in sys.argv[1:]:
+    allocator.apply(step == "on")
+    out.append((step, allocator.state(), faults()))
+print(out)
+"""
+
+
+def _child(*steps: str) -> list[tuple[str, bool | None, float]]:
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, *steps], capture_output=True, text=True, check=True
+    )
+    return ast.literal_eval(res.stdout.strip().splitlines()[-1])
+
+
+@glibc
+def test_tuned_allocator_reuses_freed_blocks_and_defaults_do_not():
+    pages = (8 << 20) // resource.getpagesize()
+    # tuned from the start: freed blocks stay in the heap, the next one touches no new page
+    ((_, state, faults),) = _child("on")
+    assert state is True and faults < 0.05 * pages
+    # glibc's defaults pinned (128 KiB mmap threshold): every block is a fresh mapping
+    (_, s_on, f_on), (_, s_off, f_off) = _child("on", "off")
+    assert (s_on, s_off) == (True, False)
+    assert f_on < 0.05 * pages and f_off > 0.1 * pages
+
+
+@glibc
+def test_engine_applies_the_option_when_it_prepares_a_network(options, restore_allocator):
+    torch.manual_seed(0)
+    net = build_model({"architecture": "unet_count", "widths": [4, 8, 8], "unit": "nau"})
+    save_model(net, make_card("alloc-count", "count", net.config, diameter=10.0), "alloc-count")
+    loaded = engine._resolve_model("alloc-count", "count", CPU)
+    options["malloc_tuning"] = False
+    engine.prepare_net(loaded, CPU)
+    assert allocator.state() in (None, False)
+    options["malloc_tuning"] = True
+    engine.prepare_net(loaded, CPU)
+    assert allocator.state() is True
+    options["malloc_tuning"] = False
+    engine.prepare_net(loaded, CPU)
+    assert allocator.state() is False
+
+
+def test_environment_opt_out_and_no_glibc_are_no_ops(monkeypatch, restore_allocator):
+    monkeypatch.setenv(allocator.ENV, "0")
+    assert not allocator.available()
+    assert allocator.apply(True) is False
+    assert allocator.state() in (None, False)
+    monkeypatch.delenv(allocator.ENV)
+    monkeypatch.setattr(allocator, "_libc", None)  # as on macOS / Windows / musl
+    monkeypatch.setattr(allocator, "_state", None)
+    assert not allocator.available()
+    assert allocator.apply(True) is False
+    assert allocator.state() is None
+    allocator.release()  # no C library: nothing to do, no error
