@@ -118,6 +118,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(e.g. 8192), each in its own process (Linux)",
     )
     parser.add_argument(
+        "--allocator",
+        action="store_true",
+        help="also compare the engine's glibc allocator tuning with glibc's defaults, in "
+        "separate processes (REPEATS pairs per task at --size; Linux)",
+    )
+    parser.add_argument(
         "--compare-model",
         metavar="NAME|PATH",
         default=None,
@@ -283,6 +289,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "density upsampled by scipy (fast upsampling off)": {"_fast_upsampling": False},
     "ReLU not in place (inplace_relu off)": {"inplace_relu": False},
 }
+# the allocator tuning (engine option malloc_tuning) is process-wide and leaves the heap of the
+# calls before it behind: it is compared in separate processes instead (--allocator)
 
 
 def _memory_rows(size: int, threads: int, baseline: bool, segment: bool) -> list[dict]:
@@ -303,6 +311,44 @@ def _memory_rows(size: int, threads: int, baseline: bool, segment: bool) -> list
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def _allocator_rows(size: int, threads: int, rounds: int, segment: bool) -> dict:
+    """The engine with its allocator tuning against glibc's defaults (``--allocator``): for each
+    task, ``rounds`` pairs of child processes (order alternating), each the best of 2 steady
+    calls on a SIZE x SIZE uint16 image; the median of the children per configuration."""
+    import subprocess
+    import sys
+
+    rows: list[dict] = []
+    summary: dict[str, dict] = {}
+    for task in ["count"] + (["segment"] if segment else []):
+        for r in range(max(1, rounds)):
+            confs = ("current", "untuned") if r % 2 == 0 else ("untuned", "current")
+            for conf in confs:
+                cmd = [sys.executable, "-m", "napari_nalu_count.bench._memory_child", task]
+                cmd += [str(size), str(threads), conf, "2"]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if out.returncode != 0:
+                    rows.append({"task": task, "configuration": conf, "error": out.stderr[-500:]})
+                    continue
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(json.dumps(rows[-1]), flush=True)
+        per = {}
+        for conf in ("current engine", "current engine, glibc allocator defaults"):
+            ok = [x for x in rows if x.get("task") == task and x.get("configuration") == conf]
+            if ok:
+                per[conf] = {
+                    "seconds_median": float(np.median([x["seconds"] for x in ok])),
+                    "minor_faults_median": float(np.median([min(x["minor_faults"]) for x in ok])),
+                    "peak_rss_mib_max": max(x["peak_rss_mib"] for x in ok),
+                    "children": len(ok),
+                }
+        if len(per) == 2:
+            a, b = per["current engine"], per["current engine, glibc allocator defaults"]
+            per["speedup"] = b["seconds_median"] / a["seconds_median"]
+        summary[task] = per
+    return {"size": size, "rounds": rounds, "rows": rows, "summary": summary}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -526,6 +572,9 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "small", 0):
         small_cfgs = {k: v for k, v in configs.items() if k in ("current", "previous")}
         small = _small_images(args, counter, dev, small_cfgs)
+    alloc = None
+    if getattr(args, "allocator", False):
+        alloc = _allocator_rows(size, threads, args.repeats, not args.no_segment)
     memory = None
     if getattr(args, "memory", None):
         memory = _memory_rows(int(args.memory), threads, with_base, not args.no_segment)
@@ -599,6 +648,18 @@ def run(args: argparse.Namespace) -> int:
                     f"memory {m['task']} {m['size']} px ({m['configuration']}): peak RSS "
                     f"{m['peak_rss_mib'] / 1024:.2f} GiB, {m['seconds']:.1f} s"
                 )
+    if alloc:
+        for task, per in alloc["summary"].items():
+            if "speedup" in per:
+                a = per["current engine"]
+                b = per["current engine, glibc allocator defaults"]
+                print(
+                    f"allocator {task} {size} px: tuned {a['seconds_median']:.3f} s "
+                    f"({a['minor_faults_median']:.0f} faults, peak {a['peak_rss_mib_max']:.0f} "
+                    f"MiB) vs glibc defaults {b['seconds_median']:.3f} s "
+                    f"({b['minor_faults_median']:.0f} faults, peak {b['peak_rss_mib_max']:.0f} "
+                    f"MiB): {per['speedup']:.2f}x"
+                )
     net_frac = next(r for r in rows if r["what"].startswith("count network only, current"))
     targets = _targets(rows, net_frac, small, memory, size_estimate)
     for k, v in targets.items():
@@ -626,7 +687,7 @@ def run(args: argparse.Namespace) -> int:
         )
         switches = [
             f" --{k}"
-            for k in ("variants", "no_segment", "baseline", "ablation")
+            for k in ("variants", "no_segment", "baseline", "ablation", "allocator")
             if getattr(args, k, False)
         ]
         with open(args.json, "w", encoding="utf-8") as fh:
@@ -651,6 +712,7 @@ def run(args: argparse.Namespace) -> int:
                     "segment_agreement": seg_agreement,
                     "small_images": small,
                     "memory": memory,
+                    "allocator": alloc,
                     "targets": targets,
                     "variants": variants,
                     "count_over_blob_log": ratio,
