@@ -7,6 +7,7 @@ import resource
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,6 +45,10 @@ def faults():
 
 out = []
 for step in sys.argv[1:]:
+    if step == "pause":
+        with allocator.paused():
+            out.append((step, allocator.state(), faults()))
+        continue
     allocator.apply(step == "on")
     out.append((step, allocator.state(), faults()))
 print(out)
@@ -67,6 +72,44 @@ def test_tuned_allocator_reuses_freed_blocks_and_defaults_do_not():
     (_, s_on, f_on), (_, s_off, f_off) = _child("on", "off")
     assert (s_on, s_off) == (True, False)
     assert f_on < 0.05 * pages and f_off > 0.1 * pages
+
+
+@glibc
+def test_paused_gives_freed_blocks_back_and_then_tunes_again():
+    pages = (8 << 20) // resource.getpagesize()
+    (_, _, before), (_, s_pause, paused), (_, s_after, after) = _child("on", "pause", "on")
+    # inside: glibc's defaults, every 8 MiB block is a fresh mapping (faulted in again)
+    assert paused > 0.1 * pages and s_pause is True
+    # after: tuned again, the freed block is reused
+    assert before < 0.05 * pages and after < 0.05 * pages and s_after is True
+    # never tuned: paused() leaves glibc's own (dynamic) settings alone, the freed block is
+    # reused as before
+    (_, s_p, f_p), (_, s_off, _) = _child("pause", "off")
+    assert s_p is None and s_off is None and f_p < 0.05 * pages
+
+
+def test_segment_pauses_the_tuning_only_for_planes_cut_in_blocks(options, monkeypatch):
+    torch.manual_seed(0)
+    net = build_model({"architecture": "se_unet", "widths": [4, 8]})
+    save_model(net, make_card("alloc-seg", "segment", net.config, diameter=12.0), "alloc-seg")
+    entered = []
+    real = allocator.paused
+
+    def spy():
+        entered.append(True)
+        return real()
+
+    monkeypatch.setattr(allocator, "paused", spy)
+    img = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    engine.segment(img, "alloc-seg", device="cpu", seeds="interior", diameter=12.0)
+    assert entered == []
+    monkeypatch.setattr(engine, "SEGMENT_BLOCK_PIXELS", 64 * 64)
+    monkeypatch.setattr(engine, "SEGMENT_BLOCK", 48)
+    engine.segment(img, "alloc-seg", device="cpu", seeds="interior", diameter=12.0)
+    assert entered == [True]
+    options["segment_blocks"] = False
+    engine.segment(img, "alloc-seg", device="cpu", seeds="interior", diameter=12.0)
+    assert entered == [True]
 
 
 @glibc

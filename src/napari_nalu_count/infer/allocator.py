@@ -21,6 +21,7 @@ tunes it itself).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -105,3 +106,25 @@ def release() -> None:
     lib = _glibc()
     if lib is not None:
         lib.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def paused():
+    """glibc's default thresholds inside the block, the tuning (if on) again after it.
+
+    For work whose peak memory matters more than its page faults (segmentation of planes too
+    large to segment whole): freed memory goes back to the system at once."""
+    lib = _glibc()
+    if lib is None or _state is not True:
+        yield
+        return
+    with _lock:
+        lib.mallopt(_M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD)
+        lib.mallopt(_M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        lib.malloc_trim(0)
+    try:
+        yield
+    finally:
+        with _lock:
+            lib.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            lib.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
