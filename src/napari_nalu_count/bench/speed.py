@@ -293,23 +293,28 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 # calls before it behind: it is compared in separate processes instead (--allocator)
 
 
-def _memory_rows(size: int, threads: int, baseline: bool, segment: bool) -> list[dict]:
-    """Peak RSS of count / segment on a SIZE x SIZE uint16 image, one child process each."""
+def _child_row(task: str, conf: str, args: list[str]) -> dict:
+    """One ``_memory_child`` process: its JSON line (printed as it arrives), or an error row."""
     import subprocess
     import sys
 
+    cmd = [sys.executable, "-m", "napari_nalu_count.bench._memory_child", task, *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {"task": task, "configuration": conf, "error": out.stderr[-500:]}
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _memory_rows(size: int, threads: int, baseline: bool, segment: bool) -> list[dict]:
+    """Peak RSS of count / segment on a SIZE x SIZE uint16 image, one child process each."""
     rows = []
     tasks = ["count"] + (["segment"] if segment else [])
     for task in tasks:
         for conf in ["current"] + (["baseline"] if baseline else []):
-            cmd = [sys.executable, "-m", "napari_nalu_count.bench._memory_child", task]
-            cmd += [str(size), str(threads)] + (["baseline"] if conf == "baseline" else [])
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if out.returncode != 0:
-                rows.append({"task": task, "configuration": conf, "error": out.stderr[-500:]})
-                continue
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(json.dumps(rows[-1]), flush=True)
+            extra = ["baseline"] if conf == "baseline" else []
+            rows.append(_child_row(task, conf, [str(size), str(threads)] + extra))
     return rows
 
 
@@ -317,23 +322,13 @@ def _allocator_rows(size: int, threads: int, rounds: int, segment: bool) -> dict
     """The engine with its allocator tuning against glibc's defaults (``--allocator``): for each
     task, ``rounds`` pairs of child processes (order alternating), each the best of 2 steady
     calls on a SIZE x SIZE uint16 image; the median of the children per configuration."""
-    import subprocess
-    import sys
-
     rows: list[dict] = []
     summary: dict[str, dict] = {}
     for task in ["count"] + (["segment"] if segment else []):
         for r in range(max(1, rounds)):
             confs = ("current", "untuned") if r % 2 == 0 else ("untuned", "current")
             for conf in confs:
-                cmd = [sys.executable, "-m", "napari_nalu_count.bench._memory_child", task]
-                cmd += [str(size), str(threads), conf, "2"]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                if out.returncode != 0:
-                    rows.append({"task": task, "configuration": conf, "error": out.stderr[-500:]})
-                    continue
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(json.dumps(rows[-1]), flush=True)
+                rows.append(_child_row(task, conf, [str(size), str(threads), conf, "2"]))
         per = {}
         for conf in ("current engine", "current engine, glibc allocator defaults"):
             ok = [x for x in rows if x.get("task") == task and x.get("configuration") == conf]
