@@ -44,25 +44,30 @@ BASELINE_OPTIONS: dict[str, Any] = {
     "inplace_relu": False,
     "_histogram_percentiles": False,
     "_fast_upsampling": False,
+    "_fast_downsampling": False,
 }
 
 
 @contextlib.contextmanager
 def engine_config(options: dict[str, Any]):
     """Run the engine with ``options`` (engine ``OPTIONS`` keys, plus
-    ``_histogram_percentiles``) and restore everything afterwards."""
+    ``_histogram_percentiles``, ``_fast_upsampling``, ``_fast_downsampling``) and restore
+    everything afterwards."""
     from napari_nalu_count.data import normalize
     from napari_nalu_count.infer import engine, scale
 
     saved = dict(engine.OPTIONS)
     saved_hist = normalize.HISTOGRAM_MIN_SIZE
     saved_up = scale.FAST_UPSAMPLING
+    saved_down = scale.FAST_DOWNSAMPLING
     try:
         for k, v in options.items():
             if k == "_histogram_percentiles":
                 normalize.HISTOGRAM_MIN_SIZE = saved_hist if v else 1 << 62
             elif k == "_fast_upsampling":
                 scale.FAST_UPSAMPLING = bool(v)
+            elif k == "_fast_downsampling":
+                scale.FAST_DOWNSAMPLING = bool(v)
             else:
                 engine.OPTIONS[k] = v
         yield
@@ -71,6 +76,7 @@ def engine_config(options: dict[str, Any]):
         engine.OPTIONS.update(saved)
         normalize.HISTOGRAM_MIN_SIZE = saved_hist
         scale.FAST_UPSAMPLING = saved_up
+        scale.FAST_DOWNSAMPLING = saved_down
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -287,6 +293,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
         "_histogram_percentiles": False,
     },
     "density upsampled by scipy (fast upsampling off)": {"_fast_upsampling": False},
+    "input shrunk by SciPy filter + zoom (fast downsampling off)": {"_fast_downsampling": False},
     "ReLU not in place (inplace_relu off)": {"inplace_relu": False},
 }
 # the allocator tuning (engine option malloc_tuning) is process-wide and leaves the heap of the

@@ -18,6 +18,7 @@ the size of chromatin texture on large nuclei and costs seconds per image.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -30,6 +31,12 @@ MIN_SCALE, MAX_SCALE = 1.0 / 16.0, 8.0
 #: bilinear upsampling by two separable NumPy passes instead of scipy.ndimage.zoom (same
 #: values up to float32 rounding, several times faster; see :func:`_bilinear_numpy`)
 FAST_UPSAMPLING = True
+#: shrinking (Gaussian anti-aliasing, then bilinear) as one banded sparse matrix per axis applied
+#: to the plane, instead of SciPy's Gaussian filter of the whole plane followed by
+#: ``ndi.zoom``: the same linear map (equal up to float32 rounding), 3-6x faster at 2048 px
+#: because the filter is evaluated only at the samples the zoom reads, and no full-size
+#: filtered copy of the plane is made (see :func:`_shrink_banded`)
+FAST_DOWNSAMPLING = True
 #: factors this close to 1 skip resampling entirely
 SCALE_TOLERANCE = 0.02
 
@@ -137,11 +144,56 @@ def _bilinear_numpy(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def _gaussian_taps(sigma: float) -> np.ndarray:
+    """The 1-D kernel of ``ndi.gaussian_filter(sigma)`` (truncated at 4 sigma, sum 1)."""
+    radius = int(4.0 * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (x / float(sigma)) ** 2)
+    return g / g.sum()
+
+
+@functools.lru_cache(maxsize=32)
+def _shrink_matrix(n_in: int, n_out: int, sigma: float):
+    """``(n_out, n_in)`` CSR float32 matrix of one axis of :func:`rescale_plane`'s shrink:
+    the Gaussian filter (``mode="nearest"``: indices clamped at the edges) composed with the
+    2-tap linear resampling of :func:`_linear_taps` (``ndi.zoom``'s ``order=1,
+    grid_mode=True, mode="nearest"``). Clamped taps that land on the same pixel add up."""
+    from scipy import sparse
+
+    i0, i1, w = _linear_taps(n_in, n_out)
+    g = _gaussian_taps(sigma) if sigma > 0 else np.ones(1)
+    k = np.arange(len(g)) - (len(g) - 1) // 2
+    w = w.astype(np.float64)[:, None]
+    cols = np.concatenate(
+        [np.clip(i0[:, None] + k, 0, n_in - 1), np.clip(i1[:, None] + k, 0, n_in - 1)], axis=1
+    )
+    vals = np.concatenate([(1.0 - w) * g, w * g], axis=1)
+    rows = np.repeat(np.arange(n_out), cols.shape[1])
+    m = sparse.csr_matrix(
+        (vals.ravel(), (rows, cols.ravel())), shape=(n_out, n_in), dtype=np.float64
+    )
+    return m.astype(np.float32)
+
+
+def _shrink_banded(plane: np.ndarray, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Gaussian filter then bilinear resampling of a float32 plane to ``shape`` as
+    ``My @ plane @ Mx.T`` with the banded matrices of :func:`_shrink_matrix`."""
+    my = _shrink_matrix(plane.shape[0], int(shape[0]), float(sigma))
+    mx = _shrink_matrix(plane.shape[1], int(shape[1]), float(sigma))
+    rows = my @ np.ascontiguousarray(plane)  # (out_h, W): the rows the output reads
+    out = (mx @ rows.T).T
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def rescale_plane(plane: np.ndarray, s: float) -> np.ndarray:
     """Resample a ``(H, W)`` plane by ``s`` (bilinear, Gaussian anti-aliasing when shrinking)."""
     plane = np.asarray(plane, dtype=np.float32)
     if s == 1.0:
         return plane
+    if s < 1.0 and FAST_DOWNSAMPLING:
+        shape = scaled_shape(plane.shape, s)
+        if shape[0] <= plane.shape[0] and shape[1] <= plane.shape[1]:
+            return _shrink_banded(plane, shape, max(0.0, (1.0 / s - 1.0) / 2.0))
     if s < 1.0:
         sigma = max(0.0, (1.0 / s - 1.0) / 2.0)
         plane = ndi.gaussian_filter(plane, sigma, mode="nearest", output=np.float32)
