@@ -534,3 +534,72 @@ def test_bundled_segmenter_on_synthetic_nuclei():
     s = cells((384, 384), n=60, seed=11, diameter=d)
     res = segment(s.image, device="cpu")
     assert res.count == pytest.approx(60, rel=0.3)
+
+
+@pytest.mark.parametrize("unit", ["nac", "nau", "nalu"])
+def test_fold_residuals_keeps_outputs(unit):
+    """A NAC/NAU residual branch folds into two 1x1 convolutions with the same output; a NALU
+    branch (not linear) is left alone. BN statistics are made non-trivial first so the fold
+    has something to fold."""
+    import copy
+
+    from napari_nalu_count.nn.blocks import ArithmeticResidual, FoldedArithmeticResidual
+    from napari_nalu_count.nn.unet import CountUNet
+
+    torch.manual_seed(0)
+    net = CountUNet(widths=(4, 8, 16), unit=unit, activation="leaky_relu", size_head=True)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    net.eval()
+    x = torch.randn(2, 1, 40, 48)
+    with torch.inference_mode():
+        ref = net(x)
+        for bn_first in (False, True):  # the squeeze's BN folded beforehand, or not
+            folded = copy.deepcopy(net)
+            if bn_first:
+                eng.fold_batchnorm(folded)
+            n = eng.fold_residuals(folded)
+            kinds = [type(r) for r in folded.residuals]
+            if unit == "nalu":
+                assert n == 0 and kinds == [ArithmeticResidual] * 2
+                if bn_first:  # the NALU's log/exp path magnifies BN folding's rounding
+                    continue
+            else:
+                assert n == 2 and kinds == [FoldedArithmeticResidual] * 2
+            torch.testing.assert_close(folded(x), ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="NAC or NAU"):
+        FoldedArithmeticResidual.from_residual(CountUNet(widths=(4, 8), unit="nalu").residuals[0])
+
+
+def test_prepared_counter_folds_its_residuals_and_counts_the_same():
+    from napari_nalu_count.models import make_card, save_model
+    from napari_nalu_count.nn.registry import build_model
+    from napari_nalu_count.nn.blocks import FoldedArithmeticResidual
+
+    torch.manual_seed(0)
+    net = build_model({"architecture": "unet_count", "widths": [4, 8, 16], "unit": "nau"})
+    for m in net.modules():  # non-trivial BN statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    save_model(net, make_card("fold-count", "count", net.config, diameter=10.0), "fold-count")
+    img = cells().image
+    before = dict(eng.OPTIONS)
+    try:
+        eng.OPTIONS["fold_residuals"] = False
+        plain = count(img, "fold-count", device="cpu")
+        eng.OPTIONS["fold_residuals"] = True
+        folded = count(img, "fold-count", device="cpu")
+        loaded = eng._resolve_model("fold-count", "count", torch.device("cpu"))
+        prepared = eng.prepare_net(loaded, torch.device("cpu"))
+    finally:
+        eng.OPTIONS.clear()
+        eng.OPTIONS.update(before)
+    assert sum(isinstance(m, FoldedArithmeticResidual) for m in prepared.modules()) == 2
+    assert abs(plain.count) > 1e-3
+    assert folded.count == pytest.approx(plain.count, rel=1e-4, abs=1e-4)
+    np.testing.assert_allclose(folded.density, plain.density, rtol=1e-3, atol=1e-6)

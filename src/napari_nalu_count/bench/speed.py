@@ -45,6 +45,7 @@ BASELINE_OPTIONS: dict[str, Any] = {
     "_histogram_percentiles": False,
     "_fast_upsampling": False,
     "_fast_downsampling": False,
+    "fold_residuals": False,
 }
 
 
@@ -294,6 +295,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     },
     "density upsampled by scipy (fast upsampling off)": {"_fast_upsampling": False},
     "input shrunk by SciPy filter + zoom (fast downsampling off)": {"_fast_downsampling": False},
+    "NAU residual branches not folded (fold_residuals off)": {"fold_residuals": False},
     "ReLU not in place (inplace_relu off)": {"inplace_relu": False},
 }
 # the allocator tuning (engine option malloc_tuning) is process-wide and leaves the heap of the

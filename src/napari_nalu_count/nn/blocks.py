@@ -165,6 +165,83 @@ class ArithmeticResidual(nn.Module):
         return self.unit.regularization()
 
 
+class FoldedArithmeticResidual(nn.Module):
+    """Inference form of an :class:`ArithmeticResidual` whose unit is linear (NAC or NAU).
+
+    In eval mode the branch ``BN(U skip)`` is affine in ``skip`` and the squeeze's 1x1
+    convolution is linear in its input, so ``squeeze(cat[main, BN(U skip)])`` equals
+    ``act(W_main main + (W_branch diag(g) U) skip + b')``: two 1x1 convolutions added, with no
+    unit pass, no batch norm and no concatenated tensor. Same ``forward(main, skip)``; built by
+    :meth:`from_residual` from an eval-mode residual (the squeeze's BN folded or not). Weights
+    are frozen copies: it is not trainable.
+    """
+
+    def __init__(
+        self, w_main: torch.Tensor, w_skip: torch.Tensor, bias: torch.Tensor, act: nn.Module
+    ) -> None:
+        super().__init__()
+        self.w_main = nn.Parameter(w_main[:, :, None, None].contiguous(), requires_grad=False)
+        self.w_skip = nn.Parameter(w_skip[:, :, None, None].contiguous(), requires_grad=False)
+        self.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
+        self.act = act
+
+    @staticmethod
+    def foldable(res: nn.Module) -> bool:
+        """Whether ``res`` is an :class:`ArithmeticResidual` with a linear unit (NAC, NAU)
+        and the layout this class folds."""
+        from .arithmetic import NAC, NAU, PerPixel
+
+        if not isinstance(res, ArithmeticResidual):
+            return False
+        unit = getattr(res.unit, "unit", None)
+        sq = res.squeeze
+        return (
+            isinstance(res.unit, PerPixel)
+            and isinstance(unit, NAC | NAU)
+            and len(sq) == 3
+            and isinstance(sq[0], nn.Conv2d)
+            and sq[0].kernel_size == (1, 1)
+            and sq[0].groups == 1
+            and isinstance(sq[1], nn.BatchNorm2d | nn.Identity)
+            and res.norm.running_mean is not None
+        )
+
+    @classmethod
+    def from_residual(cls, res: ArithmeticResidual) -> FoldedArithmeticResidual:
+        """The folded equivalent of an eval-mode ``res`` (``foldable(res)`` must hold)."""
+        if not cls.foldable(res):
+            raise ValueError("only a residual with a NAC or NAU unit and a 1x1 squeeze folds")
+
+        def affine(bn: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if isinstance(bn, nn.Identity):
+                return torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+            std = torch.sqrt(bn.running_var.double() + bn.eps)
+            gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(std)
+            beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(std)
+            g = gamma / std
+            return g, beta - bn.running_mean.double() * g
+
+        with torch.no_grad():
+            conv, bn_sq, act = res.squeeze[0], res.squeeze[1], res.squeeze[2]
+            w = conv.weight.double()[:, :, 0, 0]  # (out, main + skip): cat order [main, branch]
+            b = conv.bias.double() if conv.bias is not None else torch.zeros(w.shape[0]).double()
+            g_sq, c_sq = affine(bn_sq, w.shape[0])
+            u = res.unit.unit.weight.double()  # (skip, skip)
+            g, c = affine(res.norm, u.shape[0])
+            m = w.shape[1] - u.shape[0]
+            w_branch = w[:, m:]
+            w_main = g_sq[:, None] * w[:, :m]
+            w_skip = g_sq[:, None] * (w_branch @ (g[:, None] * u))
+            bias = g_sq * (b + w_branch @ c) + c_sq
+            dtype = conv.weight.dtype
+            return cls(w_main.to(dtype), w_skip.to(dtype), bias.to(dtype), act)
+
+    def forward(self, main: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(main, self.w_main, self.bias)
+        y += F.conv2d(skip, self.w_skip)
+        return self.act(y)
+
+
 def pad_to_multiple(x: torch.Tensor, stride: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Pad ``(N, C, H, W)`` so that H and W are multiples of ``stride``.
 
