@@ -577,8 +577,8 @@ def test_fold_residuals_keeps_outputs(unit):
 
 def test_prepared_counter_folds_its_residuals_and_counts_the_same():
     from napari_nalu_count.models import make_card, save_model
-    from napari_nalu_count.nn.registry import build_model
     from napari_nalu_count.nn.blocks import FoldedArithmeticResidual
+    from napari_nalu_count.nn.registry import build_model
 
     torch.manual_seed(0)
     net = build_model({"architecture": "unet_count", "widths": [4, 8, 16], "unit": "nau"})
