@@ -603,3 +603,63 @@ def test_prepared_counter_folds_its_residuals_and_counts_the_same():
     assert abs(plain.count) > 1e-3
     assert folded.count == pytest.approx(plain.count, rel=1e-4, abs=1e-4)
     np.testing.assert_allclose(folded.density, plain.density, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["count", "seg"])
+def test_split_decoders_keep_outputs(arch):
+    """Convolving up and skip separately and adding equals convolving their concatenation;
+    the block still accepts a concatenated input."""
+    import copy
+
+    from napari_nalu_count.nn.unet import (
+        CountUNet,
+        DoubleConv,
+        SEUNet,
+        SplitInputDoubleConv,
+        split_decoder_inputs,
+    )
+
+    torch.manual_seed(1)
+    if arch == "count":
+        net = CountUNet(widths=(4, 8, 16), unit="nau", size_head=True)
+    else:
+        net = SEUNet(widths=(4, 8, 16), fre={"B": 4, "X": 4.0, "seed": 0})
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x = torch.randn(2, 1, 40, 48)
+    with torch.inference_mode():
+        ref = net(x)
+        split = copy.deepcopy(net)
+        eng.fold_batchnorm(split)
+        assert split_decoder_inputs(split) == 2
+        assert all(isinstance(d, SplitInputDoubleConv) for d in split.decoders)
+        torch.testing.assert_close(split(x), ref, rtol=1e-4, atol=1e-5)
+        block = net.decoders[0]
+        assert isinstance(block, DoubleConv)
+        cat = torch.randn(1, 8, 12, 10)
+        torch.testing.assert_close(split.decoders[0](cat), block(cat), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="up_channels"):
+        SplitInputDoubleConv(net.decoders[0], 8)
+
+
+def test_split_decoders_option_gives_the_same_segmentation(seg_model):
+    img = cells().image
+    before = dict(eng.OPTIONS)
+    try:
+        eng.OPTIONS["split_decoders"] = False
+        plain = segment(img, seg_model, device="cpu", seeds="interior")
+        eng.OPTIONS["split_decoders"] = True
+        split = segment(img, seg_model, device="cpu", seeds="interior")
+        prepared = eng.prepare_net(
+            eng._resolve_model(seg_model, "segment", torch.device("cpu")), torch.device("cpu")
+        )
+    finally:
+        eng.OPTIONS.clear()
+        eng.OPTIONS.update(before)
+    from napari_nalu_count.nn.unet import SplitInputDoubleConv
+
+    assert any(isinstance(m, SplitInputDoubleConv) for m in prepared.modules())
+    np.testing.assert_array_equal(split.labels, plain.labels)

@@ -46,6 +46,7 @@ BASELINE_OPTIONS: dict[str, Any] = {
     "_fast_upsampling": False,
     "_fast_downsampling": False,
     "fold_residuals": False,
+    "split_decoders": False,
 }
 
 
@@ -296,6 +297,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "density upsampled by scipy (fast upsampling off)": {"_fast_upsampling": False},
     "input shrunk by SciPy filter + zoom (fast downsampling off)": {"_fast_downsampling": False},
     "NAU residual branches not folded (fold_residuals off)": {"fold_residuals": False},
+    "decoders convolve the concatenation (split_decoders off)": {"split_decoders": False},
     "ReLU not in place (inplace_relu off)": {"inplace_relu": False},
 }
 # the allocator tuning (engine option malloc_tuning) is process-wide and leaves the heap of the

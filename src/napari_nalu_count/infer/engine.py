@@ -71,6 +71,9 @@ OPTIONS: dict[str, Any] = {
     # a NAC/NAU residual branch (unit, BN, concat, 1x1 squeeze) becomes two added 1x1
     # convolutions in the inference copy (nn.blocks.FoldedArithmeticResidual)
     "fold_residuals": True,
+    # a U-Net decoder's first convolution split by input channels (up / skip) and the two
+    # results added, instead of convolving their concatenation (nn.unet.SplitInputDoubleConv)
+    "split_decoders": True,
     "channels_last": True,  # NHWC memory format: 2.1x faster on CPU (docs/benchmarks/speed.md)
     # ReLU modules of the inference copy work in place (each follows a convolution whose output
     # nothing else reads): 1.16x on the segmenter's network; LeakyReLU in place measured slower
@@ -330,6 +333,7 @@ def prepare_net(loaded: Any, device: torch.device) -> Any:
         str(device),
         OPTIONS["fuse_bn"],
         OPTIONS["fold_residuals"],
+        OPTIONS["split_decoders"],
         OPTIONS["channels_last"],
         OPTIONS["compile"],
         OPTIONS["inplace_relu"],
@@ -344,7 +348,7 @@ def prepare_net(loaded: Any, device: torch.device) -> Any:
     net = copy.deepcopy(src).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    if OPTIONS["fuse_bn"] or OPTIONS["fold_residuals"]:
+    if OPTIONS["fuse_bn"] or OPTIONS["fold_residuals"] or OPTIONS["split_decoders"]:
         check = torch.randn(
             1, _in_channels(loaded), 64, 64, generator=torch.Generator().manual_seed(0)
         )
@@ -353,6 +357,10 @@ def prepare_net(loaded: Any, device: torch.device) -> Any:
         fused = copy.deepcopy(net)
         folded = fold_batchnorm(fused) if OPTIONS["fuse_bn"] else 0
         folded += fold_residuals(fused) if OPTIONS["fold_residuals"] else 0
+        if OPTIONS["split_decoders"]:
+            from napari_nalu_count.nn.unet import split_decoder_inputs
+
+            folded += split_decoder_inputs(fused)
         if folded:
             with torch.inference_mode():
                 out = fused(check)
@@ -361,7 +369,8 @@ def prepare_net(loaded: Any, device: torch.device) -> Any:
                 net = fused
             else:  # pragma: no cover - would mean an unexpected module layout
                 warnings.warn(
-                    "folding BN / residual units changed the output; using the plain network"
+                    "folding BN / residual units or splitting decoder inputs changed the "
+                    "output; using the plain network"
                 )
     if OPTIONS["inplace_relu"]:
         _relu_in_place(net)

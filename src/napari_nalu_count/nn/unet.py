@@ -57,6 +57,63 @@ class DoubleConv(nn.Sequential):
         super().__init__(*layers)
 
 
+class SplitInputDoubleConv(nn.Module):
+    """Inference form of a decoder's :class:`DoubleConv` that reads ``cat([up, skip])``.
+
+    A convolution of a channel concatenation is the sum of the convolutions of its parts, so
+    the first 3x3 convolution is split by input channels into one for ``up`` and one for
+    ``skip`` and ``forward_pair(up, skip)`` adds them: no concatenated tensor is written and
+    read again. The rest of the block (BN, activation, second convolution, SE) is the original
+    modules. Built by :meth:`from_double_conv` from an eval-mode block; not trainable.
+    """
+
+    def __init__(self, block: DoubleConv, up_channels: int) -> None:
+        super().__init__()
+        first = block[0]
+        conv = first[0]
+        if not (isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.dilation == (1, 1)):
+            raise ValueError("only a plain first convolution can be split")
+        if not 0 < up_channels < conv.in_channels:
+            raise ValueError(f"up_channels {up_channels} outside 1..{conv.in_channels - 1}")
+        w = conv.weight.detach()
+        self.w_up = nn.Parameter(w[:, :up_channels].clone(), requires_grad=False)
+        self.w_skip = nn.Parameter(w[:, up_channels:].clone(), requires_grad=False)
+        b = conv.bias
+        self.bias = None if b is None else nn.Parameter(b.detach().clone(), requires_grad=False)
+        self.stride, self.padding = conv.stride, conv.padding
+        self.first_rest = nn.Sequential(*list(first)[1:])  # BN (or Identity once folded), act
+        self.rest = nn.Sequential(*list(block)[1:])  # second ConvBNAct [+ SE]
+
+    @classmethod
+    def from_double_conv(cls, block: DoubleConv, up_channels: int) -> SplitInputDoubleConv:
+        return cls(block, up_channels)
+
+    def forward_pair(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(up, self.w_up, self.bias, self.stride, self.padding)
+        y += F.conv2d(skip, self.w_skip, None, self.stride, self.padding)
+        return self.rest(self.first_rest(y))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on an already concatenated ``cat([up, skip])`` input."""
+        c = self.w_up.shape[1]
+        return self.forward_pair(x[:, :c], x[:, c:])
+
+
+def split_decoder_inputs(net: nn.Module) -> int:
+    """Replace the decoders of every U-Net in ``net`` (eval mode, in place) by
+    :class:`SplitInputDoubleConv`; returns how many were replaced."""
+    n = 0
+    for module in list(net.modules()):
+        if not isinstance(module, _UNet):
+            continue
+        for i, dec in enumerate(module.decoders):
+            if isinstance(dec, DoubleConv):
+                up = module.ups[i].out_channels
+                module.decoders[i] = SplitInputDoubleConv.from_double_conv(dec, up)
+                n += 1
+    return n
+
+
 class _UNet(PaddedNet):
     """Shared U-Net body: ``(N, in_channels, H, W) -> (N, out_channels, H, W)``."""
 
@@ -135,7 +192,11 @@ class _UNet(PaddedNet):
         if self.fre is not None:
             h = self.fre(h)
         for i in reversed(range(self.depth)):
-            h = self.decoders[i](torch.cat([self.ups[i](h), skips[i]], dim=1))
+            dec = self.decoders[i]
+            if isinstance(dec, SplitInputDoubleConv):  # inference copies (engine)
+                h = dec.forward_pair(self.ups[i](h), skips[i])
+            else:
+                h = dec(torch.cat([self.ups[i](h), skips[i]], dim=1))
             if self.residuals is not None:
                 h = self.residuals[i](h, skips[i])
         if self.size_head is not None:
