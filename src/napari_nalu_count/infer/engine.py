@@ -1481,7 +1481,7 @@ def segment_events(
                 yield runner.report("segment: estimating the nucleus size")
             s = scale.resolve(raw, _size_normalized(card, norm))
             del raw
-            if OPTIONS["segment_blocks"] and h * w > SEGMENT_BLOCK_PIXELS:
+            if big:
                 model_plane = _model_input(norm, s, scale.card_diameter, background)
                 del norm
                 mshape = model_plane.shape

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_nalu_count.errors import InputError
+from napari_nalu_count.infer.postprocess import _relabel
 
 #: resampling factors outside this range are refused (the image would grow or vanish)
 MIN_SCALE, MAX_SCALE = 1.0 / 16.0, 8.0
@@ -190,12 +191,11 @@ def rescale_plane(plane: np.ndarray, s: float) -> np.ndarray:
     plane = np.asarray(plane, dtype=np.float32)
     if s == 1.0:
         return plane
-    if s < 1.0 and FAST_DOWNSAMPLING:
-        shape = scaled_shape(plane.shape, s)
-        if shape[0] <= plane.shape[0] and shape[1] <= plane.shape[1]:
-            return _shrink_banded(plane, shape, max(0.0, (1.0 / s - 1.0) / 2.0))
     if s < 1.0:
         sigma = max(0.0, (1.0 / s - 1.0) / 2.0)
+        shape = scaled_shape(plane.shape, s)
+        if FAST_DOWNSAMPLING and shape[0] <= plane.shape[0] and shape[1] <= plane.shape[1]:
+            return _shrink_banded(plane, shape, sigma)
         plane = ndi.gaussian_filter(plane, sigma, mode="nearest", output=np.float32)
     return _zoom_to(plane, scaled_shape(plane.shape, s), order=1)
 
@@ -236,8 +236,6 @@ def labels_to_original(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray
     # columns first on the small array, then whole rows (contiguous copies): 8x faster than
     # labels[rows][:, cols] at 1170 -> 2048 px, the same pixels
     out = np.take(np.take(labels, cols, axis=1), rows, axis=0)
-    from napari_nalu_count.infer.postprocess import _relabel
-
     return _relabel(out)
 
 

@@ -64,7 +64,7 @@ class SplitInputDoubleConv(nn.Module):
     the first 3x3 convolution is split by input channels into one for ``up`` and one for
     ``skip`` and ``forward_pair(up, skip)`` adds them: no concatenated tensor is written and
     read again. The rest of the block (BN, activation, second convolution, SE) is the original
-    modules. Built by :meth:`from_double_conv` from an eval-mode block; not trainable.
+    modules. Built from an eval-mode block; not trainable.
     """
 
     def __init__(self, block: DoubleConv, up_channels: int) -> None:
@@ -83,10 +83,6 @@ class SplitInputDoubleConv(nn.Module):
         self.stride, self.padding = conv.stride, conv.padding
         self.first_rest = nn.Sequential(*list(first)[1:])  # BN (or Identity once folded), act
         self.rest = nn.Sequential(*list(block)[1:])  # second ConvBNAct [+ SE]
-
-    @classmethod
-    def from_double_conv(cls, block: DoubleConv, up_channels: int) -> SplitInputDoubleConv:
-        return cls(block, up_channels)
 
     def forward_pair(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         y = F.conv2d(up, self.w_up, self.bias, self.stride, self.padding)
@@ -109,7 +105,7 @@ def split_decoder_inputs(net: nn.Module) -> int:
         for i, dec in enumerate(module.decoders):
             if isinstance(dec, DoubleConv):
                 up = module.ups[i].out_channels
-                module.decoders[i] = SplitInputDoubleConv.from_double_conv(dec, up)
+                module.decoders[i] = SplitInputDoubleConv(dec, up)
                 n += 1
     return n
 
