@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import resource
 import subprocess
 import sys
@@ -29,16 +30,22 @@ def restore_allocator():
 #: run in a fresh process: a heap that earlier tests grew serves blocks of any size from free
 #: chunks, whatever the thresholds say
 CHILD = """
-import resource, sys
+import os, resource, sys
 import numpy as np
 from napari_nalu_count.infer import allocator
 
+MIB = int(os.environ.get("ALLOC_TEST_MIB", "8"))
+allocator.DISABLE_MMAP = os.environ.get("ALLOC_TEST_NO_MMAP", "1") == "1"
+# NumPy asks for transparent huge pages for large arrays (fewer, larger faults); torch does not
+hugepages = getattr(np, "_core", getattr(np, "core", None)).multiarray
+hugepages._set_madvise_hugepage(False)
+
 def faults():
-    # minor page faults of allocating, touching and freeing 8 MiB (median of 5 after one)
+    # minor page faults of allocating, touching and freeing MIB MiB (median of 5 after one)
     counts = []
     for _ in range(6):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        a = np.ones((8 << 20) // 4, dtype=np.float32)
+        a = np.ones((MIB << 20) // 4, dtype=np.float32)
         del a
         counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return float(np.median(counts[1:]))
@@ -55,9 +62,10 @@ print(out)
 """
 
 
-def _child(*steps: str) -> list[tuple[str, bool | None, float]]:
+def _child(*steps: str, mib: int = 8, no_mmap: bool = True) -> list[tuple[str, bool | None, float]]:
+    env = dict(os.environ, ALLOC_TEST_MIB=str(mib), ALLOC_TEST_NO_MMAP="1" if no_mmap else "0")
     res = subprocess.run(
-        [sys.executable, "-c", CHILD, *steps], capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, *steps], capture_output=True, text=True, check=True, env=env
     )
     return ast.literal_eval(res.stdout.strip().splitlines()[-1])
 
@@ -86,6 +94,20 @@ def test_paused_gives_freed_blocks_back_and_then_tunes_again():
     # reused as before
     (_, s_p, f_p), (_, s_off, _) = _child("pause", "off")
     assert s_p is None and s_off is None and f_p < 0.05 * pages
+
+
+@glibc
+def test_blocks_above_glibcs_mmap_threshold_cap_are_reused_only_with_mmap_disabled():
+    # glibc caps M_MMAP_THRESHOLD at 32 MiB: a 40 MiB block (the segmenter's 16-channel
+    # activations of a 752 px tile are 34.5 MiB) is a fresh mapping unless mmap is disabled
+    pages = (40 << 20) // resource.getpagesize()
+    ((_, state, faults),) = _child("on", mib=40)
+    assert state is True and faults < 0.05 * pages
+    ((_, state, faults),) = _child("on", mib=40, no_mmap=False)
+    assert state is True and faults > 0.5 * pages
+    # paused: glibc's defaults again (mmap allowed), the block is faulted in every time
+    (_, _, on), (_, _, paused), (_, _, again) = _child("on", "pause", "on", mib=40)
+    assert on < 0.05 * pages and paused > 0.5 * pages and again < 0.05 * pages
 
 
 def test_segment_pauses_the_tuning_only_for_planes_cut_in_blocks(options, monkeypatch):

@@ -49,7 +49,8 @@ def test_bench_speed_allocator_compares_separate_processes(tmp_path, capsys):
     argv = ["bench", "speed", "--size", "128", "--repeats", "1", "--no-segment", "--allocator"]
     argv += ["--threads", "1", "--json", str(out)]
     assert cli.main(argv) == 0
-    assert "allocator count 128 px: tuned" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "allocator count 128 px: tuned" in printed
     data = json.loads(out.read_text())["allocator"]
     rows = {r["configuration"]: r for r in data["rows"]}
     tuned, plain = rows["current engine"], rows["current engine, glibc allocator defaults"]
@@ -58,3 +59,9 @@ def test_bench_speed_allocator_compares_separate_processes(tmp_path, capsys):
     assert tuned["count"] == pytest.approx(plain["count"], rel=1e-5)  # same result either way
     assert len(tuned["times"]) == 2 and len(tuned["minor_faults"]) == 2
     assert data["summary"]["count"]["speedup"] > 0
+    # the round-7 tuning (mmap still allowed above glibc's 32 MiB threshold cap): tuned too
+    mmap = rows["current engine, allocator tuned with mmap allowed"]
+    assert mmap["allocator_tuned"] is (allocator._glibc() is not None)
+    assert mmap["count"] == pytest.approx(tuned["count"], rel=1e-5)
+    assert data["summary"]["count"]["speedup_no_mmap"] > 0
+    assert "vs mmap allowed" in printed

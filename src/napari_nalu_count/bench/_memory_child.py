@@ -6,7 +6,9 @@ synthetic uint16 image, its peak resident memory and time as one JSON line on st
 CONF: ``current`` (default), ``baseline`` (the previous engine's switches, glibc's allocator
 defaults) or ``untuned`` (the
 current engine with glibc's allocator left at its defaults, ``NALU_COUNT_MALLOC_TUNING=0``: a
-process-wide setting, so compared in separate processes). REPEATS > 1: one untimed call on the
+process-wide setting, so compared in separate processes) or ``mmap`` (the tuned thresholds
+with ``mmap`` still allowed for blocks above glibc's 32 MiB threshold cap, round 7's tuning:
+``allocator.DISABLE_MMAP`` off). REPEATS > 1: one untimed call on the
 whole image first, then the best of REPEATS timed calls (steady state, as ``bench speed``).
 
 The image is tiled from 1024 px synthetic fields (nuclei of 28.66 px, as the speed image), so
@@ -35,14 +37,18 @@ def _status(key: str) -> int:
 def main(argv: list[str]) -> int:
     task, size, threads = argv[0], int(argv[1]), int(argv[2])
     conf = argv[3] if len(argv) > 3 else "current"
-    if conf not in ("current", "baseline", "untuned"):
-        raise SystemExit(f"unknown configuration {conf!r}: current, baseline or untuned")
+    if conf not in ("current", "baseline", "untuned", "mmap"):
+        raise SystemExit(f"unknown configuration {conf!r}: current, baseline, untuned or mmap")
     repeats = max(1, int(argv[4])) if len(argv) > 4 else 1
     baseline = conf == "baseline"
     if conf in ("untuned", "baseline"):  # the previous engine did not tune the allocator
         from napari_nalu_count.infer import allocator
 
         os.environ[allocator.ENV] = "0"
+    if conf == "mmap":  # tuned thresholds, but large blocks still mmapped (round 7's tuning)
+        from napari_nalu_count.infer import allocator
+
+        allocator.DISABLE_MMAP = False
     import resource
 
     import numpy as np
@@ -90,6 +96,7 @@ def main(argv: list[str]) -> int:
             "current": "current engine",
             "baseline": "previous engine",
             "untuned": "current engine, glibc allocator defaults",
+            "mmap": "current engine, allocator tuned with mmap allowed",
         }[conf],
         "seconds": round(seconds, 3),
         "times": [round(t, 3) for t in times],

@@ -330,18 +330,20 @@ def _memory_rows(size: int, threads: int, baseline: bool, segment: bool) -> list
 
 
 def _allocator_rows(size: int, threads: int, rounds: int, segment: bool) -> dict:
-    """The engine with its allocator tuning against glibc's defaults (``--allocator``): for each
-    task, ``rounds`` pairs of child processes (order alternating), each the best of 2 steady
-    calls on a SIZE x SIZE uint16 image; the median of the children per configuration."""
+    """The engine with its allocator tuning against glibc's defaults and against the tuning with
+    ``mmap`` still allowed for large blocks (``--allocator``): for each task, ``rounds`` rounds of
+    child processes (order rotating), each the best of 2 steady calls on a SIZE x SIZE uint16
+    image; the median of the children per configuration."""
     rows: list[dict] = []
     summary: dict[str, dict] = {}
+    order = ["current", "untuned", "mmap"]
     for task in ["count"] + (["segment"] if segment else []):
         for r in range(max(1, rounds)):
-            confs = ("current", "untuned") if r % 2 == 0 else ("untuned", "current")
+            confs = order[r % 3 :] + order[: r % 3]
             for conf in confs:
                 rows.append(_child_row(task, conf, [str(size), str(threads), conf, "2"]))
         per = {}
-        for conf in ("current engine", "current engine, glibc allocator defaults"):
+        for conf in ALLOCATOR_CONFS:
             ok = [x for x in rows if x.get("task") == task and x.get("configuration") == conf]
             if ok:
                 per[conf] = {
@@ -350,11 +352,24 @@ def _allocator_rows(size: int, threads: int, rounds: int, segment: bool) -> dict
                     "peak_rss_mib_max": max(x["peak_rss_mib"] for x in ok),
                     "children": len(ok),
                 }
-        if len(per) == 2:
-            a, b = per["current engine"], per["current engine, glibc allocator defaults"]
-            per["speedup"] = b["seconds_median"] / a["seconds_median"]
+        cur = per.get(ALLOCATOR_CONFS[0])
+        if cur is not None:
+            if ALLOCATOR_CONFS[1] in per:
+                per["speedup"] = per[ALLOCATOR_CONFS[1]]["seconds_median"] / cur["seconds_median"]
+            if ALLOCATOR_CONFS[2] in per:
+                per["speedup_no_mmap"] = (
+                    per[ALLOCATOR_CONFS[2]]["seconds_median"] / cur["seconds_median"]
+                )
         summary[task] = per
     return {"size": size, "rounds": rounds, "rows": rows, "summary": summary}
+
+
+#: the child configurations of --allocator, as the children name them
+ALLOCATOR_CONFS = (
+    "current engine",
+    "current engine, glibc allocator defaults",
+    "current engine, allocator tuned with mmap allowed",
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -656,16 +671,20 @@ def run(args: argparse.Namespace) -> int:
                 )
     if alloc:
         for task, per in alloc["summary"].items():
-            if "speedup" in per:
-                a = per["current engine"]
-                b = per["current engine, glibc allocator defaults"]
-                print(
-                    f"allocator {task} {size} px: tuned {a['seconds_median']:.3f} s "
-                    f"({a['minor_faults_median']:.0f} faults, peak {a['peak_rss_mib_max']:.0f} "
-                    f"MiB) vs glibc defaults {b['seconds_median']:.3f} s "
-                    f"({b['minor_faults_median']:.0f} faults, peak {b['peak_rss_mib_max']:.0f} "
-                    f"MiB): {per['speedup']:.2f}x"
-                )
+            a = per.get(ALLOCATOR_CONFS[0])
+            for conf, key, label in (
+                (ALLOCATOR_CONFS[1], "speedup", "glibc defaults"),
+                (ALLOCATOR_CONFS[2], "speedup_no_mmap", "mmap allowed"),
+            ):
+                if key in per:
+                    b = per[conf]
+                    print(
+                        f"allocator {task} {size} px: tuned {a['seconds_median']:.3f} s "
+                        f"({a['minor_faults_median']:.0f} faults, peak "
+                        f"{a['peak_rss_mib_max']:.0f} MiB) vs {label} {b['seconds_median']:.3f} s "
+                        f"({b['minor_faults_median']:.0f} faults, peak {b['peak_rss_mib_max']:.0f} "
+                        f"MiB): {per[key]:.2f}x"
+                    )
     net_frac = next(r for r in rows if r["what"].startswith("count network only, current"))
     targets = _targets(rows, net_frac, small, memory, size_estimate)
     for k, v in targets.items():

@@ -9,8 +9,15 @@ tensor, 1.8 ms into a reused one).
 
 Tuned, tensors up to :data:`MMAP_THRESHOLD` come from the heap and up to :data:`TRIM_THRESHOLD`
 of freed heap is kept for the next layer instead of being returned at once (faults per segment
-call about 400k -> 70k). The price is resident memory that stays mapped between calls (up to
-TRIM_THRESHOLD); ``docs/benchmarks/speed.md`` (round 7) has the measured gain and peak memory.
+call about 400k -> 70k). glibc caps that threshold at 32 MiB, and the segmenter's largest
+activations (16 channels of a 752 x 752 tile: 34.5 MiB) are just above it: every one of them was
+still a fresh ``mmap``, about 15 ms of page faults each (an out-of-place multiply of such a
+tensor: 17 ms, in place 1.7 ms). With :data:`DISABLE_MMAP` (on) ``mmap`` is not used for
+allocations at all (``M_MMAP_MAX`` = 0): they come from the heap, which keeps up to
+TRIM_THRESHOLD of freed memory at its top (a 2048 x 2048 segment call: 141k -> ~0 faults).
+Where the heap cannot grow glibc still falls back to ``mmap``. The price is resident memory
+that stays mapped between calls (up to TRIM_THRESHOLD); ``docs/benchmarks/speed.md`` (rounds 7
+and 9) has the measured gains and peak memory.
 
 Only glibc (Linux) has ``mallopt``; elsewhere this is a no-op. The settings are process-wide:
 they are applied once, when the engine first prepares a network with the option on, and put
@@ -32,12 +39,16 @@ import threading
 MMAP_THRESHOLD = 32 << 20
 #: free memory at the top of the heap above this is given back to the system
 TRIM_THRESHOLD = 256 << 20
+#: allocations never use ``mmap`` while tuned (``M_MMAP_MAX`` = 0; see the module docstring)
+DISABLE_MMAP = True
 #: glibc's defaults, restored when the option is turned off
 DEFAULT_MMAP_THRESHOLD = 128 << 10
 DEFAULT_TRIM_THRESHOLD = 128 << 10
+DEFAULT_MMAP_MAX = 65536
 #: ``mallopt`` parameter numbers (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 ENV = "NALU_COUNT_MALLOC_TUNING"
 
 _lock = threading.Lock()
@@ -90,15 +101,26 @@ def apply(on: bool) -> bool:
         return False
     with _lock:
         if want:
-            ok = lib.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-            ok = lib.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
+            ok = _tune(lib)
             _state = ok
             return ok
-        lib.mallopt(_M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD)
-        lib.mallopt(_M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        _restore(lib)
         lib.malloc_trim(0)
         _state = False
         return False
+
+
+def _tune(lib: ctypes.CDLL) -> bool:
+    ok = lib.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    ok = lib.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
+    mmap_max = 0 if DISABLE_MMAP else DEFAULT_MMAP_MAX
+    return lib.mallopt(_M_MMAP_MAX, mmap_max) == 1 and ok
+
+
+def _restore(lib: ctypes.CDLL) -> None:
+    lib.mallopt(_M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD)
+    lib.mallopt(_M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+    lib.mallopt(_M_MMAP_MAX, DEFAULT_MMAP_MAX)
 
 
 def release() -> None:
@@ -119,12 +141,10 @@ def paused():
         yield
         return
     with _lock:
-        lib.mallopt(_M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD)
-        lib.mallopt(_M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        _restore(lib)
         lib.malloc_trim(0)
     try:
         yield
     finally:
         with _lock:
-            lib.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-            lib.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+            _tune(lib)
