@@ -34,21 +34,29 @@ def _status(key: str) -> int:
     raise KeyError(key)
 
 
+#: CONF argument -> the configuration's name in the JSON line (``bench speed`` reads it back)
+CONFIGURATIONS = {
+    "current": "current engine",
+    "baseline": "previous engine",
+    "untuned": "current engine, glibc allocator defaults",
+    "mmap": "current engine, allocator tuned with mmap allowed",
+}
+
+
 def main(argv: list[str]) -> int:
     task, size, threads = argv[0], int(argv[1]), int(argv[2])
     conf = argv[3] if len(argv) > 3 else "current"
-    if conf not in ("current", "baseline", "untuned", "mmap"):
-        raise SystemExit(f"unknown configuration {conf!r}: current, baseline, untuned or mmap")
+    if conf not in CONFIGURATIONS:
+        raise SystemExit(f"unknown configuration {conf!r}: {', '.join(CONFIGURATIONS)}")
     repeats = max(1, int(argv[4])) if len(argv) > 4 else 1
     baseline = conf == "baseline"
-    if conf in ("untuned", "baseline"):  # the previous engine did not tune the allocator
+    if conf != "current":
         from napari_nalu_count.infer import allocator
 
-        os.environ[allocator.ENV] = "0"
-    if conf == "mmap":  # tuned thresholds, but large blocks still mmapped (round 7's tuning)
-        from napari_nalu_count.infer import allocator
-
-        allocator.DISABLE_MMAP = False
+        if conf == "mmap":  # tuned thresholds, large blocks still mmapped (round 7's tuning)
+            allocator.DISABLE_MMAP = False
+        else:  # untuned, and the previous engine, which did not tune the allocator
+            os.environ[allocator.ENV] = "0"
     import resource
 
     import numpy as np
@@ -92,12 +100,7 @@ def main(argv: list[str]) -> int:
         "task": task,
         "size": size,
         "threads": threads,
-        "configuration": {
-            "current": "current engine",
-            "baseline": "previous engine",
-            "untuned": "current engine, glibc allocator defaults",
-            "mmap": "current engine, allocator tuned with mmap allowed",
-        }[conf],
+        "configuration": CONFIGURATIONS[conf],
         "seconds": round(seconds, 3),
         "times": [round(t, 3) for t in times],
         "minor_faults": faults,

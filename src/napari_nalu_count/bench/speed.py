@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_nalu_count.bench._memory_child import CONFIGURATIONS
+
 #: the engine as it was before issue 17's speed work, as far as switches reach: PyTorch for the
 #: networks, full-size tiles, every plane normalised by each step that needs it (segment: three
 #: times), the seed counter's density resampled to the image, percentiles by partitioning,
@@ -329,6 +331,11 @@ def _memory_rows(size: int, threads: int, baseline: bool, segment: bool) -> list
     return rows
 
 
+#: the child configurations of --allocator (``_memory_child`` CONF) and the summary key of the
+#: current engine's speed-up over each
+ALLOCATOR_CONFS = {"current": None, "untuned": "speedup", "mmap": "speedup_no_mmap"}
+
+
 def _allocator_rows(size: int, threads: int, rounds: int, segment: bool) -> dict:
     """The engine with its allocator tuning against glibc's defaults and against the tuning with
     ``mmap`` still allowed for large blocks (``--allocator``): for each task, ``rounds`` rounds of
@@ -336,40 +343,31 @@ def _allocator_rows(size: int, threads: int, rounds: int, segment: bool) -> dict
     image; the median of the children per configuration."""
     rows: list[dict] = []
     summary: dict[str, dict] = {}
-    order = ["current", "untuned", "mmap"]
+    order = list(ALLOCATOR_CONFS)
     for task in ["count"] + (["segment"] if segment else []):
         for r in range(max(1, rounds)):
-            confs = order[r % 3 :] + order[: r % 3]
-            for conf in confs:
+            k = r % len(order)
+            for conf in order[k:] + order[:k]:
                 rows.append(_child_row(task, conf, [str(size), str(threads), conf, "2"]))
         per = {}
         for conf in ALLOCATOR_CONFS:
-            ok = [x for x in rows if x.get("task") == task and x.get("configuration") == conf]
+            name = CONFIGURATIONS[conf]
+            ok = [x for x in rows if x.get("task") == task and x.get("configuration") == name]
             if ok:
-                per[conf] = {
+                per[name] = {
                     "seconds_median": float(np.median([x["seconds"] for x in ok])),
                     "minor_faults_median": float(np.median([min(x["minor_faults"]) for x in ok])),
                     "peak_rss_mib_max": max(x["peak_rss_mib"] for x in ok),
                     "children": len(ok),
                 }
-        cur = per.get(ALLOCATOR_CONFS[0])
+        cur = per.get(CONFIGURATIONS["current"])
         if cur is not None:
-            if ALLOCATOR_CONFS[1] in per:
-                per["speedup"] = per[ALLOCATOR_CONFS[1]]["seconds_median"] / cur["seconds_median"]
-            if ALLOCATOR_CONFS[2] in per:
-                per["speedup_no_mmap"] = (
-                    per[ALLOCATOR_CONFS[2]]["seconds_median"] / cur["seconds_median"]
-                )
+            for conf, key in ALLOCATOR_CONFS.items():
+                if key and CONFIGURATIONS[conf] in per:
+                    other = per[CONFIGURATIONS[conf]]
+                    per[key] = other["seconds_median"] / cur["seconds_median"]
         summary[task] = per
     return {"size": size, "rounds": rounds, "rows": rows, "summary": summary}
-
-
-#: the child configurations of --allocator, as the children name them
-ALLOCATOR_CONFS = (
-    "current engine",
-    "current engine, glibc allocator defaults",
-    "current engine, allocator tuned with mmap allowed",
-)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -671,13 +669,11 @@ def run(args: argparse.Namespace) -> int:
                 )
     if alloc:
         for task, per in alloc["summary"].items():
-            a = per.get(ALLOCATOR_CONFS[0])
-            for conf, key, label in (
-                (ALLOCATOR_CONFS[1], "speedup", "glibc defaults"),
-                (ALLOCATOR_CONFS[2], "speedup_no_mmap", "mmap allowed"),
-            ):
+            a = per.get(CONFIGURATIONS["current"])
+            for conf, label in (("untuned", "glibc defaults"), ("mmap", "mmap allowed")):
+                key = ALLOCATOR_CONFS[conf]
                 if key in per:
-                    b = per[conf]
+                    b = per[CONFIGURATIONS[conf]]
                     print(
                         f"allocator {task} {size} px: tuned {a['seconds_median']:.3f} s "
                         f"({a['minor_faults_median']:.0f} faults, peak "
