@@ -110,6 +110,28 @@ def test_blocks_above_glibcs_mmap_threshold_cap_are_reused_only_with_mmap_disabl
     assert on < 0.05 * pages and paused > 0.5 * pages and again < 0.05 * pages
 
 
+@glibc
+def test_large_blocks_in_a_worker_thread_still_allocate_with_mmap_disabled():
+    # a thread's arena grows in heaps of at most 64 MiB; with mmap disabled glibc must fall back
+    # to the main arena for larger blocks (napari runs inference in worker threads)
+    code = """
+import threading
+import numpy as np
+from napari_nalu_count.infer import allocator
+assert allocator.apply(True)
+out = []
+def work():
+    a = np.ones((300 << 20) // 4, dtype=np.float32)
+    out.append(float(a.sum(dtype=np.float64)))
+t = threading.Thread(target=work)
+t.start()
+t.join()
+print(out)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert ast.literal_eval(res.stdout.strip().splitlines()[-1]) == [float((300 << 20) // 4)]
+
+
 def test_segment_pauses_the_tuning_only_for_planes_cut_in_blocks(options, monkeypatch):
     torch.manual_seed(0)
     net = build_model({"architecture": "se_unet", "widths": [4, 8]})

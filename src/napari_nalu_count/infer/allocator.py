@@ -11,10 +11,11 @@ Tuned, tensors up to :data:`MMAP_THRESHOLD` come from the heap and up to :data:`
 of freed heap is kept for the next layer instead of being returned at once (faults per segment
 call about 400k -> 70k). glibc caps that threshold at 32 MiB, and the segmenter's largest
 activations (16 channels of a 752 x 752 tile: 34.5 MiB) are just above it: every one of them was
-still a fresh ``mmap``, about 15 ms of page faults each (an out-of-place multiply of such a
-tensor: 17 ms, in place 1.7 ms). With :data:`DISABLE_MMAP` (on) ``mmap`` is not used for
-allocations at all (``M_MMAP_MAX`` = 0): they come from the heap, which keeps up to
-TRIM_THRESHOLD of freed memory at its top (a 2048 x 2048 segment call: 141k -> ~0 faults).
+still a fresh ``mmap`` whose pages are faulted in again (an out-of-place multiply of such a
+tensor: 19.4 ms, in place 1.6 ms; 2.9 ms out of place from the heap). With
+:data:`DISABLE_MMAP` (on) ``mmap`` is not used for allocations at all (``M_MMAP_MAX`` = 0): they
+come from the heap, which keeps up to TRIM_THRESHOLD of freed memory at its top (a 2048 x 2048
+segment call: 160k -> 1 page faults).
 Where the heap cannot grow glibc still falls back to ``mmap``. The price is resident memory
 that stays mapped between calls (up to TRIM_THRESHOLD); ``docs/benchmarks/speed.md`` (rounds 7
 and 9) has the measured gains and peak memory.
