@@ -304,11 +304,14 @@ def test_fast_scale_profile_equals_the_scipy_filters(shape):
     x = s.image[: shape[0], : shape[1]] / s.image.max() + rng.normal(0, 0.05, shape)
     x = np.clip(x, -0.2, 1.5)
     np.testing.assert_allclose(size_mod.scale_profile(x), _profile_with_scipy_filters(x), atol=2e-5)
-    if min(shape) > 2 * 8:  # the FFT path on its own, against SciPy's LoG
-        sig = [1.2, 1.9, 3.0]
-        fast = size_mod._log_responses(x.astype(np.float32), sig)
+    # the FFT path on its own, against SciPy's LoG, also on planes smaller than the kernel
+    # radius (12 px for sigma 3), which both extend by repeated mirroring
+    sig = [1.2, 1.9, 3.0]
+    for plane in (x, x[:3, :5], x[:1, :2]):
+        fast = size_mod._log_responses(plane.astype(np.float32), sig)
+        assert fast.shape == (3, *plane.shape) and fast.dtype == np.float32
         for k, s_ in enumerate(sig):
-            ref = -(s_ * s_) * ndi.gaussian_laplace(x.astype(np.float32), s_, mode="reflect")
+            ref = -(s_ * s_) * ndi.gaussian_laplace(plane.astype(np.float32), s_, mode="reflect")
             np.testing.assert_allclose(fast[k], ref, atol=1e-5)
 
 
