@@ -3,6 +3,7 @@
     python benchmarks/notes/r10_experiments.py fft       # one batched irfft2 vs one per scale
     python benchmarks/notes/r10_experiments.py small     # 64 images of 256 px, A/B, alternating
     python benchmarks/notes/r10_experiments.py equal     # old vs new estimate on many images
+    python benchmarks/notes/r10_experiments.py seg-grid 18 OUTDIR  # segmenter on another grid
 
 ``fft`` times the inverse transforms of the size estimator's first octave (three LoG
 transfer functions on the 288 x 145 spectrum of a 256 px window): SciPy's ``irfft2`` over the
@@ -14,6 +15,12 @@ and median pass of each in ms per call and Mpx/s, with the totals of the counts 
 equal to float32 rounding). ``equal`` compares the diameters both give on the val images of
 ``../shared/data`` (skipped sets when absent), on synthetic planes of 8 to 1024 px and on a
 4 x 5 noise plane.
+
+``seg-grid D OUTDIR`` writes the bundled segmenter with its card's ``diameter`` set to ``D``
+(same weights: the network then sees nuclei of D px instead of 20) as
+``OUTDIR/nuclei-seg-D.json``; docs/benchmarks/seg_grid_r10/ holds ``nalu-count bench accuracy
+--data ../shared/data --sets bbbc039,dsb,aitslab --diameter true --no-baselines --scale-limit
+25 --threads 1 --seg-model OUTDIR/nuclei-seg-D.json`` for D = 18 and 20, run side by side.
 """
 
 from __future__ import annotations
@@ -180,5 +187,23 @@ def equal() -> None:
     )
 
 
+def seg_grid() -> None:
+    import json
+    import shutil
+    from pathlib import Path
+
+    from napari_nalu_count.models import bundled
+
+    d, out = float(sys.argv[2]), Path(sys.argv[3])
+    src = Path(bundled.__file__).parent / "nuclei-seg"
+    card = json.loads(src.with_suffix(".json").read_text())
+    card["diameter"], card["name"] = d, f"nuclei-seg-{d:g}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"nuclei-seg-{d:g}.json").write_text(json.dumps(card))
+    shutil.copy(src.with_suffix(".safetensors"), out / f"nuclei-seg-{d:g}.safetensors")
+    print(out / f"nuclei-seg-{d:g}.json")
+
+
 if __name__ == "__main__":
-    {"fft": fft_timing, "small": small, "equal": equal}[sys.argv[1]]()
+    cmds = {"fft": fft_timing, "small": small, "equal": equal, "seg-grid": seg_grid}
+    cmds[sys.argv[1]]()
