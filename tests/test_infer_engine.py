@@ -387,8 +387,8 @@ def test_cuda_oom_retries_with_smaller_tiles(random_counter, monkeypatch):
     real_forward = eng._forward_fn
     sizes: list[int] = []
 
-    def forward_fn(net, task, scale):
-        inner = real_forward(net, task, scale)
+    def forward_fn(net, task, scale, *gate):
+        inner = real_forward(net, task, scale, *gate)
 
         def forward(x):
             sizes.append(int(x.shape[-1]) * int(x.shape[0]))

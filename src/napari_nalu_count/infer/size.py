@@ -63,7 +63,7 @@ def _normalise(plane: np.ndarray) -> np.ndarray | None:
     """The plane percentile-normalised (not yet clipped), or None when it has no contrast."""
     from napari_nalu_count.data.normalize import percentile_normalize
 
-    x = percentile_normalize(np.asarray(plane), *NORM_PERCENTILES)
+    x = percentile_normalize(np.asarray(plane), *NORM_PERCENTILES, sparse=True)
     if not np.any(x):
         return None
     return x

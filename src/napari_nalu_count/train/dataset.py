@@ -187,7 +187,9 @@ def prepare(
             raise InputError(f"sample {name!r} has no image")
         axes = (getattr(s, "meta", None) or {}).get("axes")
         chw = _to_chw(image, in_channels, name, input_rule, axes)
-        norm_img = np.stack([percentile_normalize(c, low, high) for c in chw]).astype(np.float32)
+        norm_img = np.stack([percentile_normalize(c, low, high, sparse=True) for c in chw]).astype(
+            np.float32
+        )
         dots = getattr(s, "dots", None)
         labels = getattr(s, "labels", None)
         if labels is not None:
