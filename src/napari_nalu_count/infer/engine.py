@@ -628,9 +628,10 @@ def gate_background(density: torch.Tensor, diameter: float) -> torch.Tensor:
 
     The counting network's output on empty background is not exactly 0 but a floor of about
     +-1e-5 per pixel that depends on the background's noise: over a large, sparsely populated
-    field it adds up to tens of cells of either sign (3 nuclei in a 1024 px field counted
-    -0.9, 20 in a 2048 px field 80.5, docs/models.md). Near the objects nothing changes: the
-    mass of every counted cell lies within a diameter of its own bump.
+    field it adds up to tens of cells of either sign (with their diameter given, 3 nuclei in
+    a 1024 px field were counted -0.9 and 20 in a 2048 px field 63; docs/models.md, "Sparse
+    fields"). Near the objects nothing changes: the mass of every counted cell lies within a
+    diameter of its own bump.
     """
     smooth = F.avg_pool2d(density, 3, stride=1, padding=1, count_include_pad=False)
     keep = (smooth > GATE_LEVEL).to(density.dtype)
