@@ -1234,10 +1234,11 @@ def _count_blocked(
             yield runner.report(f"count: plane {k + 1}/{plan.n_planes} (empty)")
             continue
         if method == "percentile":
-            q = [norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8)]
             from napari_nalu_count.data.normalize import normalization_range
 
-            lo, hi = normalization_range(sample, q[0], q[1], sparse=True)
+            lo, hi = normalization_range(
+                sample, norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8), sparse=True
+            )
         else:
             lo, hi = 0.0, 1.0
         span = hi - lo
