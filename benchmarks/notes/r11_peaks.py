@@ -1,0 +1,136 @@
+"""Round 11: the density-peak finder without scikit-image's spacing pass (docs/benchmarks/speed.md).
+
+    python benchmarks/notes/r11_peaks.py equal   # points of every val image, old vs new
+    python benchmarks/notes/r11_peaks.py small   # 64 images of 256 px, A/B, alternating
+    python benchmarks/notes/r11_peaks.py big     # count and segment of the 2048 px image, A/B
+
+"old" is :func:`reference_peaks` (``peak_local_max`` + a whole-plane ``uniform_filter``, as
+``postprocess.density_peaks`` was before this round), patched into the engine; "new" is the
+shipped function. ``equal`` counts and segments the BBBC039, DSB and Aitslab val images of
+``../shared/data`` (size estimated, sets skipped when absent) both ways and reports how many
+point sets / label images differ. ``small`` and ``big`` alternate old and new in one process
+(2 torch threads) and print best and median times.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from napari_nalu_count.infer import postprocess as post
+
+NEW = post.density_peaks
+
+
+def reference_peaks(density, diameter, *, min_mass=0.3, smooth=True):
+    from skimage.feature import peak_local_max
+
+    dens = np.asarray(density, dtype=np.float32)
+    d = max(2.0, float(diameter))
+    work = ndi.gaussian_filter(dens, max(0.5, d / 8.0), output=np.float32) if smooth else dens
+    if not np.any(work > 0):
+        return np.zeros((0, 2), dtype=np.float64)
+    md = max(1, int(round(d / 2.0)))
+    coords = peak_local_max(
+        work, min_distance=md, threshold_abs=min_mass / (d * d), exclude_border=False
+    )
+    if len(coords) == 0:
+        return np.zeros((0, 2), dtype=np.float64)
+    size = max(1, int(round(d)))
+    mass = ndi.uniform_filter(dens, size=size, mode="constant", output=np.float32)
+    keep = mass[coords[:, 0], coords[:, 1]] * np.float32(size * size) >= min_mass
+    pts = coords[keep].astype(np.float64)
+    order = np.lexsort((pts[:, 1], pts[:, 0])) if len(pts) else np.zeros(0, dtype=int)
+    return pts[order]
+
+
+def use(which: str) -> None:
+    post.density_peaks = NEW if which == "new" else reference_peaks
+
+
+def equal() -> None:
+    from napari_nalu_count.bench.accuracy import load_set
+    from napari_nalu_count.infer import count, segment
+
+    for name in ("bbbc039", "dsb", "aitslab"):
+        try:
+            samples = load_set("../shared/data", name)
+        except Exception as exc:  # noqa: BLE001
+            print(name, "skipped:", exc)
+            continue
+        diff_pts = diff_lab = n_pts = 0
+        for s in samples:
+            out = {}
+            for which in ("old", "new"):
+                use(which)
+                c = count(s.image, "nuclei-count")
+                g = segment(s.image)
+                out[which] = (c.points, g.labels)
+            n_pts += len(out["new"][0])
+            diff_pts += not np.array_equal(out["old"][0], out["new"][0])
+            diff_lab += not np.array_equal(out["old"][1], out["new"][1])
+        use("new")
+        print(
+            f"{name}: {len(samples)} images, {n_pts} points; point sets differing {diff_pts}, "
+            f"label images differing {diff_lab}"
+        )
+
+
+def _ab(fn, rounds: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    for r in range(rounds):
+        for which in ("old", "new") if r % 2 == 0 else ("new", "old"):
+            use(which)
+            t = time.perf_counter()
+            fn()
+            times[which].append(time.perf_counter() - t)
+    use("new")
+    return times
+
+
+def small() -> None:
+    from napari_nalu_count.data.synthetic import synthetic_cells
+    from napari_nalu_count.infer import count
+
+    d, side, n = 28.66, 256, 64
+    cells = max(1, int(side * side / (d * d * 4)))
+    imgs = [synthetic_cells((side, side), n_cells=cells, diameter=d, seed=i) for i in range(n)]
+    imgs = [s.image for s in imgs]
+    [count(im, "nuclei-count").count for im in imgs[:4]]
+    times = _ab(lambda: [count(im, "nuclei-count").count for im in imgs], 6)
+    mpx = n * side * side / 1e6
+    for k, v in times.items():
+        print(
+            f"small {k}: best {1000 * min(v) / n:.2f} ms/call ({mpx / min(v):.2f} Mpx/s), "
+            f"median {1000 * statistics.median(v) / n:.2f} ms/call "
+            f"({mpx / statistics.median(v):.2f} Mpx/s)"
+        )
+    print(f"ratio best {min(times['old']) / min(times['new']):.3f}")
+
+
+def big() -> None:
+    from napari_nalu_count.data.synthetic import synthetic_cells
+    from napari_nalu_count.infer import count, segment
+
+    d, size = 28.66, 2048
+    img = synthetic_cells((size, size), n_cells=int(size * size / (d * d * 4)), diameter=d, seed=0)
+    img = img.image
+    count(img, "nuclei-count")
+    for what, fn in (
+        ("count", lambda: count(img, "nuclei-count")),
+        ("segment", lambda: segment(img)),
+    ):
+        times = _ab(fn, 6)
+        for k, v in times.items():
+            print(f"{what} {k}: best {min(v):.3f} s median {statistics.median(v):.3f} s")
+        print(f"{what} ratio best {min(times['old']) / min(times['new']):.3f}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    {"equal": equal, "small": small, "big": big}[sys.argv[1]]()
