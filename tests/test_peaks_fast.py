@@ -92,3 +92,14 @@ def test_density_peaks_match_the_reference_on_cell_densities():
         dens = dens + rng.normal(0, 1e-4, shape).astype(np.float32)
         for d in (4.0, 8.0, 12.0, 20.0):
             np.testing.assert_array_equal(post.density_peaks(dens, d), _reference_peaks(dens, d))
+
+
+def test_close_ties_only_when_equal_candidates_are_near():
+    coords = np.array([[0, 0], [0, 50], [10, 10], [3, 4]])
+    far = np.array([0.5, 0.5, 0.2, 0.1], dtype=np.float32)  # equal values 50 px apart
+    assert not post._close_ties(coords, far, 6)
+    near = np.array([0.5, 0.1, 0.2, 0.5], dtype=np.float32)  # equal values 4 px apart
+    assert post._close_ties(coords, near, 6)
+    assert not post._close_ties(coords, near, 3)
+    distinct = np.array([0.4, 0.3, 0.2, 0.1], dtype=np.float32)
+    assert not post._close_ties(coords, distinct, 100)

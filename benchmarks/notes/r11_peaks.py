@@ -1,19 +1,25 @@
-"""Round 11: the density-peak finder without scikit-image's spacing pass (docs/benchmarks/speed.md).
+"""Round 11: density peaks without scikit-image's spacing pass, a seeded watershed that floods
+only the components with two or more seeds, the background gate without pooling ops
+(docs/benchmarks/speed.md).
 
     python benchmarks/notes/r11_peaks.py equal   # points of every val image, old vs new
     python benchmarks/notes/r11_peaks.py small   # 64 images of 256 px, A/B, alternating
     python benchmarks/notes/r11_peaks.py big     # count and segment of the 2048 px image, A/B
 
 "old" is :func:`reference_peaks` (``peak_local_max`` + a whole-plane ``uniform_filter``, as
-``postprocess.density_peaks`` was before this round), patched into the engine; "new" is the
-shipped function. ``equal`` counts and segments the BBBC039, DSB and Aitslab val images of
-``../shared/data`` (size estimated, sets skipped when absent) both ways and reports how many
-point sets / label images differ. ``small`` and ``big`` alternate old and new in one process
+``postprocess.density_peaks`` was before this round) and :func:`reference_watershed`
+(scikit-image's watershed of the whole plane) and :func:`reference_gate` (the background gate
+with PyTorch's pooling ops), patched into the engine; "new" is the shipped
+code. Set ``R11_ONLY=peaks`` to patch the peaks only (the first run of this round).
+``equal`` counts and segments the BBBC039, DSB and Aitslab val images of ``../shared/data``
+(size estimated, sets skipped when absent) both ways and reports how many point sets / label
+images differ. ``small`` and ``big`` alternate old and new in one process
 (2 torch threads) and print best and median times.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -22,6 +28,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from napari_nalu_count.infer import engine
 from napari_nalu_count.infer import postprocess as post
 
 NEW = post.density_peaks
@@ -49,8 +56,37 @@ def reference_peaks(density, diameter, *, min_mass=0.3, smooth=True):
     return pts[order]
 
 
+NEW_WATERSHED = post._seeded_watershed
+NEW_GATE = engine.gate_background
+
+
+def reference_gate(density, diameter):
+    """engine.gate_background as it was before round 11 (pooling ops)."""
+    import torch.nn.functional as F
+
+    smooth = F.avg_pool2d(density, 3, stride=1, padding=1, count_include_pad=False)
+    keep = (smooth > engine.GATE_LEVEL).to(density.dtype)
+    h, w = keep.shape[-2:]
+    b = engine.GATE_BLOCK
+    r = max(1, -(-int(round(engine.GATE_RADIUS * float(diameter))) // b))
+    keep = F.max_pool2d(keep, b, stride=b, ceil_mode=True)
+    keep = F.max_pool2d(keep, (1, 2 * r + 1), stride=1, padding=(0, r))
+    keep = F.max_pool2d(keep, (2 * r + 1, 1), stride=1, padding=(r, 0))
+    keep = keep.repeat_interleave(b, dim=-2).repeat_interleave(b, dim=-1)[..., :h, :w]
+    return density * keep + 0.0
+
+
+def reference_watershed(elevation, markers, foreground):
+    from skimage.segmentation import watershed
+
+    return watershed(elevation, markers=markers, mask=foreground)
+
+
 def use(which: str) -> None:
     post.density_peaks = NEW if which == "new" else reference_peaks
+    if os.environ.get("R11_ONLY") != "peaks":
+        post._seeded_watershed = NEW_WATERSHED if which == "new" else reference_watershed
+        engine.gate_background = NEW_GATE if which == "new" else reference_gate
 
 
 def equal() -> None:
@@ -64,20 +100,22 @@ def equal() -> None:
             print(name, "skipped:", exc)
             continue
         diff_pts = diff_lab = n_pts = 0
+        diff_count = 0.0
         for s in samples:
             out = {}
             for which in ("old", "new"):
                 use(which)
                 c = count(s.image, "nuclei-count")
                 g = segment(s.image)
-                out[which] = (c.points, g.labels)
+                out[which] = (c.points, g.labels, c.count)
             n_pts += len(out["new"][0])
             diff_pts += not np.array_equal(out["old"][0], out["new"][0])
             diff_lab += not np.array_equal(out["old"][1], out["new"][1])
+            diff_count = max(diff_count, abs(out["old"][2] - out["new"][2]))
         use("new")
         print(
             f"{name}: {len(samples)} images, {n_pts} points; point sets differing {diff_pts}, "
-            f"label images differing {diff_lab}"
+            f"label images differing {diff_lab}, largest count difference {diff_count:.3g}"
         )
 
 

@@ -633,18 +633,53 @@ def gate_background(density: torch.Tensor, diameter: float) -> torch.Tensor:
     fields"). Near the objects nothing changes: the mass of every counted cell lies within a
     diameter of its own bump.
     """
-    smooth = F.avg_pool2d(density, 3, stride=1, padding=1, count_include_pad=False)
-    keep = (smooth > GATE_LEVEL).to(density.dtype)
-    h, w = keep.shape[-2:]
-    # the dilation on blocks of GATE_BLOCK pixels (a max-pooled mask, the radius rounded up to
-    # whole blocks): 15x cheaper than dilating every pixel, and it keeps at most a block more
+    # the 3 x 3 mean (pixels outside the plane not counted) as a sum of shifted slices and a
+    # separable count: F.avg_pool2d took 13.9 of the gate's 19.5 ms on a 608 px tile (a
+    # 1-channel plane is its slow case), the slices 0.4 ms
+    h, w = density.shape[-2:]
+    padded = F.pad(density, (1, 1, 1, 1))
+    rows = padded[..., :-2, :] + padded[..., 1:-1, :] + padded[..., 2:, :]
+    total = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
+    n_y = torch.full((h,), 3.0, dtype=density.dtype, device=density.device)
+    n_x = torch.full((w,), 3.0, dtype=density.dtype, device=density.device)
+    n_y[0] -= 1
+    n_y[-1] -= 1
+    n_x[0] -= 1
+    n_x[-1] -= 1
+    keep = total / (n_y[:, None] * n_x[None, :]) > GATE_LEVEL
+    # the dilation on blocks of GATE_BLOCK pixels (any pixel of a block kept keeps the block,
+    # then the radius rounded up to whole blocks along each axis): 15x cheaper than dilating
+    # every pixel, and it keeps at most a block more
     b = GATE_BLOCK
     r = max(1, -(-int(round(GATE_RADIUS * float(diameter))) // b))
-    keep = F.max_pool2d(keep, b, stride=b, ceil_mode=True)
-    keep = F.max_pool2d(keep, (1, 2 * r + 1), stride=1, padding=(0, r))
-    keep = F.max_pool2d(keep, (2 * r + 1, 1), stride=1, padding=(r, 0))
-    keep = keep.repeat_interleave(b, dim=-2).repeat_interleave(b, dim=-1)[..., :h, :w]
-    return density * keep + 0.0  # + 0.0: no -0.0 where a negative value was zeroed
+    hb, wb = -(-h // b), -(-w // b)
+    if (hb * b, wb * b) != (h, w):
+        keep = F.pad(keep, (0, wb * b - w, 0, hb * b - h))
+    blocks = keep.reshape(*keep.shape[:-2], hb, b, wb, b).any(dim=-1).any(dim=-2)
+    blocks = _dilate_blocks(_dilate_blocks(blocks, r, -1), r, -2)
+    keep = blocks[..., :, None, :, None].expand(*blocks.shape[:-2], hb, b, wb, b)
+    keep = keep.reshape(*blocks.shape[:-2], hb * b, wb * b)[..., :h, :w]
+    return torch.where(keep, density, torch.zeros((), dtype=density.dtype, device=density.device))
+
+
+def _dilate_blocks(mask: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    """``mask`` (bool) OR-ed with its shifts by 1..``r`` along ``dim`` both ways (a 1-D
+    dilation of radius ``r``, by doubling: log2(r) + 1 steps)."""
+    out = mask.clone()
+    n = out.shape[dim]
+    done = 0
+    while done < r:
+        step = min(done + 1, r - done)  # reach done + step <= r
+        if step >= n:
+            step = n - 1
+        if step <= 0:
+            break
+        grown = out.clone()
+        grown.narrow(dim, step, n - step).logical_or_(out.narrow(dim, 0, n - step))
+        grown.narrow(dim, 0, n - step).logical_or_(out.narrow(dim, step, n - step))
+        out = grown
+        done += step
+    return out
 
 
 def _forward_fn(
