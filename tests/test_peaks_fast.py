@@ -103,3 +103,21 @@ def test_close_ties_only_when_equal_candidates_are_near():
     assert not post._close_ties(coords, near, 3)
     distinct = np.array([0.4, 0.3, 0.2, 0.1], dtype=np.float32)
     assert not post._close_ties(coords, distinct, 100)
+
+
+def test_blocked_local_max_mask_equals_the_whole_plane(monkeypatch):
+    monkeypatch.setattr(post, "PEAK_BLOCK_ROWS", 7)
+    monkeypatch.setattr(post, "BOX_CHUNK", 5)
+    for a, d in _planes(5, 40):
+        size = 2 * max(1, int(round(d / 2))) + 1
+        want = a == ndi.maximum_filter(a, size=size, mode="nearest")
+        np.testing.assert_array_equal(post._is_local_max(a, size), want)
+        coords = np.argwhere(want)[:40]
+        s = max(1, int(round(d)))
+        ref = ndi.uniform_filter(a, size=s, mode="constant", output=np.float64)
+        np.testing.assert_allclose(
+            post._box_sums(a, coords, s),
+            ref[coords[:, 0], coords[:, 1]] * s * s,
+            rtol=1e-9,
+            atol=1e-12,
+        )
