@@ -125,9 +125,9 @@ def _max_filter_nearest(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def _local_maxima(image: np.ndarray, min_distance: int, threshold: float) -> np.ndarray:
-    """``skimage.feature.peak_local_max(image, min_distance=min_distance,
-    threshold_abs=threshold, exclude_border=False)`` (same coordinates, row-major order)
-    without its spacing pass when that pass can remove nothing.
+    """The coordinates of ``skimage.feature.peak_local_max(image, min_distance=min_distance,
+    threshold_abs=threshold, exclude_border=False)`` (row-major here, by value there; callers
+    sort them) without its spacing pass when that pass can remove nothing.
 
     A candidate equals the maximum of the ``(2 m + 1)`` square around it; two candidates
     within ``m`` (Chebyshev) of each other lie in each other's square and so have the same
@@ -166,7 +166,8 @@ def _close_ties(coords: np.ndarray, values: np.ndarray, distance: int) -> bool:
     """True when two candidates of the same value lie within ``distance`` (Chebyshev) of each
     other, the only case where scikit-image's spacing pass removes a local maximum. Equal
     values far apart are common on large planes (3 pairs among 1,272 peaks of the 2048 px
-    benchmark image) and change nothing; plateaus (groups of more than 64) are not examined."""
+    benchmark image) and change nothing; a group of more than 64 equal values (a plateau) is
+    not examined and counts as close."""
     order = np.argsort(values, kind="stable")
     v = values[order]
     eq = v[1:] == v[:-1]
@@ -291,9 +292,11 @@ def _seeded_watershed(
 
     A 4-connected foreground component with one marker id is flooded whole by it, one with
     none stays 0, whatever the elevation: those are filled from a lookup table. The flood of a
-    component never reaches another, and the order of equal-elevation pixels within one
-    component does not depend on the others (the flood's age counter only grows), so the
-    components that need it give the labels they gave in the whole-plane flood.
+    component never reaches another, so the components with several ids get the labels of the
+    whole-plane flood, with one exception: where seeds of a component start at exactly the
+    same elevation, scikit-image's heap pops them in an order that depends on every seed in
+    the plane, and a pixel on a tie may go to the other seed (no such case in the 122 val
+    images: their labels are identical; tests/test_seeded_watershed.py).
     """
     from skimage.segmentation import watershed
 
