@@ -663,3 +663,49 @@ def test_split_decoders_option_gives_the_same_segmentation(seg_model):
 
     assert any(isinstance(m, SplitInputDoubleConv) for m in prepared.modules())
     np.testing.assert_array_equal(split.labels, plain.labels)
+
+
+def test_fused_heads_keep_outputs_and_leave_the_original_alone():
+    """The density and size heads as one two-output 1x1 convolution give the same output;
+    the network without a size head is left as it is; the original keeps its own heads."""
+    import copy
+
+    from napari_nalu_count.nn.unet import CountUNet, fuse_heads
+
+    torch.manual_seed(2)
+    net = CountUNet(widths=(4, 8, 16), unit="nau", size_head=True).eval()
+    x = torch.randn(2, 1, 40, 48).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        ref = net(x)
+        fused = copy.deepcopy(net)
+        assert fuse_heads(fused) == 1
+        torch.testing.assert_close(fused(x), ref, rtol=1e-5, atol=1e-6)
+    assert getattr(net, "fused_heads", None) is None
+    assert "fused_heads.weight" not in net.state_dict()
+    assert fuse_heads(CountUNet(widths=(4, 8, 16), size_head=False).eval()) == 0
+
+
+def test_fuse_heads_option_gives_the_same_count():
+    from napari_nalu_count.models import make_card, save_model
+    from napari_nalu_count.nn.registry import build_model
+
+    torch.manual_seed(3)
+    cfg = {"architecture": "unet_count", "widths": [4, 8, 16], "unit": "nau", "size_head": True}
+    net = build_model(cfg).eval()
+    save_model(net, make_card("heads-count", "count", net.config, diameter=10.0), "heads-count")
+    img = cells().image
+    before = dict(eng.OPTIONS)
+    try:
+        eng.OPTIONS["fuse_heads"] = False
+        plain = count(img, "heads-count", device="cpu", diameter=10.0)
+        eng.OPTIONS["fuse_heads"] = True
+        fused = count(img, "heads-count", device="cpu", diameter=10.0)
+        loaded = eng._resolve_model("heads-count", "count", torch.device("cpu"))
+        prepared = eng.prepare_net(loaded, torch.device("cpu"))
+    finally:
+        eng.OPTIONS.clear()
+        eng.OPTIONS.update(before)
+    assert getattr(prepared, "fused_heads", None) is not None
+    assert abs(plain.count) > 1e-4
+    assert fused.count == pytest.approx(plain.count, rel=1e-5, abs=1e-6)
+    np.testing.assert_allclose(fused.density, plain.density, rtol=1e-4, atol=1e-7)

@@ -49,6 +49,7 @@ BASELINE_OPTIONS: dict[str, Any] = {
     "_fast_downsampling": False,
     "fold_residuals": False,
     "split_decoders": False,
+    "fuse_heads": False,
 }
 
 
@@ -300,6 +301,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "input shrunk by SciPy filter + zoom (fast downsampling off)": {"_fast_downsampling": False},
     "NAU residual branches not folded (fold_residuals off)": {"fold_residuals": False},
     "decoders convolve the concatenation (split_decoders off)": {"split_decoders": False},
+    "density and size heads as two convolutions (fuse_heads off)": {"fuse_heads": False},
     "ReLU not in place (inplace_relu off)": {"inplace_relu": False},
 }
 # the allocator tuning (engine option malloc_tuning) is process-wide and leaves the heap of the

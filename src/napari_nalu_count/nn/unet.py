@@ -110,6 +110,30 @@ def split_decoder_inputs(net: nn.Module) -> int:
     return n
 
 
+def fuse_heads(net: nn.Module) -> int:
+    """Give every counting U-Net in ``net`` with a size head (eval mode, in place) one 1x1
+    convolution computing ``[head, size_head]`` together (``fused_heads``, used by
+    ``forward_padded``): PyTorch runs a 1x1 convolution with one output channel outside
+    oneDNN on channels_last input, and the two heads plus their concatenation took 2.4-3.4x
+    the time of the single two-output convolution (same numbers). Returns how many."""
+    n = 0
+    for module in list(net.modules()):
+        if not isinstance(module, _UNet) or module.size_head is None:
+            continue
+        head, size = module.head, module.size_head
+        if head.bias is None or size.bias is None:  # pragma: no cover - built with bias
+            continue
+        fused = nn.Conv2d(head.in_channels, head.out_channels + size.out_channels, 1)
+        fused = fused.to(device=head.weight.device, dtype=head.weight.dtype)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([head.weight, size.weight], dim=0))
+            fused.bias.copy_(torch.cat([head.bias, size.bias], dim=0))
+        fused.requires_grad_(False)
+        module.fused_heads = fused
+        n += 1
+    return n
+
+
 class _UNet(PaddedNet):
     """Shared U-Net body: ``(N, in_channels, H, W) -> (N, out_channels, H, W)``."""
 
@@ -195,6 +219,9 @@ class _UNet(PaddedNet):
                 h = dec(torch.cat([self.ups[i](h), skips[i]], dim=1))
             if self.residuals is not None:
                 h = self.residuals[i](h, skips[i])
+        fused = getattr(self, "fused_heads", None)  # inference copies, see fuse_heads
+        if fused is not None:
+            return fused(h)
         if self.size_head is not None:
             return torch.cat([self.head(h), self.size_head(h)], dim=1)
         return self.head(h)

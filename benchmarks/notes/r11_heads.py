@@ -1,0 +1,99 @@
+"""Round 11: the counter's density and size heads as one convolution (engine option
+``fuse_heads``, :func:`napari_nalu_count.nn.unet.fuse_heads`), against two
+(docs/benchmarks/speed.md).
+
+    python benchmarks/notes/r11_heads.py equal   # every val image, counts / points / labels
+    python benchmarks/notes/r11_heads.py time    # 2048 px image and 64 small images, A/B
+
+``equal`` counts and segments the BBBC039, DSB and Aitslab val images of ``../shared/data``
+(size estimated) with the option off and on and reports the largest count difference and how
+many point sets and label images differ. ``time`` alternates off / on in one process (2 torch
+threads): count and segment of the 2048 px speed image (6 rounds) and the 64 small images of
+``bench speed --small 64`` (6 rounds), best and median.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from napari_nalu_count.infer import count, engine, segment
+
+
+def use(on: bool) -> None:
+    engine.OPTIONS["fuse_heads"] = on
+
+
+def equal() -> None:
+    from napari_nalu_count.bench.accuracy import load_set
+
+    for name in ("bbbc039", "dsb", "aitslab"):
+        try:
+            samples = load_set("../shared/data", name)
+        except Exception as exc:  # noqa: BLE001
+            print(name, "skipped:", exc)
+            continue
+        worst = 0.0
+        diff_pts = diff_lab = 0
+        for s in samples:
+            out = {}
+            for on in (False, True):
+                use(on)
+                c = count(s.image, "nuclei-count")
+                g = segment(s.image)
+                out[on] = (c.count, c.points, g.labels)
+            worst = max(worst, abs(out[True][0] - out[False][0]))
+            diff_pts += not np.array_equal(out[True][1], out[False][1])
+            diff_lab += not np.array_equal(out[True][2], out[False][2])
+        use(True)
+        print(
+            f"{name}: {len(samples)} images; largest count difference {worst:.3g}, point sets "
+            f"differing {diff_pts}, label images differing {diff_lab}"
+        )
+
+
+def _ab(fn, rounds: int) -> dict[bool, list[float]]:
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(rounds):
+        for on in (False, True) if r % 2 == 0 else (True, False):
+            use(on)
+            t = time.perf_counter()
+            fn()
+            times[on].append(time.perf_counter() - t)
+    use(True)
+    return times
+
+
+def timing() -> None:
+    from napari_nalu_count.data.synthetic import synthetic_cells
+
+    d, size = 28.66, 2048
+    big = synthetic_cells((size, size), n_cells=int(size * size / (d * d * 4)), diameter=d, seed=0)
+    big = big.image
+    cells = max(1, int(256 * 256 / (d * d * 4)))
+    small = [synthetic_cells((256, 256), n_cells=cells, diameter=d, seed=i) for i in range(64)]
+    small = [s.image for s in small]
+    for on in (False, True):
+        use(on)
+        count(big, "nuclei-count")
+        [count(im, "nuclei-count") for im in small[:4]]
+    for what, fn in (
+        ("count 2048", lambda: count(big, "nuclei-count")),
+        ("segment 2048", lambda: segment(big)),
+        ("64 small", lambda: [count(im, "nuclei-count") for im in small]),
+    ):
+        times = _ab(fn, 6)
+        for on, v in times.items():
+            print(
+                f"{what} fuse_heads={on}: best {min(v):.3f} s, median {statistics.median(v):.3f} s"
+            )
+        print(f"{what} ratio best {min(times[False]) / min(times[True]):.3f}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    {"equal": equal, "time": timing}[sys.argv[1]]()
