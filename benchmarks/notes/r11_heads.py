@@ -4,6 +4,7 @@
 
     python benchmarks/notes/r11_heads.py equal   # every val image, counts / points / labels
     python benchmarks/notes/r11_heads.py time    # 2048 px image and 64 small images, A/B
+    python benchmarks/notes/r11_heads.py network # the prepared network alone, 128 / 608 px
 
 ``equal`` counts and segments the BBBC039, DSB and Aitslab val images of ``../shared/data``
 (size estimated) with the option off and on and reports the largest count difference and how
@@ -94,6 +95,36 @@ def timing() -> None:
         print(f"{what} ratio best {min(times[False]) / min(times[True]):.3f}")
 
 
+def network() -> None:
+    """The prepared counter alone on a 128 px and a 608 px tile, off / on alternated."""
+    dev = torch.device("cpu")
+    loaded = engine._resolve_model("nuclei-count", "count", dev)
+    nets = {}
+    for on in (False, True):
+        use(on)
+        nets[on] = engine.prepare_net(loaded, dev)
+    use(True)
+    for side, n in ((128, 40), (608, 4)):
+        x = torch.randn(1, 1, side, side).contiguous(memory_format=torch.channels_last)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        with torch.inference_mode():
+            for on in (False, True):
+                nets[on](x)
+            for r in range(8):
+                for on in (False, True) if r % 2 == 0 else (True, False):
+                    t = time.perf_counter()
+                    for _ in range(n):
+                        nets[on](x)
+                    times[on].append((time.perf_counter() - t) / n)
+        b0, b1 = min(times[False]), min(times[True])
+        print(
+            f"network {side} px: two heads {1000 * b0:.2f} ms, fused {1000 * b1:.2f} ms "
+            f"(best of 8), ratio {b0 / b1:.3f}; medians "
+            f"{1000 * statistics.median(times[False]):.2f} / "
+            f"{1000 * statistics.median(times[True]):.2f} ms"
+        )
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    {"equal": equal, "time": timing}[sys.argv[1]]()
+    {"equal": equal, "time": timing, "network": network}[sys.argv[1]]()

@@ -114,8 +114,9 @@ def fuse_heads(net: nn.Module) -> int:
     """Give every counting U-Net in ``net`` with a size head (eval mode, in place) one 1x1
     convolution computing ``[head, size_head]`` together (``fused_heads``, used by
     ``forward_padded``): PyTorch runs a 1x1 convolution with one output channel outside
-    oneDNN on channels_last input, and the two heads plus their concatenation took 2.4-3.4x
-    the time of the single two-output convolution (same numbers). Returns how many."""
+    oneDNN on channels_last input, and the two heads plus their concatenation took 6.1 ms on
+    a 608 px tile against 3.1 ms for the single two-output convolution (same numbers; about
+    1.5 % of the tile's forward). Returns how many."""
     n = 0
     for module in list(net.modules()):
         if not isinstance(module, _UNet) or module.size_head is None:
