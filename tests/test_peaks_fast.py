@@ -108,6 +108,7 @@ def test_close_ties_only_when_equal_candidates_are_near():
 def test_blocked_local_max_mask_equals_the_whole_plane(monkeypatch):
     monkeypatch.setattr(post, "PEAK_BLOCK_ROWS", 7)
     monkeypatch.setattr(post, "BOX_CHUNK", 5)
+    monkeypatch.setattr(post, "BOX_CHUNK_VALUES", 300)  # 1-5 boxes per chunk, by size
     for a, d in _planes(5, 40):
         size = 2 * max(1, int(round(d / 2))) + 1
         want = a == ndi.maximum_filter(a, size=size, mode="nearest")
