@@ -62,3 +62,31 @@ def test_seeded_watershed_without_markers_or_foreground():
     assert not post._seeded_watershed(el, np.zeros((5, 6), np.int32), fg).any()
     fg[1:3, 1:4] = True
     assert not post._seeded_watershed(el, np.zeros((5, 6), np.int32), fg).any()
+
+
+def test_markers_outside_the_foreground_are_ignored_as_by_skimage():
+    fg = np.zeros((6, 6), bool)
+    fg[1:3, 1:3] = True
+    fg[4:6, 4:6] = True
+    markers = np.zeros((6, 6), np.int32)
+    markers[0, 5] = 7  # background
+    markers[1, 1] = 2
+    el = np.zeros((6, 6), np.float32)
+    ref = watershed(el, markers=markers, mask=fg)
+    np.testing.assert_array_equal(post._seeded_watershed(el, markers, fg), ref)
+
+
+@pytest.mark.parametrize("min_size", [0, 1, 5, 40])
+def test_orphans_and_relabel_equal_the_two_step_version(min_size):
+    for seed in range(60):
+        elevation, markers, foreground = _case(seed)
+        labels = watershed(elevation, markers=markers, mask=foreground)
+        orphan = foreground & (labels == 0)
+        if orphan.any():
+            extra, _ = ndi.label(orphan)
+            labels = np.where(extra > 0, extra + labels.max(), labels)
+        got = post._seeded_watershed(elevation, markers, foreground, orphans=True)
+        if seed % 3:  # no ties between seeds: bit for bit
+            np.testing.assert_array_equal(got, labels)
+        ref = post._relabel(post._remove_small(labels.astype(np.int32), min_size))
+        np.testing.assert_array_equal(post._drop_small_and_relabel(labels, min_size), ref)

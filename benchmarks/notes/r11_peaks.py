@@ -8,7 +8,8 @@ only the components with two or more seeds, the background gate without pooling 
 
 "old" is :func:`reference_peaks` (``peak_local_max`` + a whole-plane ``uniform_filter``, as
 ``postprocess.density_peaks`` was before this round) and :func:`reference_watershed`
-(scikit-image's watershed of the whole plane) and :func:`reference_gate` (the background gate
+(scikit-image's watershed of the whole plane, unseeded components labelled again,
+:func:`reference_relabel`) and :func:`reference_gate` (the background gate
 with PyTorch's pooling ops), patched into the engine; "new" is the shipped
 code. Set ``R11_ONLY=peaks`` to patch the peaks only (the first run of this round).
 ``equal`` counts and segments the BBBC039, DSB and Aitslab val images of ``../shared/data``
@@ -76,16 +77,33 @@ def reference_gate(density, diameter):
     return density * keep + 0.0
 
 
-def reference_watershed(elevation, markers, foreground):
+def reference_watershed(elevation, markers, foreground, *, orphans=False):
+    """scikit-image's watershed of the whole plane, then (``orphans``) the unseeded
+    foreground labelled again and numbered after the maximum, as before round 11."""
     from skimage.segmentation import watershed
 
-    return watershed(elevation, markers=markers, mask=foreground)
+    labels = watershed(elevation, markers=markers, mask=foreground)
+    if orphans:
+        orphan = foreground & (labels == 0)
+        if orphan.any():
+            extra, n_extra = ndi.label(orphan)
+            if n_extra:
+                labels = np.where(extra > 0, extra + labels.max(), labels)
+    return labels
+
+
+NEW_RELABEL = post._drop_small_and_relabel
+
+
+def reference_relabel(labels, min_size):
+    return post._relabel(post._remove_small(labels.astype(np.int32), min_size))
 
 
 def use(which: str) -> None:
     post.density_peaks = NEW if which == "new" else reference_peaks
     if os.environ.get("R11_ONLY") != "peaks":
         post._seeded_watershed = NEW_WATERSHED if which == "new" else reference_watershed
+        post._drop_small_and_relabel = NEW_RELABEL if which == "new" else reference_relabel
         engine.gate_background = NEW_GATE if which == "new" else reference_gate
 
 

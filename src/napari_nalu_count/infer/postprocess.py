@@ -288,10 +288,15 @@ MOSAIC_FRACTION = 0.4
 
 
 def _seeded_watershed(
-    elevation: np.ndarray, markers: np.ndarray, foreground: np.ndarray
+    elevation: np.ndarray, markers: np.ndarray, foreground: np.ndarray, *, orphans: bool = False
 ) -> np.ndarray:
     """``skimage.segmentation.watershed(elevation, markers=markers, mask=foreground)``, same
     labels, flooding only the foreground components that hold two or more marker ids.
+    Markers outside the foreground are ignored, as scikit-image ignores them.
+
+    ``orphans=True`` also numbers the components with no marker, after the largest marker id,
+    in the order of their first pixel: what ``ndi.label`` of the unlabelled foreground added to
+    the labels' maximum gives, without labelling the plane again.
 
     A 4-connected foreground component with one marker id is flooded whole by it, one with
     none stays 0, whatever the elevation: those are filled from a lookup table. The flood of a
@@ -306,17 +311,24 @@ def _seeded_watershed(
     comp, n = ndi.label(foreground)
     flat_markers = markers.ravel()
     at = np.flatnonzero(flat_markers)
-    if n == 0 or len(at) == 0:
-        return np.zeros(foreground.shape, dtype=np.int32)
-    ids = flat_markers[at].astype(np.int64)
-    base = int(ids.max()) + 1
-    pairs = np.unique(comp.ravel()[at].astype(np.int64) * base + ids)
-    pair_comp, pair_id = np.divmod(pairs, base)
-    per_comp = np.bincount(pair_comp, minlength=n + 1)
+    at = at[comp.ravel()[at] > 0]  # markers on the foreground only
     lut = np.zeros(n + 1, dtype=np.int32)
-    one = per_comp[pair_comp] == 1
-    lut[pair_comp[one]] = pair_id[one]
+    per_comp = np.zeros(n + 1, dtype=np.int64)
+    top = 0
+    if len(at):
+        ids = flat_markers[at].astype(np.int64)
+        top = int(ids.max())
+        pairs = np.unique(comp.ravel()[at].astype(np.int64) * (top + 1) + ids)
+        pair_comp, pair_id = np.divmod(pairs, top + 1)
+        per_comp = np.bincount(pair_comp, minlength=n + 1)
+        one = per_comp[pair_comp] == 1
+        lut[pair_comp[one]] = pair_id[one]
+    if orphans:
+        empty = np.flatnonzero(per_comp[1:] == 0) + 1
+        lut[empty] = top + np.arange(1, len(empty) + 1, dtype=np.int32)
     labels = lut[comp]
+    if not len(at):
+        return labels
     multi = per_comp >= 2
     multi[0] = False
     ids = np.flatnonzero(multi)
@@ -431,12 +443,24 @@ def classes_to_instances(
         markers, _ = ndi.label(interior)
         markers = _remove_small(markers.astype(np.int32), min_seed_size)
 
-    labels = _seeded_watershed(elevation, markers, foreground)
-    # foreground components that received no seed become instances of their own
-    orphan = foreground & (labels == 0)
-    if orphan.any():
-        extra, n_extra = ndi.label(orphan)
-        if n_extra:
-            labels = np.where(extra > 0, extra + labels.max(), labels)
-    labels = _remove_small(labels.astype(np.int32), min_size)
-    return _relabel(labels)
+    # foreground components that received no seed become instances of their own (orphans)
+    labels = _seeded_watershed(elevation, markers, foreground, orphans=True)
+    return _drop_small_and_relabel(labels, min_size)
+
+
+def _drop_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """:func:`_remove_small` then :func:`_relabel` (ids 1..n in their order, int32) from one
+    ``bincount`` and one lookup."""
+    labels = np.asarray(labels)
+    top = int(labels.max(initial=0))
+    if top <= 0:
+        return np.zeros(labels.shape, dtype=np.int32)
+    sizes = np.bincount(labels.ravel(), minlength=top + 1)
+    keep = sizes >= int(min_size) if min_size > 1 else sizes > 0
+    keep[0] = False
+    n = int(keep.sum())
+    if n == top:
+        return labels.astype(np.int32, copy=False)
+    lut = np.zeros(top + 1, dtype=np.int32)
+    lut[keep] = np.arange(1, n + 1, dtype=np.int32)
+    return lut[labels]
