@@ -11,7 +11,8 @@ only the components with two or more seeds, the background gate without pooling 
 (scikit-image's watershed of the whole plane, unseeded components labelled again,
 :func:`reference_relabel`) and :func:`reference_gate` (the background gate
 with PyTorch's pooling ops), patched into the engine; "new" is the shipped
-code. Set ``R11_ONLY=peaks`` to patch the peaks only (the first run of this round).
+code. Set ``R11_ONLY=peaks`` to patch the peaks only (the first run of this round), or
+``R11_ONLY=all`` to switch the shrink's transposes and the fused heads too (all of round 11).
 ``equal`` counts and segments the BBBC039, DSB and Aitslab val images of ``../shared/data``
 (size estimated, sets skipped when absent) both ways and reports how many point sets / label
 images differ. ``small`` and ``big`` alternate old and new in one process
@@ -99,12 +100,34 @@ def reference_relabel(labels, min_size):
     return post._relabel(post._remove_small(labels.astype(np.int32), min_size))
 
 
+NEW_SHRINK = None
+
+
+def reference_shrink(plane, shape, sigma):
+    """scale._shrink_banded as it was before round 11 (SciPy's product with a transposed
+    view, NumPy's transposing copy)."""
+    from napari_nalu_count.infer import scale
+
+    my = scale._shrink_matrix(plane.shape[0], int(shape[0]), float(sigma))
+    mx = scale._shrink_matrix(plane.shape[1], int(shape[1]), float(sigma))
+    rows = my @ np.ascontiguousarray(plane)
+    return np.ascontiguousarray((mx @ rows.T).T, dtype=np.float32)
+
+
 def use(which: str) -> None:
     post.density_peaks = NEW if which == "new" else reference_peaks
     if os.environ.get("R11_ONLY") != "peaks":
         post._seeded_watershed = NEW_WATERSHED if which == "new" else reference_watershed
         post._drop_small_and_relabel = NEW_RELABEL if which == "new" else reference_relabel
         engine.gate_background = NEW_GATE if which == "new" else reference_gate
+    if os.environ.get("R11_ONLY") == "all":  # everything of round 11, shrink and heads too
+        from napari_nalu_count.infer import scale
+
+        global NEW_SHRINK
+        if NEW_SHRINK is None:
+            NEW_SHRINK = scale._shrink_banded
+        scale._shrink_banded = NEW_SHRINK if which == "new" else reference_shrink
+        engine.OPTIONS["fuse_heads"] = which == "new"
 
 
 def equal() -> None:
