@@ -89,4 +89,4 @@ def test_orphans_and_relabel_equal_the_two_step_version(min_size):
         if seed % 3:  # no ties between seeds: bit for bit
             np.testing.assert_array_equal(got, labels)
         ref = post._relabel(post._remove_small(labels.astype(np.int32), min_size))
-        np.testing.assert_array_equal(post._drop_small_and_relabel(labels, min_size), ref)
+        np.testing.assert_array_equal(post._relabel(labels, min_size), ref)

@@ -18,11 +18,14 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
 
 from napari_nalu_count.infer import count, engine, segment
+
+sys.path.insert(0, str(Path(__file__).parent))
+import r11_peaks  # noqa: E402
 
 
 def use(on: bool) -> None:
@@ -30,43 +33,7 @@ def use(on: bool) -> None:
 
 
 def equal() -> None:
-    from napari_nalu_count.bench.accuracy import load_set
-
-    for name in ("bbbc039", "dsb", "aitslab"):
-        try:
-            samples = load_set("../shared/data", name)
-        except Exception as exc:  # noqa: BLE001
-            print(name, "skipped:", exc)
-            continue
-        worst = 0.0
-        diff_pts = diff_lab = 0
-        for s in samples:
-            out = {}
-            for on in (False, True):
-                use(on)
-                c = count(s.image, "nuclei-count")
-                g = segment(s.image)
-                out[on] = (c.count, c.points, g.labels)
-            worst = max(worst, abs(out[True][0] - out[False][0]))
-            diff_pts += not np.array_equal(out[True][1], out[False][1])
-            diff_lab += not np.array_equal(out[True][2], out[False][2])
-        use(True)
-        print(
-            f"{name}: {len(samples)} images; largest count difference {worst:.3g}, point sets "
-            f"differing {diff_pts}, label images differing {diff_lab}"
-        )
-
-
-def _ab(fn, rounds: int) -> dict[bool, list[float]]:
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for r in range(rounds):
-        for on in (False, True) if r % 2 == 0 else (True, False):
-            use(on)
-            t = time.perf_counter()
-            fn()
-            times[on].append(time.perf_counter() - t)
-    use(True)
-    return times
+    r11_peaks.compare_on_val(use, False, True)
 
 
 def timing() -> None:
@@ -87,7 +54,7 @@ def timing() -> None:
         ("segment 2048", lambda: segment(big)),
         ("64 small", lambda: [count(im, "nuclei-count") for im in small]),
     ):
-        times = _ab(fn, 6)
+        times = r11_peaks.alternate(fn, 6, use, False, True)
         for on, v in times.items():
             print(
                 f"{what} fuse_heads={on}: best {min(v):.3f} s, median {statistics.median(v):.3f} s"

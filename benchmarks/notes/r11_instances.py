@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
 from napari_nalu_count.data.synthetic import synthetic_cells
 from napari_nalu_count.infer import allocator, segment
@@ -26,30 +25,24 @@ from napari_nalu_count.infer import postprocess as post
 sys.path.insert(0, str(Path(__file__).parent))
 import r11_peaks  # noqa: E402
 
-NEW = (post._seeded_watershed, post._drop_small_and_relabel)
+NEW = (post._seeded_watershed, post._relabel)
 ORIGINAL = post.classes_to_instances
 
 
 def mid_watershed(elevation, markers, foreground, *, orphans=False):
     labels = NEW[0](elevation, markers, foreground)
-    if orphans:
-        orphan = foreground & (labels == 0)
-        if orphan.any():
-            extra, n_extra = ndi.label(orphan)
-            if n_extra:
-                labels = np.where(extra > 0, extra + labels.max(), labels)
-    return labels
+    return r11_peaks.label_orphans(labels, foreground) if orphans else labels
 
 
 def use(which: str) -> None:
     if which == "old":
         post._seeded_watershed = r11_peaks.reference_watershed
-        post._drop_small_and_relabel = r11_peaks.reference_relabel
+        post._relabel = r11_peaks.reference_relabel
     elif which == "mid":
         post._seeded_watershed = mid_watershed
-        post._drop_small_and_relabel = r11_peaks.reference_relabel
+        post._relabel = r11_peaks.reference_relabel
     else:
-        post._seeded_watershed, post._drop_small_and_relabel = NEW
+        post._seeded_watershed, post._relabel = NEW
 
 
 def main() -> None:

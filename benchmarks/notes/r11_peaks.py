@@ -78,26 +78,31 @@ def reference_gate(density, diameter):
     return density * keep + 0.0
 
 
+def label_orphans(labels, foreground):
+    """The foreground left at 0 labelled again and numbered after the maximum (round 10)."""
+    orphan = foreground & (labels == 0)
+    if orphan.any():
+        extra, n_extra = ndi.label(orphan)
+        if n_extra:
+            labels = np.where(extra > 0, extra + labels.max(), labels)
+    return labels
+
+
 def reference_watershed(elevation, markers, foreground, *, orphans=False):
     """scikit-image's watershed of the whole plane, then (``orphans``) the unseeded
     foreground labelled again and numbered after the maximum, as before round 11."""
     from skimage.segmentation import watershed
 
     labels = watershed(elevation, markers=markers, mask=foreground)
-    if orphans:
-        orphan = foreground & (labels == 0)
-        if orphan.any():
-            extra, n_extra = ndi.label(orphan)
-            if n_extra:
-                labels = np.where(extra > 0, extra + labels.max(), labels)
-    return labels
+    return label_orphans(labels, foreground) if orphans else labels
 
 
-NEW_RELABEL = post._drop_small_and_relabel
+NEW_RELABEL = post._relabel
 
 
-def reference_relabel(labels, min_size):
-    return post._relabel(post._remove_small(labels.astype(np.int32), min_size))
+def reference_relabel(labels, min_size=0):
+    """Small objects dropped, then the ids renumbered, in two passes (round 10)."""
+    return NEW_RELABEL(post._remove_small(labels.astype(np.int32), min_size))
 
 
 NEW_SHRINK = None
@@ -118,7 +123,7 @@ def use(which: str) -> None:
     post.density_peaks = NEW if which == "new" else reference_peaks
     if os.environ.get("R11_ONLY") != "peaks":
         post._seeded_watershed = NEW_WATERSHED if which == "new" else reference_watershed
-        post._drop_small_and_relabel = NEW_RELABEL if which == "new" else reference_relabel
+        post._relabel = NEW_RELABEL if which == "new" else reference_relabel
         engine.gate_background = NEW_GATE if which == "new" else reference_gate
     if os.environ.get("R11_ONLY") == "all":  # everything of round 11, shrink and heads too
         from napari_nalu_count.infer import scale
@@ -130,7 +135,10 @@ def use(which: str) -> None:
         engine.OPTIONS["fuse_heads"] = which == "new"
 
 
-def equal() -> None:
+def compare_on_val(switch, old, new) -> None:
+    """Count and segment every val image with ``switch(old)`` and ``switch(new)`` in force;
+    print per set how many point sets and label images differ and the largest count
+    difference. Leaves ``switch(new)`` in force."""
     from napari_nalu_count.bench.accuracy import load_set
     from napari_nalu_count.infer import count, segment
 
@@ -144,32 +152,38 @@ def equal() -> None:
         diff_count = 0.0
         for s in samples:
             out = {}
-            for which in ("old", "new"):
-                use(which)
+            for which in (old, new):
+                switch(which)
                 c = count(s.image, "nuclei-count")
                 g = segment(s.image)
                 out[which] = (c.points, g.labels, c.count)
-            n_pts += len(out["new"][0])
-            diff_pts += not np.array_equal(out["old"][0], out["new"][0])
-            diff_lab += not np.array_equal(out["old"][1], out["new"][1])
-            diff_count = max(diff_count, abs(out["old"][2] - out["new"][2]))
-        use("new")
+            n_pts += len(out[new][0])
+            diff_pts += not np.array_equal(out[old][0], out[new][0])
+            diff_lab += not np.array_equal(out[old][1], out[new][1])
+            diff_count = max(diff_count, abs(out[old][2] - out[new][2]))
+        switch(new)
         print(
             f"{name}: {len(samples)} images, {n_pts} points; point sets differing {diff_pts}, "
             f"label images differing {diff_lab}, largest count difference {diff_count:.3g}"
         )
 
 
-def _ab(fn, rounds: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"old": [], "new": []}
+def alternate(fn, rounds: int, switch, old="old", new="new") -> dict:
+    """Seconds of ``fn`` per round under ``switch(old)`` and ``switch(new)``, alternating
+    which goes first; leaves ``switch(new)`` in force."""
+    times: dict = {old: [], new: []}
     for r in range(rounds):
-        for which in ("old", "new") if r % 2 == 0 else ("new", "old"):
-            use(which)
+        for which in (old, new) if r % 2 == 0 else (new, old):
+            switch(which)
             t = time.perf_counter()
             fn()
             times[which].append(time.perf_counter() - t)
-    use("new")
+    switch(new)
     return times
+
+
+def equal() -> None:
+    compare_on_val(use, "old", "new")
 
 
 def small() -> None:
@@ -181,7 +195,7 @@ def small() -> None:
     imgs = [synthetic_cells((side, side), n_cells=cells, diameter=d, seed=i) for i in range(n)]
     imgs = [s.image for s in imgs]
     [count(im, "nuclei-count").count for im in imgs[:4]]
-    times = _ab(lambda: [count(im, "nuclei-count").count for im in imgs], 6)
+    times = alternate(lambda: [count(im, "nuclei-count").count for im in imgs], 6, use)
     mpx = n * side * side / 1e6
     for k, v in times.items():
         print(
@@ -204,7 +218,7 @@ def big() -> None:
         ("count", lambda: count(img, "nuclei-count")),
         ("segment", lambda: segment(img)),
     ):
-        times = _ab(fn, 6)
+        times = alternate(fn, 6, use)
         for k, v in times.items():
             print(f"{what} {k}: best {min(v):.3f} s median {statistics.median(v):.3f} s")
         print(f"{what} ratio best {min(times['old']) / min(times['new']):.3f}")

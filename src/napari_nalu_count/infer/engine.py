@@ -680,13 +680,10 @@ def _dilate_blocks(mask: torch.Tensor, r: int, dim: int) -> torch.Tensor:
     dilation of radius ``r``, by doubling: log2(r) + 1 steps)."""
     out = mask.clone()
     n = out.shape[dim]
+    limit = min(r, n - 1)  # a shift by n - 1 already reaches the whole axis
     done = 0
-    while done < r:
-        step = min(done + 1, r - done)  # reach done + step <= r
-        if step >= n:
-            step = n - 1
-        if step <= 0:
-            break
+    while done < limit:
+        step = min(done + 1, limit - done)  # covers done + step, contiguously
         grown = out.clone()
         grown.narrow(dim, step, n - step).logical_or_(out.narrow(dim, 0, n - step))
         grown.narrow(dim, 0, n - step).logical_or_(out.narrow(dim, step, n - step))

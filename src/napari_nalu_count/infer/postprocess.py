@@ -139,11 +139,7 @@ def _local_maxima(image: np.ndarray, min_distance: int, threshold: float) -> np.
     with 1,268 peaks) keeps every candidate; with ties (plateaus) it runs as before.
     """
     if min_distance < 1 or image.size <= 1:
-        from skimage.feature import peak_local_max
-
-        return peak_local_max(
-            image, min_distance=min_distance, threshold_abs=threshold, exclude_border=False
-        )
+        return _peak_local_max(image, min_distance, threshold)
     size = 2 * int(min_distance) + 1
     is_max = _is_local_max(image, size)
     if is_max.all():  # a constant plane has no peak
@@ -157,12 +153,17 @@ def _local_maxima(image: np.ndarray, min_distance: int, threshold: float) -> np.
         and min_distance > 1
         and _close_ties(coords, image.ravel()[flat], min_distance)
     ):
-        from skimage.feature import peak_local_max
-
-        return peak_local_max(
-            image, min_distance=min_distance, threshold_abs=threshold, exclude_border=False
-        )
+        return _peak_local_max(image, min_distance, threshold)
     return coords
+
+
+def _peak_local_max(image: np.ndarray, min_distance: int, threshold: float) -> np.ndarray:
+    """scikit-image's peak finder with the arguments :func:`_local_maxima` stands in for."""
+    from skimage.feature import peak_local_max
+
+    return peak_local_max(
+        image, min_distance=min_distance, threshold_abs=threshold, exclude_border=False
+    )
 
 
 def _close_ties(coords: np.ndarray, values: np.ndarray, distance: int) -> bool:
@@ -251,21 +252,24 @@ def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return labels
 
 
-def _relabel(labels: np.ndarray) -> np.ndarray:
-    """Ids of non-negative integer ``labels`` renumbered 1..n in their order (int32); the
-    ids present are found with one ``bincount`` (a hash or sort of every pixel, as
-    ``np.unique`` does, costs several times more on large planes)."""
+def _relabel(labels: np.ndarray, min_size: int = 0) -> np.ndarray:
+    """Ids of non-negative integer ``labels`` renumbered 1..n in their order (int32), objects
+    under ``min_size`` pixels dropped first when ``min_size > 1`` (:func:`_remove_small` and
+    the renumbering from one ``bincount``); the ids present are found with that ``bincount``
+    (a hash or sort of every pixel, as ``np.unique`` does, costs several times more on large
+    planes)."""
     labels = np.asarray(labels)
     top = int(labels.max(initial=0))
     if top <= 0:
         return np.zeros(labels.shape, dtype=np.int32)
-    present = np.bincount(labels.ravel(), minlength=top + 1) > 0
-    present[0] = False
-    n = int(present.sum())
+    sizes = np.bincount(labels.ravel(), minlength=top + 1)
+    keep = sizes >= int(min_size) if min_size > 1 else sizes > 0
+    keep[0] = False
+    n = int(keep.sum())
     if n == top:
         return labels.astype(np.int32, copy=False)
     lut = np.zeros(top + 1, dtype=np.int32)
-    lut[present] = np.arange(1, n + 1, dtype=np.int32)
+    lut[keep] = np.arange(1, n + 1, dtype=np.int32)
     return lut[labels]
 
 
@@ -335,11 +339,8 @@ def _seeded_watershed(
     if len(ids) == 0:
         return labels
     boxes = ndi.find_objects(comp)
-    area = sum(
-        (boxes[i - 1][0].stop - boxes[i - 1][0].start + 1)
-        * (boxes[i - 1][1].stop - boxes[i - 1][1].start + 1)
-        for i in ids
-    )
+    sizes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in (boxes[i - 1] for i in ids)]
+    area = sum((h + 1) * (w + 1) for h, w in sizes)
     if area > MOSAIC_FRACTION * comp.size:
         inside = multi[comp]
         flooded = watershed(elevation, markers=np.where(inside, markers, 0), mask=inside)
@@ -349,10 +350,6 @@ def _seeded_watershed(
     # plane, 1 px apart: one flood of that plane instead of the whole one (skimage's
     # watershed costs ~55 ms on a 1430 px plane even when 6 % of it is masked in; a call per
     # component ~0.6 ms each)
-    sizes = [
-        (boxes[i - 1][0].stop - boxes[i - 1][0].start, boxes[i - 1][1].stop - boxes[i - 1][1].start)
-        for i in ids
-    ]
     width = max(max(w for _, w in sizes) + 1, int(np.ceil(np.sqrt(area))))
     places = [(0, 0)] * len(ids)
     y = x = shelf = 0
@@ -445,22 +442,4 @@ def classes_to_instances(
 
     # foreground components that received no seed become instances of their own (orphans)
     labels = _seeded_watershed(elevation, markers, foreground, orphans=True)
-    return _drop_small_and_relabel(labels, min_size)
-
-
-def _drop_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """:func:`_remove_small` then :func:`_relabel` (ids 1..n in their order, int32) from one
-    ``bincount`` and one lookup."""
-    labels = np.asarray(labels)
-    top = int(labels.max(initial=0))
-    if top <= 0:
-        return np.zeros(labels.shape, dtype=np.int32)
-    sizes = np.bincount(labels.ravel(), minlength=top + 1)
-    keep = sizes >= int(min_size) if min_size > 1 else sizes > 0
-    keep[0] = False
-    n = int(keep.sum())
-    if n == top:
-        return labels.astype(np.int32, copy=False)
-    lut = np.zeros(top + 1, dtype=np.int32)
-    lut[keep] = np.arange(1, n + 1, dtype=np.int32)
-    return lut[labels]
+    return _relabel(labels, min_size)
