@@ -251,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=100, help="learning-rate warm-up steps")
     p.add_argument("--ema", type=float, default=0.0, help="weight EMA decay (0: off)")
     p.add_argument("--calibrate-count", action="store_true")
+    p.add_argument(
+        "--small-weight",
+        type=float,
+        default=0.0,
+        help="segmenter: extra loss weight on objects under --small-size px and a 1 px ring",
+    )
+    p.add_argument("--small-size", type=float, default=8.0, help="grid px (equivalent diameter)")
     p.add_argument("--fre-b", type=int, default=None)
     p.add_argument("--fre-x", type=float, default=None)
     p.add_argument("--log-json", default=None, help="write the history here as it grows")
@@ -325,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             settings.update(wide_jitter=[wlo, whi], wide_prob=args.wide_prob)
     else:
         settings.update(dice=True, class_weights=[1.0, 1.0, 2.0])
+        if args.small_weight:
+            settings.update(small_weight=args.small_weight, small_size=args.small_size)
     epochs, minutes_budget = args.epochs, args.minutes
     if args.steps is not None:
         epochs, minutes_budget = max(1, args.steps // args.steps_per_epoch), None

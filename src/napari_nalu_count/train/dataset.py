@@ -319,6 +319,8 @@ class PatchSampler:
         wide_jitter: Sequence[float] | None = None,
         wide_prob: float = 0.0,
         edge_margin: float = 0.0,
+        small_weight: float = 0.0,
+        small_size: float = 8.0,
     ) -> None:
         if not items:
             raise InputError("no training images")
@@ -335,6 +337,12 @@ class PatchSampler:
         self.scale = float(density_scale)
         self.augmenter = _make_augmenter(augment)
         self.boundary_width = int(boundary_width)
+        if not (float(small_weight) >= 0 and float(small_size) > 0):
+            raise InputError(
+                f"small_weight must be >= 0 and small_size > 0, got {small_weight}, {small_size}"
+            )
+        self.small_weight = float(small_weight)
+        self.small_size = float(small_size)
         self.scale_jitter = None
         if scale_jitter is not None:
             lo, hi = (float(v) for v in scale_jitter)
@@ -467,6 +475,8 @@ class PatchSampler:
             target = target.astype(np.float32) * np.float32(self.scale)
         else:
             target = instances_to_classes(labels, boundary_width=self.boundary_width)
+            if self.small_weight:
+                valid *= small_object_weights(labels, self.small_size, self.small_weight)
         p = self.patch
         return _fit(image, p).astype(np.float32), _fit(target, p), _fit(valid, p)
 
@@ -492,6 +502,30 @@ class PatchSampler:
         else:
             y = torch.from_numpy(np.stack([p[1] for p in parts]).astype(np.int64))
         return x, y, valid
+
+
+def small_object_weights(labels: np.ndarray, size: float, weight: float) -> np.ndarray:
+    """Per-pixel loss weights of a label patch: ``1 + weight`` on the objects whose equivalent
+    diameter is under ``size`` pixels and on a 1 px ring around each (where it meets its
+    neighbours), 1 elsewhere. Objects touching the patch's side are left at 1: the crop may
+    have cut them, so their size there says nothing.
+    """
+    from scipy import ndimage as ndi
+
+    lab = np.asarray(labels)
+    out = np.ones(lab.shape, np.float32)
+    if lab.size == 0 or lab.max() == 0:
+        return out
+    area = np.bincount(lab.ravel())
+    small = (area > 0) & (area < np.pi / 4.0 * float(size) ** 2)
+    small[0] = False
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    small[edge] = False
+    if not small.any():
+        return out
+    mask = ndi.binary_dilation(small[lab])
+    out[mask] += np.float32(weight)
+    return out
 
 
 def _pack_region(region: np.ndarray, labels: np.ndarray | None) -> np.ndarray:

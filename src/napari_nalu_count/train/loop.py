@@ -81,6 +81,9 @@ class TrainConfig:
     ``source_weights`` (``{source: weight}``, sources from ``Sample.meta["source"]``) balances
     data sets of different sizes. ``edge_margin`` (counting, pixels): leave a band along patch
     sides that cut through the image out of the loss (see :class:`~.dataset.PatchSampler`).
+    ``small_weight`` (segmentation): the loss weighs the pixels of objects under
+    ``small_size`` px (equivalent diameter on the model grid: micronuclei, fragments) and a
+    1 px ring around them ``1 + small_weight`` times (:func:`~.dataset.small_object_weights`).
     With several sources, validation also reports every metric per
     source (``mre@SOURCE``, ``f1@SOURCE``) and their means (``mre_mean``, ``f1_mean``), which
     ``monitor`` may select.
@@ -136,6 +139,8 @@ class TrainConfig:
     appearance: bool | dict | None = None
     source_weights: dict[str, float] | None = None
     edge_margin: float = 0.0
+    small_weight: float = 0.0
+    small_size: float = 8.0
     count_label_weight: float = 1.0
     keep_weight: float = 1.0
 
@@ -573,6 +578,8 @@ def _patch_sampler(
         wide_jitter=cfg.wide_jitter,
         wide_prob=cfg.wide_prob,
         edge_margin=cfg.edge_margin if task == "count" else 0.0,
+        small_weight=cfg.small_weight if task == "segment" else 0.0,
+        small_size=cfg.small_size,
     )
 
 
