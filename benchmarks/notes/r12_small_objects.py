@@ -45,6 +45,7 @@ from scipy import ndimage as ndi
 
 import napari_nalu_count.data as D
 from napari_nalu_count import count, segment
+from napari_nalu_count.data.masks import instance_sizes
 from napari_nalu_count.data.normalize import normalization_range
 from napari_nalu_count.infer import postprocess as post
 from napari_nalu_count.train.metrics import iou_matrix, match_instances
@@ -67,10 +68,10 @@ def gray(image: np.ndarray) -> np.ndarray:
 
 
 def equivalent_diameters(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    area = ndi.sum_labels(np.ones_like(labels), labels, ids) if len(ids) else np.zeros(0)
-    return ids, np.sqrt(4.0 / np.pi * np.asarray(area, dtype=np.float64))
+    """``(ids present, their equivalent diameters)``."""
+    area = instance_sizes(labels)
+    ids = np.flatnonzero(area[1:]) + 1
+    return ids, np.sqrt(4.0 / np.pi * area[ids].astype(np.float64))
 
 
 def misses(root: str, sets: list[str]) -> None:
@@ -237,13 +238,7 @@ def _hybrid_instances(classes, *, seeds="interior", points=None, min_size=8, **k
     probs = np.asarray(classes, dtype=np.float32)
     foreground, is_one = post._argmax_masks(probs)
     elevation = -ndi.gaussian_filter(probs[1], 1.0, output=np.float32)
-    markers = np.zeros(foreground.shape, np.int32)
-    pts = np.round(np.asarray(points, np.float64).reshape(-1, 2)).astype(np.intp)
-    if len(pts):
-        pts[:, 0] = np.clip(pts[:, 0], 0, foreground.shape[0] - 1)
-        pts[:, 1] = np.clip(pts[:, 1], 0, foreground.shape[1] - 1)
-        pts = pts[foreground[pts[:, 0], pts[:, 1]]]
-        markers[pts[:, 0], pts[:, 1]] = np.arange(1, len(pts) + 1, dtype=np.int32)
+    markers = post._point_markers(points, foreground)
     comp, n = ndi.label(is_one & foreground)
     if n:
         seeded = np.zeros(n + 1, bool)

@@ -380,6 +380,20 @@ def _seeded_watershed(
     return labels
 
 
+def _point_markers(points: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Watershed markers (int32, ids 1..k) at the rounded ``(N, 2)`` (y, x) ``points``
+    (clipped to the plane) that fall on ``foreground``; the count-guided seeds of
+    :func:`classes_to_instances`."""
+    markers = np.zeros(foreground.shape, dtype=np.int32)
+    pts = np.round(np.asarray(points, dtype=np.float64).reshape(-1, 2)).astype(np.intp)
+    if len(pts):
+        pts[:, 0] = np.clip(pts[:, 0], 0, foreground.shape[0] - 1)
+        pts[:, 1] = np.clip(pts[:, 1], 0, foreground.shape[1] - 1)
+        pts = pts[foreground[pts[:, 0], pts[:, 1]]]
+        markers[pts[:, 0], pts[:, 1]] = np.arange(1, len(pts) + 1, dtype=np.int32)
+    return markers
+
+
 def classes_to_instances(
     classes: np.ndarray,
     *,
@@ -429,13 +443,7 @@ def classes_to_instances(
     if seeds == "count":
         if points is None:
             raise InputError("seeds='count' needs the counting model's points")
-        markers = np.zeros(foreground.shape, dtype=np.int32)
-        pts = np.round(np.asarray(points, dtype=np.float64).reshape(-1, 2)).astype(np.intp)
-        if len(pts):
-            pts[:, 0] = np.clip(pts[:, 0], 0, foreground.shape[0] - 1)
-            pts[:, 1] = np.clip(pts[:, 1], 0, foreground.shape[1] - 1)
-            pts = pts[foreground[pts[:, 0], pts[:, 1]]]
-            markers[pts[:, 0], pts[:, 1]] = np.arange(1, len(pts) + 1, dtype=np.int32)
+        markers = _point_markers(points, foreground)
     else:
         markers, _ = ndi.label(interior)
         markers = _remove_small(markers.astype(np.int32), min_seed_size)

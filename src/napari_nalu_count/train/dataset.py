@@ -512,11 +512,13 @@ def small_object_weights(labels: np.ndarray, size: float, weight: float) -> np.n
     """
     from scipy import ndimage as ndi
 
+    from napari_nalu_count.data.masks import instance_sizes
+
     lab = np.asarray(labels)
     out = np.ones(lab.shape, np.float32)
     if lab.size == 0 or lab.max() == 0:
         return out
-    area = np.bincount(lab.ravel())
+    area = instance_sizes(lab)
     small = (area > 0) & (area < np.pi / 4.0 * float(size) ** 2)
     small[0] = False
     edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
