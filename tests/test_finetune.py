@@ -60,6 +60,33 @@ def test_fine_tune_one_image_with_dots(start_model):
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         assert torch.allclose(loaded.net(x), res.net(x), atol=1e-5)
+    # worse than the start model on the held-out part: said by the result, its notes and card
+    worse = res.metrics_after["mae"] > res.metrics_before["mae"]
+    assert card["metrics"]["worse_than_start"] is worse
+    assert (res.regression is not None) is worse
+    if worse:
+        assert res.notes[0] == res.regression and res.regression in card["training"]["notes"]
+
+
+def test_held_out_regression_says_when_fine_tuning_made_it_worse():
+    from napari_nalu_count.train.finetune import held_out_regression
+
+    note = held_out_regression(
+        "count", {"mae": 21.76}, {"mae": 140.72, "n_cells": 160}, "nuclei-count"
+    )
+    assert note is not None
+    assert "worse than nuclei-count" in note and "160 cells" in note
+    assert "mae 21.8 -> 141" in note and "Keep using nuclei-count" in note
+    assert held_out_regression("count", {"mae": 5.0}, {"mae": 0.4}, "s") is None
+    assert held_out_regression("count", {"mae": 5.0}, {"mae": 5.0}, "s") is None  # equal: not worse
+    # segmentation: F1, higher is better
+    seg = held_out_regression("segment", {"f1": 0.9}, {"f1": 0.8, "n_cells": 12}, "nuclei-seg")
+    assert seg is not None and "12 objects" in seg and "f1 0.9 -> 0.8" in seg
+    assert held_out_regression("segment", {"f1": 0.8}, {"f1": 0.9}, "s") is None
+    # nothing to compare: no note
+    assert held_out_regression("count", {}, {"mae": 1.0}, "s") is None
+    assert held_out_regression("count", {"mae": float("nan")}, {"mae": 1.0}, "s") is None
+    assert held_out_regression("count", {"mae": True}, {"mae": 2.0}, "s") is None
 
 
 def test_fine_tune_cancelled_saves_nothing(start_model):

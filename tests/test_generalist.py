@@ -524,3 +524,48 @@ def test_estimate_from_the_engines_normalised_plane_is_the_same():
         size_mod.choose_window(norm, 640, clip=size_mod.CLIP), size_mod.choose_window(clipped, 640)
     )
     assert size_mod.estimate_diameter(np.zeros((64, 64), np.float32), normalized=True) is None
+
+
+def test_fine_tune_size_estimates_that_disagree_are_replaced_by_the_median(monkeypatch):
+    import types
+
+    import napari_nalu_count.infer as infer
+    from napari_nalu_count.train.grid import image_diameters
+
+    sizes = {}
+
+    def fake_count(image, model, axes=None):
+        return types.SimpleNamespace(diameter=sizes[float(image[0, 0])])
+
+    monkeypatch.setattr(infer, "count", fake_count)
+    start = types.SimpleNamespace(task="count")
+
+    def samples(ds, labelled=()):
+        out = []
+        for i, d in enumerate(ds):
+            img = np.full((8, 8), float(i), np.float32)
+            sizes[float(i)] = d
+            lab = None
+            if i in labelled:
+                lab = np.zeros((40, 40), np.int32)
+                lab[5:25, 5:25] = 1  # one 20 x 20 object: 22.6 px equivalent diameter
+            out.append(Sample(image=img, dots=np.zeros((0, 2)), labels=lab, name=f"im{i}"))
+        return out
+
+    notes = []
+    d, how = image_diameters(samples([29.5, 13.7, 29.5, 9.9, 29.2]), start, None, notes)
+    assert d == [29.5, 29.2, 29.5, 29.2, 29.2]  # the median of the five estimates is 29.2
+    assert how == "estimated by the start model"
+    assert len(notes) == 2 and "'im1'" in notes[0] and "13.7 px" in notes[0]
+    assert "'im3'" in notes[1] and "median, 29.2 px" in notes[1]
+    # within 1.5x of the median: every image keeps its own estimate
+    notes = []
+    d, _ = image_diameters(samples([20.0, 28.0, 36.0]), start, None, notes)
+    assert d == [20.0, 28.0, 36.0] and notes == []
+    # two estimates are not enough to call one of them wrong
+    d, _ = image_diameters(samples([30.0, 10.0]), start, None, notes)
+    assert d == [30.0, 10.0] and notes == []
+    # sizes measured from labels are not estimates: never replaced, not in the median
+    d, how = image_diameters(samples([30.0, 30.0, 10.0, 30.0], labelled=(2,)), start, None, notes)
+    assert d[:2] == [30.0, 30.0] and d[3] == 30.0 and 20 < d[2] < 25 and notes == []
+    assert "labels" in how and "estimated" in how

@@ -220,6 +220,11 @@ def test_finetune_widget_end_to_end(make_napari_viewer, qtbot, no_bundled):
     assert widget.result is not None, widget.status_label.text()
     assert "saved 'tiny-count-finetuned'" in widget.status_label.text()
     assert "before" in widget.result_label.text()
+    # a model worse than its start on the held-out part is saved, and the dock says so
+    regression = widget.result.regression
+    assert ("worse than 'tiny-count'" in widget.status_label.text()) is (regression is not None)
+    if regression is not None:
+        assert f"<b>{regression}</b>" in widget.result_label.text()
     assert widget.plot.loss_ax.lines  # loss curve drawn
     card = models.load_model("tiny-count-finetuned").card
     # the user's cells are 9.5 px: images are resampled onto the start model's grid (10 px), so
@@ -245,6 +250,45 @@ def test_finetune_widget_end_to_end(make_napari_viewer, qtbot, no_bundled):
     assert widget.run_button.isEnabled()
     assert "stop" in widget.status_label.text() or "saved" in widget.status_label.text()
     assert (models.user_model_dir() / "tiny-count-finetuned.json").read_bytes() == first
+
+
+@pytest.mark.gui
+def test_finetune_dock_warns_when_the_new_model_is_worse(
+    make_napari_viewer, monkeypatch, no_bundled
+):
+    from napari_nalu_count._widgets._jobs import Outcome
+    from napari_nalu_count._widgets.finetune_widget import FineTuneWidget
+    from napari_nalu_count.train.finetune import FineTuneResult, held_out_regression
+
+    save_tiny()
+    widget = FineTuneWidget(make_napari_viewer())
+    told = []
+    monkeypatch.setattr(_viewer, "notify_warning", lambda m: told.append(("warning", m)))
+    monkeypatch.setattr(_viewer, "notify_info", lambda m: told.append(("info", m)))
+    before, after = {"mae": 21.76, "n_cells": 160}, {"mae": 140.72, "n_cells": 160}
+    note = held_out_regression("count", before, after, "tiny-count")
+    result = FineTuneResult(
+        None, "tiny-ft", before, after, [], False, notes=[note, "other"], regression=note
+    )
+    result.path = "unused"  # a saved model: the dock shows its before/after
+    widget._finished(_fast_params(), Outcome(value=result))
+    assert (
+        widget.status_label.text()
+        == "saved 'tiny-ft': worse than 'tiny-count' on the held-out part"
+    )
+    assert (
+        f"<b>{note}</b>" in widget.result_label.text()
+        and "<i>other</i>" in widget.result_label.text()
+    )
+    assert told == [("warning", f"new model 'tiny-ft' is {note}")]
+
+    told.clear()
+    better = {"mae": 3.0, "n_cells": 160}
+    ok = FineTuneResult(None, "tiny-ft-2", before, better, [], False, notes=[], regression=None)
+    ok.path = "unused"
+    widget._finished(_fast_params(name="tiny-ft-2"), Outcome(value=ok))
+    assert widget.status_label.text() == "saved 'tiny-ft-2'"
+    assert [kind for kind, _ in told] == ["info"]
 
 
 @pytest.mark.gui

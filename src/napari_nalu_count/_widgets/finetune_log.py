@@ -17,9 +17,11 @@ from napari_nalu_count.events import (
     Tuned,
     TuneTrial,
 )
+from napari_nalu_count.train import finetune as _finetune
 
-#: key metric shown first for each task, and whether lower is better
-KEY_METRIC = {"count": ("mae", True), "segment": ("f1", False)}
+#: key metric shown first for each task, and whether lower is better (the core's, which also
+#: decides whether a fine-tuned model is worse than its start)
+KEY_METRIC = _finetune.KEY_METRIC
 #: metrics worth comparing before/after, in display order
 SHOWN_METRICS = {
     "count": ("mae", "rmse", "mre", "bias"),

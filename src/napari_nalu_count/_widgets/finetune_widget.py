@@ -351,13 +351,21 @@ class FineTuneWidget(JobDock):
         self.result = result
         self.progress_bar.setValue(self.progress_bar.maximum())
         stopped = " (stopped: best so far)" if outcome.cancelled or result.cancelled else ""
-        self.status_label.setText(f"saved '{result.name}'{stopped}")
-        notes = "".join(f"<br><i>{note}</i>" for note in getattr(result, "notes", []) or [])
+        regression = getattr(result, "regression", None)
+        worse = f": worse than '{params.start_model}' on the held-out part" if regression else ""
+        self.status_label.setText(f"saved '{result.name}'{stopped}{worse}")
+        notes = "".join(
+            f"<br><b>{note}</b>" if note == regression else f"<br><i>{note}</i>"
+            for note in getattr(result, "notes", []) or []
+        )
         self.result_label.setText(
             summary_html(params.task, result.metrics_before, result.metrics_after) + notes
         )
         self._model_saved(result.name)
-        _viewer.notify_info(f"new model '{result.name}' is ready in the Count/Segment pickers")
+        if regression:
+            _viewer.notify_warning(f"new model '{result.name}' is {regression}")
+        else:
+            _viewer.notify_info(f"new model '{result.name}' is ready in the Count/Segment pickers")
 
     def _on_diverged(self, params: FineTuneParams, exc: TrainingDiverged) -> None:
         """Show the divergence; point to the model that was kept (never a half-written file:

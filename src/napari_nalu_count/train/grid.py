@@ -47,16 +47,34 @@ def estimated_diameter(samples: Sequence[Any], task: str, normalization: dict) -
     return float(np.median(values)) if values else None
 
 
+#: an image's estimated nucleus size this far (as a factor) from the median of the estimates
+#: of the images fine-tuned together is taken for a wrong estimate (:func:`image_diameters`)
+OUTLIER_FACTOR = 1.5
+
+
 def image_diameters(
-    samples: Sequence[Any], start: Any, diameter: float | None
+    samples: Sequence[Any],
+    start: Any,
+    diameter: float | None,
+    notes: list[str] | None = None,
 ) -> tuple[list[float], str]:
     """Per-image nucleus diameters (pixels of each image) and how they were found: the given
-    ``diameter``; else each image's labels; else the start model's own estimate (``count``)."""
+    ``diameter``; else each image's labels; else the start model's own estimate (``count``).
+
+    Estimates that disagree with the others: when three or more images are estimated, one
+    more than :data:`OUTLIER_FACTOR` times from their median is replaced by the median (a note
+    in ``notes`` says which). Images fine-tuned together nearly always come from one
+    microscope, and one wrong estimate poisons the training: each image is resampled by its
+    estimate, so its nuclei reach the model at the wrong size, the density learns to count
+    them there and the size head learns that size as the right one. On BBBC039 (28 px nuclei),
+    the start model estimated 29.5, 13.7, 29.5, 9.9 and 29.2 px for one draw of 5 images (two
+    fields with little in them); fine-tuned on that, the model counted 389 for 109 nuclei on a
+    val image (docs/models.md, round 13)."""
     from napari_nalu_count.data import typical_diameter
 
     if diameter is not None:
         return [float(diameter)] * len(samples), f"given ({float(diameter):g} px)"
-    out, how = [], set()
+    out, how, estimated = [], set(), []
     for s in samples:
         lab = None if s.labels is None else np.asarray(s.labels)
         if lab is not None and lab.max() > 0:
@@ -77,8 +95,21 @@ def image_diameters(
                 f"cannot find the nucleus size of image {getattr(s, 'name', '')!r}; "
                 "pass diameter= (pixels)"
             )
+        estimated.append(len(out))
         out.append(float(d))
         how.add("estimated by the start model")
+    if len(estimated) >= 3:
+        median = float(np.median([out[i] for i in estimated]))
+        for i in estimated:
+            if not median / OUTLIER_FACTOR <= out[i] <= median * OUTLIER_FACTOR:
+                if notes is not None:
+                    name = getattr(samples[i], "name", "") or f"#{i + 1}"
+                    notes.append(
+                        f"image {name!r}: its estimated nucleus size {out[i]:.1f} px is more "
+                        f"than {OUTLIER_FACTOR:g}x from the other images' median; fine-tuned "
+                        f"at the median, {median:.1f} px (pass diameter= if the sizes differ)"
+                    )
+                out[i] = median
     return out, " / ".join(sorted(how))
 
 
@@ -129,7 +160,7 @@ def model_grid(
                 raise InputError("cannot find the nucleus size of these images; type a diameter")
             notes.append(f"diameter estimated from the images: {diameter:.1f} px")
     if generalist:
-        image_d, how = image_diameters(samples, start, diameter)
+        image_d, how = image_diameters(samples, start, diameter, notes)
         jitter = card.get("scale_jitter")
         if cfg.scale_jitter is None and jitter:
             cfg.scale_jitter = [float(jitter[0]), float(jitter[1])]
