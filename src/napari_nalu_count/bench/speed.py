@@ -373,7 +373,6 @@ def _allocator_rows(size: int, threads: int, rounds: int, segment: bool) -> dict
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_nalu_count.data.synthetic import synthetic_cells
     from napari_nalu_count.infer import backend as _backend
     from napari_nalu_count.infer import count, engine, segment
     from napari_nalu_count.infer.device import auto_tile_size, resolve_device
@@ -387,8 +386,8 @@ def run(args: argparse.Namespace) -> int:
     counter, count_source = _model(args.count_model, "count", device)
     tile = auto_tile_size(device, stride=max(int(getattr(counter.net, "stride", 1) or 1), 8))
     diameter = float(args.diameter)
-    n_cells = int(size * size / (diameter * diameter * 4))
-    image = synthetic_cells((size, size), n_cells=n_cells, diameter=diameter, seed=0).image
+    n_cells = int(size * size / (diameter * diameter * 4))  # as speed_image places them
+    image = speed_image(size, diameter)
     mpx = size * size / 1e6
     with_base = bool(getattr(args, "baseline", False))
     configs: dict[str, dict[str, Any]] = {"current": {}}
@@ -755,16 +754,33 @@ def _ort_version() -> str | None:
         return None
 
 
+def speed_image(size: int = 2048, diameter: float = 28.66) -> np.ndarray:
+    """The benchmark's ``size x size`` uint16 synthetic image (seed 0): nuclei of ``diameter``
+    px, one per ``(2 diameter)^2`` pixels."""
+    from napari_nalu_count.data.synthetic import synthetic_cells
+
+    n_cells = int(size * size / (diameter * diameter * 4))
+    return synthetic_cells((size, size), n_cells=n_cells, diameter=diameter, seed=0).image
+
+
+def small_images(n: int = 64, side: int = 256, diameter: float = 28.66) -> list[np.ndarray]:
+    """The ``--small`` images: ``n`` synthetic ``side x side`` planes (seeds 0..n-1), at least
+    one nucleus each, at the density of :func:`speed_image`."""
+    from napari_nalu_count.data.synthetic import synthetic_cells
+
+    cells = max(1, int(side * side / (diameter * diameter * 4)))
+    return [
+        synthetic_cells((side, side), n_cells=cells, diameter=diameter, seed=i).image
+        for i in range(n)
+    ]
+
+
 def _small_images(args: argparse.Namespace, counter: Any, dev: str, configs: dict) -> dict:
     """N images of S x S counted one call each, the diameter estimated and given."""
-    from napari_nalu_count.data.synthetic import synthetic_cells
     from napari_nalu_count.infer import count
 
     n, side, d = int(args.small), int(args.small_size), float(args.diameter)
-    cells = max(1, int(side * side / (d * d * 4)))
-    imgs = [
-        synthetic_cells((side, side), n_cells=cells, diameter=d, seed=i).image for i in range(n)
-    ]
+    imgs = small_images(n, side, d)
     mpx = n * side * side / 1e6
     out: dict[str, Any] = {"n": n, "size": side, "diameter": d, "configurations": {}}
     for mode, kw in (("estimated", {}), ("given", {"diameter": d})):
