@@ -67,9 +67,9 @@ def image_diameters(
     microscope, and one wrong estimate poisons the training: each image is resampled by its
     estimate, so its nuclei reach the model at the wrong size, the density learns to count
     them there and the size head learns that size as the right one. On BBBC039 (28 px nuclei),
-    the start model estimated 29.5, 13.7, 29.5, 9.9 and 29.2 px for one draw of 5 images (two
-    fields with little in them); fine-tuned on that, the model counted 389 for 109 nuclei on a
-    val image (docs/models.md, round 13)."""
+    the start model estimated 29.5, 13.7, 29.5, 9.9 and 29.2 px for one draw of 5 images (the
+    two outliers: a field of 154 nuclei and an empty field); fine-tuned on that, the model
+    counted 389 for 109 nuclei on a val image (docs/models.md, round 13)."""
     from napari_nalu_count.data import typical_diameter
 
     if diameter is not None:
