@@ -386,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
     counter, count_source = _model(args.count_model, "count", device)
     tile = auto_tile_size(device, stride=max(int(getattr(counter.net, "stride", 1) or 1), 8))
     diameter = float(args.diameter)
-    n_cells = int(size * size / (diameter * diameter * 4))  # as speed_image places them
+    n_cells = _n_cells(size, diameter)
     image = speed_image(size, diameter)
     mpx = size * size / 1e6
     with_base = bool(getattr(args, "baseline", False))
@@ -754,12 +754,17 @@ def _ort_version() -> str | None:
         return None
 
 
+def _n_cells(side: int, diameter: float) -> int:
+    """Nuclei on a ``side x side`` benchmark plane: one per ``(2 diameter)^2`` pixels."""
+    return int(side * side / (diameter * diameter * 4))
+
+
 def speed_image(size: int = 2048, diameter: float = 28.66) -> np.ndarray:
     """The benchmark's ``size x size`` uint16 synthetic image (seed 0): nuclei of ``diameter``
-    px, one per ``(2 diameter)^2`` pixels."""
+    px, :func:`_n_cells` of them."""
     from napari_nalu_count.data.synthetic import synthetic_cells
 
-    n_cells = int(size * size / (diameter * diameter * 4))
+    n_cells = _n_cells(size, diameter)
     return synthetic_cells((size, size), n_cells=n_cells, diameter=diameter, seed=0).image
 
 
@@ -768,7 +773,7 @@ def small_images(n: int = 64, side: int = 256, diameter: float = 28.66) -> list[
     one nucleus each, at the density of :func:`speed_image`."""
     from napari_nalu_count.data.synthetic import synthetic_cells
 
-    cells = max(1, int(side * side / (diameter * diameter * 4)))
+    cells = max(1, _n_cells(side, diameter))
     return [
         synthetic_cells((side, side), n_cells=cells, diameter=diameter, seed=i).image
         for i in range(n)
