@@ -56,6 +56,10 @@ for step in sys.argv[1:]:
         with allocator.paused():
             out.append((step, allocator.state(), faults()))
         continue
+    if step == "mapped":
+        with allocator.large_mapped():
+            out.append((step, allocator.state(), faults()))
+        continue
     allocator.apply(step == "on")
     out.append((step, allocator.state(), faults()))
 print(out)
@@ -132,18 +136,35 @@ print(out)
     assert ast.literal_eval(res.stdout.strip().splitlines()[-1]) == [float((300 << 20) // 4)]
 
 
-def test_segment_pauses_the_tuning_only_for_planes_cut_in_blocks(options, monkeypatch):
+@glibc
+def test_large_mapped_maps_only_blocks_above_the_threshold_and_then_tunes_again():
+    # inside: blocks under the mmap threshold still come from the heap and are reused ...
+    small = (8 << 20) // resource.getpagesize()
+    (_, _, on), (_, s_in, inside), (_, s_after, after) = _child("on", "mapped", "on")
+    assert s_in is True and s_after is True
+    assert on < 0.05 * small and inside < 0.05 * small and after < 0.05 * small
+    # ... while a block above it (40 MiB) is a mapping of its own, given back when freed;
+    # after the block the tuning (mmap disabled) reuses it again
+    big = (40 << 20) // resource.getpagesize()
+    (_, _, on), (_, _, inside), (_, _, after) = _child("on", "mapped", "on", mib=40)
+    assert on < 0.05 * big and inside > 0.5 * big and after < 0.05 * big
+    # never tuned: glibc's own settings are left alone
+    (_, s_m, _), (_, s_off, _) = _child("mapped", "off")
+    assert s_m is None and s_off is None
+
+
+def test_segment_maps_large_blocks_only_for_planes_cut_in_blocks(options, monkeypatch):
     torch.manual_seed(0)
     net = build_model({"architecture": "se_unet", "widths": [4, 8]})
     save_model(net, make_card("alloc-seg", "segment", net.config, diameter=12.0), "alloc-seg")
     entered = []
-    real = allocator.paused
+    real = allocator.large_mapped
 
     def spy():
         entered.append(True)
         return real()
 
-    monkeypatch.setattr(allocator, "paused", spy)
+    monkeypatch.setattr(allocator, "large_mapped", spy)
     img = np.random.default_rng(0).random((96, 96)).astype(np.float32)
     engine.segment(img, "alloc-seg", device="cpu", seeds="interior", diameter=12.0)
     assert entered == []
