@@ -25,6 +25,7 @@ import time
 import numpy as np
 import torch
 
+from napari_nalu_count._widgets.finetune_widget import FineTuneParams
 from napari_nalu_count.data import load_aitslab, load_bbbc039, load_dsb2018
 from napari_nalu_count.data.readers import Sample
 from napari_nalu_count.infer import count
@@ -61,6 +62,27 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=3.0, help="fine-tuning wall-clock budget")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate")
+    p.add_argument(
+        "--anchor",
+        type=float,
+        default=0.0,
+        help="TrainConfig.anchor_weight: weight decay towards the start model (0: off)",
+    )
+    p.add_argument(
+        "--freeze-bn",
+        action="store_true",
+        help="TrainConfig.freeze_bn: BatchNorm keeps the start model's running statistics",
+    )
+    p.add_argument(
+        "--ema", type=float, default=0.0, help="TrainConfig.ema: weight EMA decay (0: off)"
+    )
+    p.add_argument(
+        "--config",
+        choices=("bench", "dock"),
+        default="bench",
+        help="bench: up to 40 x 15 steps, batch 8, --minutes budget; dock: the Fine-tune "
+        "dock's defaults (FineTuneParams().train_config(), FRE on)",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -81,17 +103,24 @@ def main(argv=None) -> int:
             Sample(image=train_pool[i].image, dots=train_pool[i].dots, name=train_pool[i].name)
             for i in pick
         ]
-        cfg = TrainConfig(
-            epochs=40,
-            steps_per_epoch=15,
-            batch_size=8,
-            patch_size=128,
-            lr=args.lr,
-            patience=40,
-            warmup_steps=0,
-            seed=seed,
-            max_minutes=args.minutes,
-        )
+        if args.config == "dock":
+            cfg = FineTuneParams(args.model, "bench", "count").train_config()
+            cfg.seed = seed
+        else:
+            cfg = TrainConfig(
+                epochs=40,
+                steps_per_epoch=15,
+                batch_size=8,
+                patch_size=128,
+                lr=args.lr,
+                patience=40,
+                warmup_steps=0,
+                seed=seed,
+                max_minutes=args.minutes,
+            )
+        cfg.anchor_weight = args.anchor
+        cfg.freeze_bn = args.freeze_bn
+        cfg.ema = args.ema
         t0 = time.perf_counter()
         res = fine_tune(start, samples, name=f"ft-{args.set}-{seed}", cfg=cfg, overwrite=True)
         minutes = (time.perf_counter() - t0) / 60
@@ -126,6 +155,10 @@ def main(argv=None) -> int:
         "command": "python benchmarks/finetune_generalist.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()} CPU, {args.threads} torch threads",
         "set": args.set,
+        "config": args.config,
+        "anchor_weight": args.anchor,
+        "freeze_bn": args.freeze_bn,
+        "ema": args.ema,
         "model": args.model,
         "val_images": len(val),
         "val_cells": int(sum(len(s.dots) for s in val)),

@@ -237,3 +237,53 @@ def test_tune_is_the_function_and_the_submodule_still_imports():
 
     assert tune2 is tune
     assert tr_pkg.fine_tune.__name__ == "fine_tune"
+
+
+def test_anchor_weight_pulls_the_weights_back_to_the_start(data):
+    from napari_nalu_count.nn import registry
+
+    tr, va = data
+    torch.manual_seed(0)
+    start = registry.build_model(registry.validate_config(COUNT_CONFIG))
+    w0 = {k: v.clone() for k, v in start.state_dict().items() if v.is_floating_point()}
+
+    def drift(anchor: float) -> float:
+        net = registry.build_model(registry.validate_config(COUNT_CONFIG))
+        net.load_state_dict(start.state_dict())
+        cfg = small_cfg(epochs=1, steps_per_epoch=6, lr=1e-2, anchor_weight=anchor)
+        res = train(net, tr, None, "count", cfg)
+        params = dict(res.net.named_parameters())
+        return max(float((params[k] - w0[k]).abs().max()) for k in params)
+
+    free, mild, full = drift(0.0), drift(20.0), drift(1e6)
+    assert free > 1e-3
+    assert mild < free
+    # lr x anchor_weight >= 1 at every step (lr >= min_lr 1e-5): back exactly at the start
+    assert full == 0.0
+    with pytest.raises(InputError, match="anchor_weight"):
+        small_cfg(anchor_weight=-1.0).check()
+
+
+def test_freeze_bn_keeps_the_start_statistics_and_still_learns(data):
+    from napari_nalu_count.nn import registry
+
+    tr, _ = data
+    torch.manual_seed(0)
+    start = registry.build_model(registry.validate_config(COUNT_CONFIG))
+    stats0 = {k: v.clone() for k, v in start.state_dict().items() if "running_" in k}
+    assert stats0
+
+    def trained(freeze: bool):
+        net = registry.build_model(registry.validate_config(COUNT_CONFIG))
+        net.load_state_dict(start.state_dict())
+        res = train(net, tr, None, "count", small_cfg(epochs=2, lr=1e-2, freeze_bn=freeze))
+        return res.net.state_dict()
+
+    frozen, free = trained(True), trained(False)
+    assert all(torch.equal(frozen[k], v) for k, v in stats0.items())
+    assert not all(torch.equal(free[k], v) for k, v in stats0.items())
+    # the weights (BN scale and shift included) are still trained
+    bn_w = [
+        k for k in frozen if k.endswith(".weight") and k.replace("weight", "running_mean") in frozen
+    ]
+    assert bn_w and any(not torch.equal(frozen[k], start.state_dict()[k]) for k in bn_w)

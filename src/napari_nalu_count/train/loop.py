@@ -95,6 +95,15 @@ class TrainConfig:
     of the image is free to drift, and a fine-tune on a few boxes could double the count of a
     whole image (measured: docs/uncertainty.md). 0 turns it off.
 
+    ``anchor_weight`` > 0 (fine-tuning): after every optimiser step each weight moves back
+    towards its value at the start of training by ``lr x anchor_weight`` of the difference
+    (weight decay towards the start model instead of towards zero, decoupled from Adam's
+    gradient scaling), so a few images pull the network only as far as they keep pulling.
+
+    ``freeze_bn`` (fine-tuning): BatchNorm layers keep the start model's running statistics
+    (eval mode while training; their scale and shift are still learned), so the statistics of
+    a few images' patches do not replace those of the data the start model was trained on.
+
     Count-level labels (samples with ``counts`` and no dots or labels): every step also draws
     ``batch_size`` whole boxes of them (:class:`~.dataset.CountLabelSampler`) and adds
     ``count_label_weight x mean((predicted - true)^2 / (true + 1))``, the predicted count
@@ -143,6 +152,8 @@ class TrainConfig:
     small_size: float = 8.0
     count_label_weight: float = 1.0
     keep_weight: float = 1.0
+    anchor_weight: float = 0.0
+    freeze_bn: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the settings."""
@@ -176,6 +187,8 @@ class TrainConfig:
             raise InputError(f"max_minutes must be positive, got {self.max_minutes!r}")
         if not (self.count_weight >= 0 and math.isfinite(self.count_weight)):
             raise InputError(f"count_weight must be >= 0, got {self.count_weight!r}")
+        if not (self.anchor_weight >= 0 and math.isfinite(self.anchor_weight)):
+            raise InputError(f"anchor_weight must be >= 0, got {self.anchor_weight!r}")
         if not (self.count_label_weight >= 0 and math.isfinite(self.count_label_weight)):
             raise InputError(f"count_label_weight must be >= 0, got {self.count_label_weight!r}")
         if self.scale_jitter is not None:
@@ -662,6 +675,7 @@ def train_events(
     net.requires_grad_(True)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    anchor = [p.detach().clone() for p in params] if cfg.anchor_weight > 0 else None
     plateau = None
     if cfg.schedule == "plateau":
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -711,6 +725,10 @@ def train_events(
         if hasattr(net, "reselect_fre"):
             net.reselect_fre(epoch - 1)
         net.train()
+        if cfg.freeze_bn:
+            for m in net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         epoch_losses: list[float] = []
         te = time.perf_counter()
         for _ in range(cfg.steps_per_epoch):
@@ -739,6 +757,11 @@ def train_events(
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
+            if anchor is not None:
+                pull = min(1.0, lr * cfg.anchor_weight)
+                with torch.no_grad():
+                    for p, a in zip(params, anchor, strict=True):
+                        p.lerp_(a, pull)
             if ema is not None:
                 ema.update(net)
             step += 1
