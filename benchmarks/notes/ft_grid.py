@@ -4,6 +4,8 @@ new set"): a copy of ``nuclei-count`` whose card diameter is ``GRID`` px instead
 ``benchmarks/finetune_generalist.py`` on Aitslab (3 draws of 5 images, 2.5 min each).
 
     python benchmarks/notes/ft_grid.py 20 nocheck   # 'check' keeps the size head's check
+    python benchmarks/notes/ft_grid.py 16 check --config dock --json OUT  # more options of
+                                                    # finetune_generalist.py: they win
 
 The size head was trained for the 12 px grid, so its check is switched off ('nocheck').
 """
@@ -35,6 +37,7 @@ def main() -> int:
         ["--data", "../shared/data", "--set", "aitslab", "--seeds", "0", "1", "2"]
         + ["--minutes", "2.5", "--threads", "2", "--model", str(path)]
         + ["--json", f"finetune_aitslab_grid{int(grid)}_{mode}.json"]
+        + sys.argv[3:]
     )
 
 
