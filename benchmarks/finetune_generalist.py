@@ -31,6 +31,7 @@ from napari_nalu_count.data.readers import Sample
 from napari_nalu_count.infer import count
 from napari_nalu_count.models import load_model
 from napari_nalu_count.train import TrainConfig, fine_tune
+from napari_nalu_count.train.finetune import default_config
 from napari_nalu_count.train.metrics import count_metrics
 
 LOADERS = {"aitslab": load_aitslab, "dsb2018": load_dsb2018, "bbbc039": load_bbbc039}
@@ -78,10 +79,18 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--config",
-        choices=("bench", "dock"),
+        choices=("bench", "dock", "api"),
         default="bench",
         help="bench: up to 40 x 15 steps, batch 8, --minutes budget; dock: the Fine-tune "
-        "dock's defaults (FineTuneParams().train_config(), FRE on)",
+        "dock's defaults (FineTuneParams().train_config(), FRE on); api: fine_tune()'s own "
+        "default (train.finetune.default_config)",
+    )
+    p.add_argument(
+        "--sigma", type=float, default=None, help="density sigma (default: the config's own)"
+    )
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the config's own)")
+    p.add_argument(
+        "--patience", type=int, default=None, help="early-stopping patience (default: the config's)"
     )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -104,7 +113,10 @@ def main(argv=None) -> int:
             for i in pick
         ]
         if args.config == "dock":
-            cfg = FineTuneParams(args.model, "bench", "count").train_config()
+            cfg = FineTuneParams(args.model, "bench", "count").train_config(start.card)
+            cfg.seed = seed
+        elif args.config == "api":
+            cfg = default_config(start.card)
             cfg.seed = seed
         else:
             cfg = TrainConfig(
@@ -118,6 +130,12 @@ def main(argv=None) -> int:
                 seed=seed,
                 max_minutes=args.minutes,
             )
+        if args.sigma is not None:
+            cfg.sigma = args.sigma
+        if args.epochs is not None:
+            cfg.epochs = args.epochs
+        if args.patience is not None:
+            cfg.patience = args.patience
         cfg.anchor_weight = args.anchor
         cfg.freeze_bn = args.freeze_bn
         cfg.ema = args.ema
@@ -128,6 +146,9 @@ def main(argv=None) -> int:
         runs.append(
             {
                 "seed": seed,
+                "sigma": cfg.sigma,
+                "epochs": cfg.epochs,
+                "patience": cfg.patience,
                 "train_images": [train_pool[i].name for i in pick],
                 "train_cells": int(sum(len(s.dots) for s in samples)),
                 "minutes_total": round(minutes, 2),
@@ -156,6 +177,7 @@ def main(argv=None) -> int:
         "machine": f"{platform.machine()} CPU, {args.threads} torch threads",
         "set": args.set,
         "config": args.config,
+        "sigma": args.sigma,
         "anchor_weight": args.anchor,
         "freeze_bn": args.freeze_bn,
         "ema": args.ema,

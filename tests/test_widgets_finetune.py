@@ -100,6 +100,26 @@ def test_fre_defaults_follow_the_model_card():
     assert enabled and b == 8 and x == 2.0
 
 
+def test_dock_schedule_is_fine_tunes_own_with_the_start_models_sigma():
+    """The dock trains with ``fine_tune``'s default schedule (early stopping, no warm-up, the
+    density sigma the start model was trained with) and only its own fields on top: on Aitslab
+    that schedule beat the dock's former one in every paired draw (docs/models.md, round 14)."""
+    from napari_nalu_count.train.finetune import default_config
+
+    card = {"training": {"settings": {"sigma": 2.0}}}
+    cfg = _fast_params(lr=1e-3).train_config(card)
+    ref = default_config(card)
+    assert cfg.sigma == 2.0 and ref.sigma == 2.0
+    assert (cfg.patience, cfg.warmup_steps) == (ref.patience, ref.warmup_steps) == (8, 0)
+    assert (cfg.epochs, cfg.steps_per_epoch, cfg.lr, cfg.patch_size) == (1, 2, 1e-3, 32)
+    assert cfg.fre == {"B": 2, "X": 2.0, "seed": 0} and cfg.device == "cpu"
+    # a card without training settings: TrainConfig's own sigma
+    assert _fast_params().train_config(None).sigma == default_config({}).sigma
+    # the dock's form starts at fine_tune's epochs and steps
+    assert (FineTuneParams("m", "n", "count").epochs, ref.epochs) == (20, 20)
+    assert FineTuneParams("m", "n", "count").steps_per_epoch == ref.steps_per_epoch
+
+
 def test_run_finetune_saves_a_loadable_model():
     from napari_nalu_count import models
 

@@ -37,7 +37,7 @@ class FineTuneParams:
     start_model: str
     name: str
     task: str
-    epochs: int = 10
+    epochs: int = 20
     steps_per_epoch: int = 20
     lr: float = 3e-4
     patch_size: int = 128
@@ -50,18 +50,21 @@ class FineTuneParams:
     holdout: float = 0.25
     overwrite: bool = False  # replace an existing user model of that name
 
-    def train_config(self) -> Any:
+    def train_config(self, start_card: dict[str, Any] | None = None) -> Any:
+        """``fine_tune``'s own schedule (early stopping, the start model's density sigma; see
+        ``train.finetune.default_config``) with the dock's epochs, steps, learning rate, patch
+        size, FRE and device."""
         from napari_nalu_count.infer.device import resolve_device
-        from napari_nalu_count.train import TrainConfig
+        from napari_nalu_count.train.finetune import default_config
 
-        return TrainConfig(
-            epochs=self.epochs,
-            steps_per_epoch=self.steps_per_epoch,
-            lr=self.lr,
-            patch_size=self.patch_size,
-            fre=self.fre,
-            device=str(resolve_device(self.device)),
-        )
+        cfg = default_config(start_card or {})
+        cfg.epochs = self.epochs
+        cfg.steps_per_epoch = self.steps_per_epoch
+        cfg.lr = self.lr
+        cfg.patch_size = self.patch_size
+        cfg.fre = self.fre
+        cfg.device = str(resolve_device(self.device))
+        return cfg
 
 
 def finetune_job(
@@ -77,7 +80,7 @@ def finetune_job(
             samples,
             name=params.name,
             task=params.task,
-            cfg=params.train_config(),
+            cfg=params.train_config(_models.model_card(params.start_model)),
             cancel=cancel,
             holdout=params.holdout,
             use_fre=params.fre is not None,
@@ -139,7 +142,7 @@ class FineTuneWidget(JobDock):
         self.on_close(self.pairs.watch.close)
         self.add_model_picker("start from", "the model to adapt (bundled or your own)")
         self.device_combo = ComboBox(label="device", choices=_models.device_names())
-        self.epochs_spin = SpinBox(label="epochs", min=1, max=1000, value=10)
+        self.epochs_spin = SpinBox(label="epochs", min=1, max=1000, value=20)
         self.steps_spin = SpinBox(label="steps / epoch", min=1, max=10000, value=20)
         self.lr_edit = LineEdit(label="learning rate", value="3e-4")
         self.patch_spin = SpinBox(label="patch size", min=16, max=1024, step=16, value=128)

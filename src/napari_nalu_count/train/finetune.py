@@ -344,6 +344,16 @@ def _check_args(
     return samples
 
 
+def default_config(start_card: dict[str, Any]) -> TrainConfig:
+    """The schedule :func:`fine_tune` uses when it is given no ``cfg``: 20 epochs x 20 steps,
+    lr 3e-4, patience 8, no warm-up, and the density sigma the start model was trained with."""
+    cfg = TrainConfig(epochs=20, steps_per_epoch=20, lr=3e-4, patience=8, warmup_steps=0)
+    train_settings = (start_card.get("training") or {}).get("settings") or {}
+    if "sigma" in train_settings:
+        cfg.sigma = float(train_settings["sigma"])
+    return cfg
+
+
 def fine_tune(
     start_model: Any,
     samples: Sequence[Any] | Any,
@@ -499,11 +509,8 @@ def fine_tune_events(
     in_ch = int(config.get("in_channels", 1))
     rule = input_rule(start_card)
     samples = reduce_samples(samples, rule, in_ch)
-    train_settings = (start_card.get("training") or {}).get("settings") or {}
     if cfg is None:
-        cfg = TrainConfig(epochs=20, steps_per_epoch=20, lr=3e-4, patience=8, warmup_steps=0)
-        if "sigma" in train_settings:
-            cfg.sigma = float(train_settings["sigma"])
+        cfg = default_config(start_card)
     else:
         cfg = copy.deepcopy(cfg)
     cfg.normalization = dict(start_card["normalization"])
