@@ -62,7 +62,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--minutes", type=float, default=3.0, help="fine-tuning wall-clock budget")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate")
+    p.add_argument(
+        "--lr", type=float, default=None, help="learning rate (default: the config's, 3e-4)"
+    )
     p.add_argument(
         "--anchor",
         type=float,
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
                 steps_per_epoch=15,
                 batch_size=8,
                 patch_size=128,
-                lr=args.lr,
+                lr=3e-4,
                 patience=40,
                 warmup_steps=0,
                 seed=seed,
@@ -132,6 +134,8 @@ def main(argv=None) -> int:
             )
         if args.sigma is not None:
             cfg.sigma = args.sigma
+        if args.lr is not None:
+            cfg.lr = args.lr
         if args.epochs is not None:
             cfg.epochs = args.epochs
         if args.patience is not None:
@@ -149,6 +153,7 @@ def main(argv=None) -> int:
                 "sigma": cfg.sigma,
                 "epochs": cfg.epochs,
                 "patience": cfg.patience,
+                "lr": cfg.lr,
                 "train_images": [train_pool[i].name for i in pick],
                 "train_cells": int(sum(len(s.dots) for s in samples)),
                 "minutes_total": round(minutes, 2),
