@@ -116,10 +116,8 @@ def main(argv=None) -> int:
         ]
         if args.config == "dock":
             cfg = FineTuneParams(args.model, "bench", "count").train_config(start.card)
-            cfg.seed = seed
         elif args.config == "api":
             cfg = default_config(start.card)
-            cfg.seed = seed
         else:
             cfg = TrainConfig(
                 epochs=40,
@@ -129,9 +127,9 @@ def main(argv=None) -> int:
                 lr=3e-4,
                 patience=40,
                 warmup_steps=0,
-                seed=seed,
                 max_minutes=args.minutes,
             )
+        cfg.seed = seed
         if args.sigma is not None:
             cfg.sigma = args.sigma
         if args.lr is not None:

@@ -142,10 +142,14 @@ class FineTuneWidget(JobDock):
         self.on_close(self.pairs.watch.close)
         self.add_model_picker("start from", "the model to adapt (bundled or your own)")
         self.device_combo = ComboBox(label="device", choices=_models.device_names())
-        self.epochs_spin = SpinBox(label="epochs", min=1, max=1000, value=20)
-        self.steps_spin = SpinBox(label="steps / epoch", min=1, max=10000, value=20)
+        self.epochs_spin = SpinBox(label="epochs", min=1, max=1000, value=FineTuneParams.epochs)
+        self.steps_spin = SpinBox(
+            label="steps / epoch", min=1, max=10000, value=FineTuneParams.steps_per_epoch
+        )
         self.lr_edit = LineEdit(label="learning rate", value="3e-4")
-        self.patch_spin = SpinBox(label="patch size", min=16, max=1024, step=16, value=128)
+        self.patch_spin = SpinBox(
+            label="patch size", min=16, max=1024, step=16, value=FineTuneParams.patch_size
+        )
         self.fre_check = CheckBox(text="FRE (Feature Random Enhancement)", value=True)
         self.fre_b_spin = SpinBox(
             label="B", min=0, max=4096, value=8, tooltip="bottleneck channels scaled by X"
