@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         runs.append(
             {
                 "seed": seed,
-                "sigma": cfg.sigma,
+                "sigma": res.card["training"]["settings"]["sigma"],
                 "epochs": cfg.epochs,
                 "patience": cfg.patience,
                 "lr": cfg.lr,

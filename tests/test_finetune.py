@@ -249,3 +249,24 @@ def test_fine_tune_never_replaces_a_model_unasked(start_model):
         fine_tune(start_model, [s], name="nuclei-count", cfg=_cfg(epochs=1))
     again = fine_tune(start_model, [s], name="mine", cfg=_cfg(epochs=1), overwrite=True)
     assert again.path == first.path
+
+
+def test_fine_tune_keeps_the_start_models_density_sigma_unless_cfg_sets_one(tmp_path):
+    torch.manual_seed(0)
+    net = build_model({"architecture": "unet_count", "widths": [4, 8], "unit": "nac"})
+    card = make_card(
+        "sig-start",
+        "count",
+        net.config,
+        diameter=9.0,
+        metrics={"split": "none"},
+        training={"settings": {"sigma": 1.5}},
+    )
+    start = save_model(net, card, tmp_path / "start" / "sig-start")
+    image = synthetic_cells((64, 96), n_cells=30, diameter=9.0, seed=5)
+    sample = image.__class__(image=image.image, dots=image.dots, name="user")
+    kw = dict(diameter=9.0, directory=tmp_path / "out", use_fre=False)
+    res = fine_tune(start, sample, name="sig-a", cfg=_cfg(), **kw)
+    assert res.card["training"]["settings"]["sigma"] == 1.5
+    res = fine_tune(start, sample, name="sig-b", cfg=_cfg(sigma=4.0), **kw)
+    assert res.card["training"]["settings"]["sigma"] == 4.0

@@ -287,3 +287,47 @@ def test_freeze_bn_keeps_the_start_statistics_and_still_learns(data):
         k for k in frozen if k.endswith(".weight") and k.replace("weight", "running_mean") in frozen
     ]
     assert bn_w and any(not torch.equal(frozen[k], start.state_dict()[k]) for k in bn_w)
+
+
+def test_sigma_none_trains_at_the_default_and_leaves_the_callers_config(data):
+    from napari_nalu_count.train.loop import DEFAULT_SIGMA
+
+    tr, va = data
+    cfg = small_cfg(epochs=1, steps_per_epoch=1)
+    assert cfg.sigma is None
+    res = train(COUNT_CONFIG, tr, va, "count", cfg)
+    assert res.train_config.sigma == DEFAULT_SIGMA == 3.0
+    assert cfg.sigma is None  # resolved on a copy
+    for bad in (-1.0, float("nan"), True, "2"):
+        with pytest.raises(InputError, match="sigma"):
+            small_cfg(sigma=bad).check()
+
+
+def test_start_model_sigma_reads_the_card_and_falls_back_to_the_default():
+    from napari_nalu_count.train.loop import DEFAULT_SIGMA, start_model_sigma
+
+    assert start_model_sigma({"training": {"settings": {"sigma": 2}}}) == 2.0
+    assert start_model_sigma({"training": {"settings": {"sigma": 0.0}}}) == 0.0
+    for card in (None, {}, {"training": None}, {"training": {"settings": {"sigma": None}}}):
+        assert start_model_sigma(card) == DEFAULT_SIGMA
+    assert start_model_sigma({"training": {"settings": {"sigma": "x"}}}) == DEFAULT_SIGMA
+    assert start_model_sigma({"training": {"settings": {"sigma": -1}}}) == DEFAULT_SIGMA
+
+
+def test_cli_train_takes_the_start_models_sigma_unless_given():
+    import argparse
+
+    from napari_nalu_count.commands.train import configure, train_config
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    card = {
+        "normalization": {"method": "percentile", "low": 1.0, "high": 99.8},
+        "density_scale": 100.0,
+        "training": {"settings": {"sigma": 2.0}},
+    }
+    args = parser.parse_args(["--data", "d"])
+    assert train_config(args, "count", card).sigma == 2.0
+    assert train_config(args, "count", None).sigma == 3.0  # from scratch: the default, recorded
+    args = parser.parse_args(["--data", "d", "--sigma", "4.5"])
+    assert train_config(args, "count", card).sigma == 4.5

@@ -68,7 +68,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch", type=int, default=128, help="patch size in pixels")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--patience", type=int, default=10)
-    parser.add_argument("--sigma", type=float, default=3.0, help="density Gaussian sigma, px")
+    parser.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help="density Gaussian sigma, px (default: the --from model's own, else 3)",
+    )
     parser.add_argument("--dice", action="store_true", help="add a Dice loss (segmentation)")
     parser.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
     parser.add_argument("--seed", type=int, default=0)
@@ -206,7 +211,7 @@ def fre_from_args(args: argparse.Namespace, config: dict) -> dict | None:
 
 
 def train_config(args: argparse.Namespace, task: str, start_card: dict | None):
-    from napari_nalu_count.train import TrainConfig
+    from napari_nalu_count.train.loop import TrainConfig, start_model_sigma
 
     cfg = TrainConfig(
         epochs=args.epochs if args.epochs is not None else 30,
@@ -216,7 +221,7 @@ def train_config(args: argparse.Namespace, task: str, start_card: dict | None):
         lr=args.lr,
         patience=args.patience,
         seed=args.seed,
-        sigma=args.sigma,
+        sigma=args.sigma if args.sigma is not None else start_model_sigma(start_card),
         dice=bool(args.dice),
         max_minutes=args.minutes,
         device=_device(args.device),

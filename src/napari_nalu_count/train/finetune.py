@@ -41,7 +41,7 @@ from napari_nalu_count.events import Event, Stage, Tuned, drive
 
 from .dataset import spatial_split
 from .grid import model_grid
-from .loop import TrainConfig, TrainResult, train_events
+from .loop import TrainConfig, TrainResult, start_model_sigma, train_events
 from .tune import TuneSettings, tune_events
 from .validate import as_model, end_to_end_events, outside_boxes_events
 
@@ -347,11 +347,14 @@ def _check_args(
 def default_config(start_card: dict[str, Any]) -> TrainConfig:
     """The schedule :func:`fine_tune` uses when it is given no ``cfg``: 20 epochs x 20 steps,
     lr 3e-4, patience 8, no warm-up, and the density sigma the start model was trained with."""
-    cfg = TrainConfig(epochs=20, steps_per_epoch=20, lr=3e-4, patience=8, warmup_steps=0)
-    train_settings = (start_card.get("training") or {}).get("settings") or {}
-    if "sigma" in train_settings:
-        cfg.sigma = float(train_settings["sigma"])
-    return cfg
+    return TrainConfig(
+        epochs=20,
+        steps_per_epoch=20,
+        lr=3e-4,
+        patience=8,
+        warmup_steps=0,
+        sigma=start_model_sigma(start_card),
+    )
 
 
 def fine_tune(
@@ -387,7 +390,8 @@ def fine_tune(
     box out).
 
     ``cfg`` defaults to a short schedule (20 epochs x 20 steps, lr 3e-4, patience 8); its
-    normalisation, density scale and sigma are taken from the start model's card. With
+    normalisation and density scale are taken from the start model's card, and so is its
+    density sigma unless ``cfg.sigma`` is set (None, the default, means the start model's). With
     ``use_fre`` (default) and no ``cfg.fre``, FRE is switched on with B = bottleneck // 4 and
     X = 2 unless the start model already has FRE.
 
@@ -513,6 +517,8 @@ def fine_tune_events(
         cfg = default_config(start_card)
     else:
         cfg = copy.deepcopy(cfg)
+    if cfg.sigma is None:
+        cfg.sigma = start_model_sigma(start_card)
     cfg.normalization = dict(start_card["normalization"])
     if task == "count":
         cfg.density_scale = float(start_card["density_scale"])

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import numbers
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,21 @@ __all__ = ["TrainConfig", "TrainResult", "evaluate", "recalibrate_bn", "train", 
 Callback = Callable[[Event], None]
 
 _LOWER_IS_BETTER = {"mae", "rmse", "mre", "loss", "mre_mean", "mae_mean"}
+
+
+DEFAULT_SIGMA = 3.0
+"""Density sigma (pixels) of a counting network trained from scratch with ``sigma=None``."""
+
+
+def start_model_sigma(card: Mapping[str, Any] | None) -> float:
+    """The density sigma a model was trained with (its card's ``training.settings.sigma``), or
+    :data:`DEFAULT_SIGMA` when the card does not record a usable one."""
+    settings = ((card or {}).get("training") or {}).get("settings") or {}
+    value = settings.get("sigma") if isinstance(settings, Mapping) else None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if math.isfinite(value) and value >= 0:
+            return float(value)
+    return DEFAULT_SIGMA
 
 
 @dataclass
@@ -100,6 +116,12 @@ class TrainConfig:
     (weight decay towards the start model instead of towards zero, decoupled from Adam's
     gradient scaling), so a few images pull the network only as far as they keep pulling.
 
+    ``sigma`` (counting): the Gaussian sigma (pixels) the dots are spread with into the density
+    target. None (default) means :data:`DEFAULT_SIGMA` when training from scratch, and the
+    start model's own sigma (its card's ``training.settings``) when training from a model with
+    :func:`~.finetune.fine_tune` or ``nalu-count train --from``, so a fine-tune keeps the
+    density shape its start model was trained for.
+
     ``freeze_bn`` (fine-tuning): BatchNorm layers keep the start model's running statistics
     (eval mode while training; their scale and shift are still learned), so the statistics of
     a few images' patches do not replace those of the data the start model was trained on.
@@ -121,7 +143,7 @@ class TrainConfig:
     warmup_steps: int = 0
     patience: int = 10
     seed: int = 0
-    sigma: float = 3.0
+    sigma: float | None = None
     density_scale: float = 100.0
     fre: dict | None = None
     dice: bool = False
@@ -175,8 +197,13 @@ class TrainConfig:
             )
         if not self.density_scale > 0:
             raise InputError(f"density_scale must be positive, got {self.density_scale!r}")
-        if self.sigma < 0:
-            raise InputError(f"sigma must be >= 0, got {self.sigma!r}")
+        if self.sigma is not None and not (
+            isinstance(self.sigma, numbers.Real)
+            and not isinstance(self.sigma, bool)
+            and math.isfinite(self.sigma)
+            and self.sigma >= 0
+        ):
+            raise InputError(f"sigma must be a number >= 0 or None, got {self.sigma!r}")
         if not isinstance(self.bn_recalibrate, int) or self.bn_recalibrate < 0:
             raise InputError(
                 f"bn_recalibrate must be a non-negative integer, got {self.bn_recalibrate!r}"
@@ -639,6 +666,8 @@ def train_events(
     and returns the :class:`TrainResult`."""
     cfg = cfg or TrainConfig()
     cfg.check()
+    if cfg.sigma is None:
+        cfg = dataclasses.replace(cfg, sigma=DEFAULT_SIGMA)
     net, config = _resolve_model(model_or_config, cfg.fre, cfg.seed)
     inferred = _task_of(net, config)
     task = task or inferred
