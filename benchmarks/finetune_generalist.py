@@ -94,6 +94,25 @@ def main(argv=None) -> int:
     p.add_argument(
         "--patience", type=int, default=None, help="early-stopping patience (default: the config's)"
     )
+    p.add_argument(
+        "--count-weight",
+        type=float,
+        default=None,
+        help="TrainConfig.count_weight (patch count loss)",
+    )
+    p.add_argument(
+        "--scale-jitter",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="TrainConfig.scale_jitter: patches resampled by a log-uniform factor in [LO, HI]",
+    )
+    p.add_argument(
+        "--appearance",
+        action="store_true",
+        help="TrainConfig.appearance: simulate other microscopes (default settings)",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -139,6 +158,12 @@ def main(argv=None) -> int:
         if args.patience is not None:
             cfg.patience = args.patience
         cfg.anchor_weight = args.anchor
+        if args.count_weight is not None:
+            cfg.count_weight = args.count_weight
+        if args.scale_jitter is not None:
+            cfg.scale_jitter = list(args.scale_jitter)
+        if args.appearance:
+            cfg.appearance = True
         cfg.freeze_bn = args.freeze_bn
         cfg.ema = args.ema
         t0 = time.perf_counter()
@@ -184,6 +209,9 @@ def main(argv=None) -> int:
         "anchor_weight": args.anchor,
         "freeze_bn": args.freeze_bn,
         "ema": args.ema,
+        "count_weight": args.count_weight,
+        "scale_jitter": args.scale_jitter,
+        "appearance": args.appearance,
         "model": args.model,
         "val_images": len(val),
         "val_cells": int(sum(len(s.dots) for s in val)),
