@@ -113,6 +113,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="TrainConfig.appearance: simulate other microscopes (default settings)",
     )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.25,
+        help="fine_tune's held-out fraction of the images (default 0.25: 1 of 5)",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -167,7 +173,14 @@ def main(argv=None) -> int:
         cfg.freeze_bn = args.freeze_bn
         cfg.ema = args.ema
         t0 = time.perf_counter()
-        res = fine_tune(start, samples, name=f"ft-{args.set}-{seed}", cfg=cfg, overwrite=True)
+        res = fine_tune(
+            start,
+            samples,
+            name=f"ft-{args.set}-{seed}",
+            cfg=cfg,
+            overwrite=True,
+            holdout=args.holdout,
+        )
         minutes = (time.perf_counter() - t0) / 60
         after = evaluate(load_model(res.path), val)
         runs.append(
@@ -210,6 +223,7 @@ def main(argv=None) -> int:
         "freeze_bn": args.freeze_bn,
         "ema": args.ema,
         "count_weight": args.count_weight,
+        "holdout": args.holdout,
         "scale_jitter": args.scale_jitter,
         "appearance": args.appearance,
         "model": args.model,

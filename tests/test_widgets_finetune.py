@@ -233,6 +233,9 @@ def test_finetune_widget_end_to_end(make_napari_viewer, qtbot, no_bundled):
     assert "diameter" in widget.hint_label.text()
     widget.diameter_edit.value = "9.5"
     assert widget.params().device == "cpu"
+    assert widget.params().holdout == 0.25  # fine_tune's own default
+    widget.holdout_spin.value = 0.4
+    assert widget.params().holdout == pytest.approx(0.4)
 
     widget.run()
     assert widget.running and widget.cancel_button.isEnabled()

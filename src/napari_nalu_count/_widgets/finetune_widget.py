@@ -150,6 +150,16 @@ class FineTuneWidget(JobDock):
         self.patch_spin = SpinBox(
             label="patch size", min=16, max=1024, step=16, value=FineTuneParams.patch_size
         )
+        self.holdout_spin = FloatSpinBox(
+            label="held out",
+            min=0.1,
+            max=0.9,
+            step=0.05,
+            value=FineTuneParams.holdout,
+            tooltip="fraction of the images kept out of training to measure before/after "
+            "(of 5 images: 0.25 holds out 1, 0.4 holds out 2; one image: a strip of it). "
+            "More held out: a steadier figure, less to train on",
+        )
         self.fre_check = CheckBox(text="FRE (Feature Random Enhancement)", value=True)
         self.fre_b_spin = SpinBox(
             label="B", min=0, max=4096, value=8, tooltip="bottleneck channels scaled by X"
@@ -176,7 +186,14 @@ class FineTuneWidget(JobDock):
             text="replace a model of that name", tooltip="off: never overwrite one"
         )
         self.form.extend(
-            [self.device_combo, self.epochs_spin, self.steps_spin, self.lr_edit, self.patch_spin]
+            [
+                self.device_combo,
+                self.epochs_spin,
+                self.steps_spin,
+                self.lr_edit,
+                self.patch_spin,
+                self.holdout_spin,
+            ]
         )
         self.form.extend([self.fre_check, fre_row, self.tune_check, self.trials_spin])
         self.boxes_combo = ComboBox(
@@ -306,6 +323,7 @@ class FineTuneWidget(JobDock):
             tune_trials=int(self.trials_spin.value),
             diameter=parse_diameter(self.diameter_edit.value),
             device=self.device_combo.value or "auto",
+            holdout=float(self.holdout_spin.value),
             overwrite=taken == "exists" and bool(self.replace_check.value),
         )
 
