@@ -117,3 +117,34 @@ def test_cli_tune_json(tmp_path, capsys):
 def test_cli_bad_arguments_exit_2(argv, capsys):
     assert main(argv) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_tune_from_a_model_trains_at_its_density_sigma(tmp_path, monkeypatch):
+    import importlib
+
+    from napari_nalu_count.models import make_card, save_model
+    from napari_nalu_count.nn.registry import build_model
+
+    net = build_model({"architecture": "unet_count", "widths": [4, 8]})
+    card = make_card(
+        "sig-tune", "count", net.config, metrics={"split": "none"},
+        training={"settings": {"sigma": 1.5}},
+    )  # fmt: skip
+    start = load_model(save_model(net, card, tmp_path / "sig-tune"))
+    tune_mod = importlib.import_module("napari_nalu_count.train.tune")
+    seen = []
+    real = tune_mod.train_events
+
+    def spy(model, tr, va, task, cfg, **kw):
+        seen.append(cfg.sigma)
+        return real(model, tr, va, task, cfg, **kw)
+
+    monkeypatch.setattr(tune_mod, "train_events", spy)
+    tr = synthetic_dataset(2, (10, 20), shape=(48, 48), diameter=8.0, seed=0)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, patch_size=32)
+    tune(start, tr, tr, n_trials=1, cfg=cfg, x_range=(1.0, 10.0))
+    assert seen == [1.5] and cfg.sigma is None  # the caller's config is left alone
+    seen.clear()
+    tune(start, tr, tr, n_trials=1, cfg=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2,
+                                                     patch_size=32, sigma=4.0))  # fmt: skip
+    assert seen == [4.0]
