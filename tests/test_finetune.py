@@ -48,6 +48,8 @@ def test_fine_tune_one_image_with_dots(start_model):
     assert data["n_images"] == 1 and data["n_dots"] == 30 and data["shapes"] == [[64, 96]]
     assert card["training"]["start_model"] == "tiny-start"
     assert card["training"]["settings"]["epochs"] == 2
+    # the start model measured on every annotated cell (held-out strip and training part)
+    assert card["metrics"]["start_on_annotated"]["n_cells"] == 30
     # no labels, no diameter given: estimated from the image (cells of 9 px), on the model grid
     assert card["diameter"] == pytest.approx(9.0, rel=0.3)
     assert "input_scale" not in card and not card["training"]["cancelled"]
@@ -270,3 +272,19 @@ def test_fine_tune_keeps_the_start_models_density_sigma_unless_cfg_sets_one(tmp_
     assert res.card["training"]["settings"]["sigma"] == 1.5
     res = fine_tune(start, sample, name="sig-b", cfg=_cfg(sigma=4.0), **kw)
     assert res.card["training"]["settings"]["sigma"] == 4.0
+
+
+def test_pooled_metrics_and_the_already_good_note():
+    from napari_nalu_count.train.finetune import already_good_note, pooled_count_metrics
+
+    held = {"mae": 2.0, "mean_true": 100.0, "n_images": 1, "n_cells": 100}
+    train = {"mae": 6.0, "mean_true": 50.0, "n_images": 3, "n_cells": 150}
+    pooled = pooled_count_metrics([held, train, None, {"n_images": 0}])
+    assert pooled == {"mae": 5.0, "mre": 20.0 / 250.0, "n_images": 4, "n_cells": 250}
+    assert pooled_count_metrics([None]) is None
+    assert already_good_note(pooled, "start") is None  # 8 %: worth fine-tuning
+    good = pooled_count_metrics([held, {**train, "mae": 1.0}])
+    note = already_good_note(good, "nuclei-count")
+    assert note is not None and "nuclei-count already counted" in note and "250 cells" in note
+    assert "2.0 %" in note  # (2 + 3) / 250
+    assert already_good_note({"mre": None}, "s") is None and already_good_note(None, "s") is None
