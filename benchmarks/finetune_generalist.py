@@ -119,6 +119,13 @@ def main(argv=None) -> int:
         default=0.25,
         help="fine_tune's held-out fraction of the images (default 0.25: 1 of 5)",
     )
+    p.add_argument(
+        "--all-train",
+        action="store_true",
+        help="probe: train on all drawn images (a copy of the first is added, and one of six "
+        "held out, so every drawn image is trained on; fine_tune's before/after then rests on "
+        "a trained-on image and flatters)",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -173,13 +180,16 @@ def main(argv=None) -> int:
         cfg.freeze_bn = args.freeze_bn
         cfg.ema = args.ema
         t0 = time.perf_counter()
+        if args.all_train:
+            first = samples[0]
+            samples = [*samples, Sample(image=first.image, dots=first.dots, name="copy")]
         res = fine_tune(
             start,
             samples,
             name=f"ft-{args.set}-{seed}",
             cfg=cfg,
             overwrite=True,
-            holdout=args.holdout,
+            holdout=1 / len(samples) if args.all_train else args.holdout,
         )
         minutes = (time.perf_counter() - t0) / 60
         after = evaluate(load_model(res.path), val)
@@ -191,7 +201,7 @@ def main(argv=None) -> int:
                 "patience": cfg.patience,
                 "lr": cfg.lr,
                 "train_images": [train_pool[i].name for i in pick],
-                "train_cells": int(sum(len(s.dots) for s in samples)),
+                "train_cells": int(sum(len(s.dots) for s in samples[: args.n_images])),
                 "minutes_total": round(minutes, 2),
                 "steps": res.card["training"]["steps"],
                 "reported_by_fine_tune": {
@@ -224,6 +234,7 @@ def main(argv=None) -> int:
         "ema": args.ema,
         "count_weight": args.count_weight,
         "holdout": args.holdout,
+        "all_train": args.all_train,
         "scale_jitter": args.scale_jitter,
         "appearance": args.appearance,
         "model": args.model,
