@@ -331,3 +331,20 @@ def test_cli_train_takes_the_start_models_sigma_unless_given():
     assert train_config(args, "count", None).sigma == 3.0  # from scratch: the default, recorded
     args = parser.parse_args(["--data", "d", "--sigma", "4.5"])
     assert train_config(args, "count", card).sigma == 4.5
+
+
+def test_training_a_loaded_model_keeps_its_sigma(data, tmp_path):
+    from napari_nalu_count.models import load_model, make_card, save_model
+    from napari_nalu_count.nn.registry import build_model
+
+    net = build_model(COUNT_CONFIG)
+    card = make_card(
+        "sig-train", "count", net.config, metrics={"split": "none"},
+        training={"settings": {"sigma": 1.5}},
+    )  # fmt: skip
+    start = load_model(save_model(net, card, tmp_path / "sig-train"))
+    tr, va = data
+    res = train(start, tr, va, "count", small_cfg(epochs=1, steps_per_epoch=1))
+    assert res.train_config.sigma == 1.5
+    res = train(start, tr, va, "count", small_cfg(epochs=1, steps_per_epoch=1, sigma=2.5))
+    assert res.train_config.sigma == 2.5

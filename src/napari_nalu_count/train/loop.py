@@ -118,9 +118,10 @@ class TrainConfig:
 
     ``sigma`` (counting): the Gaussian sigma (pixels) the dots are spread with into the density
     target. None (default) means :data:`DEFAULT_SIGMA` when training from scratch, and the
-    start model's own sigma (its card's ``training.settings``) when training from a model with
-    :func:`~.finetune.fine_tune` or ``nalu-count train --from``, so a fine-tune keeps the
-    density shape its start model was trained for.
+    start model's own sigma (its card's ``training.settings``) when training from a loaded
+    model (:func:`train` or :func:`~.tune.tune` given one, :func:`~.finetune.fine_tune`,
+    ``nalu-count train|tune --from``), so a fine-tune keeps the density shape its start model
+    was trained for.
 
     ``freeze_bn`` (fine-tuning): BatchNorm layers keep the start model's running statistics
     (eval mode while training; their scale and shift are still learned), so the statistics of
@@ -666,8 +667,10 @@ def train_events(
     and returns the :class:`TrainResult`."""
     cfg = cfg or TrainConfig()
     cfg.check()
-    if cfg.sigma is None:
-        cfg = dataclasses.replace(cfg, sigma=DEFAULT_SIGMA)
+    if cfg.sigma is None:  # a loaded model's own sigma, else the default (on a copy)
+        cfg = dataclasses.replace(
+            cfg, sigma=start_model_sigma(getattr(model_or_config, "card", None))
+        )
     net, config = _resolve_model(model_or_config, cfg.fre, cfg.seed)
     inferred = _task_of(net, config)
     task = task or inferred
