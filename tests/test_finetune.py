@@ -288,3 +288,22 @@ def test_pooled_metrics_and_the_already_good_note():
     assert note is not None and "nuclei-count already counted" in note and "250 cells" in note
     assert "2.0 %" in note  # (2 + 3) / 250
     assert already_good_note({"mre": None}, "s") is None and already_good_note(None, "s") is None
+
+
+def test_the_already_good_note_comes_next_to_the_before_after(start_model, monkeypatch):
+    import importlib
+
+    ft = importlib.import_module("napari_nalu_count.train.finetune")
+    seen = []
+
+    def note(on_annotated, name):
+        seen.append(on_annotated)
+        return "GOOD"
+
+    monkeypatch.setattr(ft, "already_good_note", note)
+    image = synthetic_cells((64, 96), n_cells=30, diameter=9.0, seed=5)
+    sample = image.__class__(image=image.image, dots=image.dots, name="user")
+    res = fine_tune(start_model, sample, name="good-note", cfg=_cfg())
+    assert seen and seen[0]["n_cells"] == 30
+    assert res.notes[1 if res.regression else 0] == "GOOD"
+    assert "GOOD" in res.card["training"]["notes"]

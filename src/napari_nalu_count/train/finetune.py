@@ -600,7 +600,7 @@ def fine_tune_events(
 
     yield Stage("measure", f"measuring {start.name} on the held-out part ({held_desc})")
     before = yield from validate(start, f"measuring {start.name}")
-    start_on_annotated = None
+    start_on_annotated = good = None
     if task == "count" and train_o:  # is there anything to fix? (cheap: a few counts)
         on_train = yield from end_to_end_events(
             start,
@@ -611,8 +611,6 @@ def fine_tune_events(
         )
         start_on_annotated = pooled_count_metrics([before, on_train])
         good = already_good_note(start_on_annotated, start.name)
-        if good is not None:
-            notes.append(good)
 
     tuning: dict[str, Any] = {}
     if settings is not None:
@@ -686,6 +684,8 @@ def fine_tune_events(
             metrics["start_on_annotated"] = start_on_annotated
         regression = held_out_regression(task, before, after, start.name)
         metrics["worse_than_start"] = regression is not None
+        if good is not None:  # next to the before/after, ahead of the how-it-was-done notes
+            notes.insert(0, good)
         if regression is not None:
             notes.insert(0, regression)
         if task == "count":
