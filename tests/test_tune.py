@@ -135,9 +135,10 @@ def test_tune_from_a_model_trains_at_its_density_sigma(tmp_path, monkeypatch):
     seen = []
     real = tune_mod.train_events
 
-    def spy(model, tr, va, task, cfg, **kw):
-        seen.append(cfg.sigma)
-        return real(model, tr, va, task, cfg, **kw)
+    def spy(*args, **kw):  # the sigma each trial really trained at
+        result = yield from real(*args, **kw)
+        seen.append(result.train_config.sigma)
+        return result
 
     monkeypatch.setattr(tune_mod, "train_events", spy)
     tr = synthetic_dataset(2, (10, 20), shape=(48, 48), diameter=8.0, seed=0)

@@ -24,7 +24,7 @@ from typing import Any
 from napari_nalu_count.errors import CancelToken, InputError, TrainingDiverged
 from napari_nalu_count.events import Event, Progress, TrainStep, TuneTrial, drive
 
-from .loop import _LOWER_IS_BETTER, TrainConfig, start_model_sigma, train_events
+from .loop import _LOWER_IS_BETTER, TrainConfig, train_events
 
 __all__ = ["TuneResult", "TuneSettings", "tune", "tune_events"]
 
@@ -167,8 +167,6 @@ def tune_events(
     base = registry.validate_config(dict(start.config if start is not None else config))
     task = task or registry.task_of(base)
     cfg = copy.deepcopy(cfg) if cfg is not None else TrainConfig(epochs=5, steps_per_epoch=50)
-    if cfg.sigma is None and start is not None:  # from a model: its own density sigma
-        cfg.sigma = start_model_sigma(getattr(start, "card", None))
     monitor = cfg.monitor or ("mae" if task == "count" else "f1")
     direction = "minimize" if monitor in _LOWER_IS_BETTER else "maximize"
     bottleneck = int(base["widths"][-1])
