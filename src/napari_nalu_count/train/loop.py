@@ -57,15 +57,22 @@ DEFAULT_SIGMA = 3.0
 """Density sigma (pixels) of a counting network trained from scratch with ``sigma=None``."""
 
 
+def _is_sigma(value: Any) -> bool:
+    """Whether ``value`` is a usable density sigma: a finite real number >= 0 (not a bool)."""
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
 def start_model_sigma(card: Mapping[str, Any] | None) -> float:
     """The density sigma a model was trained with (its card's ``training.settings.sigma``), or
     :data:`DEFAULT_SIGMA` when the card does not record a usable one."""
     settings = ((card or {}).get("training") or {}).get("settings") or {}
     value = settings.get("sigma") if isinstance(settings, Mapping) else None
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if math.isfinite(value) and value >= 0:
-            return float(value)
-    return DEFAULT_SIGMA
+    return float(value) if _is_sigma(value) else DEFAULT_SIGMA
 
 
 @dataclass
@@ -198,12 +205,7 @@ class TrainConfig:
             )
         if not self.density_scale > 0:
             raise InputError(f"density_scale must be positive, got {self.density_scale!r}")
-        if self.sigma is not None and not (
-            isinstance(self.sigma, numbers.Real)
-            and not isinstance(self.sigma, bool)
-            and math.isfinite(self.sigma)
-            and self.sigma >= 0
-        ):
+        if self.sigma is not None and not _is_sigma(self.sigma):
             raise InputError(f"sigma must be a number >= 0 or None, got {self.sigma!r}")
         if not isinstance(self.bn_recalibrate, int) or self.bn_recalibrate < 0:
             raise InputError(
