@@ -37,6 +37,21 @@ from napari_nalu_count.train.metrics import count_metrics
 LOADERS = {"aitslab": load_aitslab, "dsb2018": load_dsb2018, "bbbc039": load_bbbc039}
 
 
+def draw(n_pool: int, n_images: int, seed: int) -> list[int]:
+    """The indices of the ``n_images`` training images drawn for ``seed`` (the same draws in
+    every fine-tuning benchmark)."""
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(n_pool, n_images, replace=False).tolist())
+
+
+def preset_config(name: str, model: str, task: str, start_card: dict):
+    """The ``dock`` (the Fine-tune dock's defaults) or ``api`` (``fine_tune``'s own default)
+    training config for a fine-tune of ``model``."""
+    if name == "dock":
+        return FineTuneParams(model, "bench", task).train_config(start_card)
+    return default_config(start_card)
+
+
 def evaluate(model, samples) -> dict:
     pred, true, t = [], [], []
     for s in samples:
@@ -140,16 +155,13 @@ def main(argv=None) -> int:
     )
     runs = []
     for seed in args.seeds:
-        rng = np.random.default_rng(seed)
-        pick = sorted(rng.choice(len(train_pool), args.n_images, replace=False).tolist())
+        pick = draw(len(train_pool), args.n_images, seed)
         samples = [
             Sample(image=train_pool[i].image, dots=train_pool[i].dots, name=train_pool[i].name)
             for i in pick
         ]
-        if args.config == "dock":
-            cfg = FineTuneParams(args.model, "bench", "count").train_config(start.card)
-        elif args.config == "api":
-            cfg = default_config(start.card)
+        if args.config in ("dock", "api"):
+            cfg = preset_config(args.config, args.model, "count", start.card)
         else:
             cfg = TrainConfig(
                 epochs=40,

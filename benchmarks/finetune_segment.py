@@ -27,17 +27,13 @@ import time
 
 import numpy as np
 import torch
+from finetune_generalist import LOADERS, draw, preset_config
 
-from napari_nalu_count._widgets.finetune_widget import FineTuneParams
-from napari_nalu_count.data import load_aitslab, load_bbbc039, load_dsb2018
 from napari_nalu_count.data.readers import Sample
 from napari_nalu_count.infer import segment
 from napari_nalu_count.models import load_model
 from napari_nalu_count.train import fine_tune
-from napari_nalu_count.train.finetune import default_config
 from napari_nalu_count.train.metrics import instance_f1
-
-LOADERS = {"aitslab": load_aitslab, "dsb2018": load_dsb2018, "bbbc039": load_bbbc039}
 
 
 def evaluate(model, samples, seeds: str = "count") -> dict:
@@ -91,16 +87,12 @@ def main(argv=None) -> int:
     )
     runs = []
     for seed in args.seeds:
-        rng = np.random.default_rng(seed)
-        pick = sorted(rng.choice(len(train_pool), args.n_images, replace=False).tolist())
+        pick = draw(len(train_pool), args.n_images, seed)
         samples = [
             Sample(image=train_pool[i].image, labels=train_pool[i].labels, name=train_pool[i].name)
             for i in pick
         ]
-        if args.config == "dock":
-            cfg = FineTuneParams(args.model, "bench", "segment").train_config(start.card)
-        else:
-            cfg = default_config(start.card)
+        cfg = preset_config(args.config, args.model, "segment", start.card)
         cfg.seed = seed
         t0 = time.perf_counter()
         res = fine_tune(start, samples, name=f"ftseg-{args.set}-{seed}", cfg=cfg, overwrite=True)
