@@ -47,6 +47,7 @@ from napari_nalu_count.bench.accuracy import (
     load_set,
     make_methods,
 )
+from napari_nalu_count.infer.background import DEFAULT_FACTOR
 from napari_nalu_count.models import load_model
 
 TISSUE_SHAPE = [603, 1272]
@@ -133,6 +134,13 @@ def main(argv=None) -> int:
         action="store_true",
         help="also the counter and segmenter with background=True ('... +bg' columns)",
     )
+    p.add_argument(
+        "--flatten-factors",
+        default=None,
+        help="comma-separated opening widths in object diameters, each a column pair "
+        "('counter +bgW', e.g. 3,6,10); the default width's column is named '+bg' as with "
+        "--flatten",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -141,8 +149,11 @@ def main(argv=None) -> int:
     counter = load_model(args.count_model)
     segmenter = None if args.no_segment else load_model(args.seg_model)
     methods = make_methods(counter, segmenter, baselines=not args.no_baselines)
-    if args.flatten:
-        methods = _with_flattening(methods, counter, segmenter)
+    factors = [float(f) for f in (args.flatten_factors or "").split(",") if f.strip()]
+    if args.flatten and not factors:
+        factors = [DEFAULT_FACTOR]
+    if factors:
+        methods = _with_flattening(methods, counter, segmenter, factors)
     t0 = time.time()
     rows = []
     groups = []
@@ -198,40 +209,52 @@ def main(argv=None) -> int:
     return 0
 
 
-def _with_flattening(methods: dict, counter, segmenter) -> dict:
-    """``methods`` plus ``counter +bg`` / ``segmenter +bg``: the same calls with
-    ``background=True``, each placed after its plain column."""
+def _with_flattening(methods: dict, counter, segmenter, factors: list[float]) -> dict:
+    """``methods`` plus ``counter +bg`` / ``segmenter +bg`` for each opening width in
+    ``factors`` (object diameters): the same calls with ``background=width``, each placed after
+    its plain column. The default width's columns are ``+bg``, the others ``+bgW``."""
     from napari_nalu_count.data import instances_to_dots
     from napari_nalu_count.infer import count, segment
 
-    def counter_bg(image, d):
-        r = count(image, counter, axes="YX", diameter=d, device="cpu", background=True)
-        return {"count": r.count, "points": r.points, "diameter": r.diameter}
+    def counter_bg(f):
+        def run(image, d):
+            r = count(image, counter, axes="YX", diameter=d, device="cpu", background=f)
+            return {"count": r.count, "points": r.points, "diameter": r.diameter}
 
-    def segmenter_bg(image, d):
-        r = segment(
-            image,
-            segmenter,
-            axes="YX",
-            diameter=d,
-            device="cpu",
-            count_model=counter,
-            background=True,
-        )
-        return {
-            "count": r.count,
-            "points": instances_to_dots(r.labels),
-            "labels": r.labels,
-            "diameter": r.diameter,
-        }
+        return run
+
+    def segmenter_bg(f):
+        def run(image, d):
+            r = segment(
+                image,
+                segmenter,
+                axes="YX",
+                diameter=d,
+                device="cpu",
+                count_model=counter,
+                background=f,
+            )
+            return {
+                "count": r.count,
+                "points": instances_to_dots(r.labels),
+                "labels": r.labels,
+                "diameter": r.diameter,
+            }
+
+        return run
+
+    def suffix(f):
+        return "+bg" if f == DEFAULT_FACTOR else f"+bg{f:g}"
 
     out = {}
     for key, fn in methods.items():
         out[key] = fn
         if key == "counter":
-            out["counter +bg"] = counter_bg
+            for f in factors:
+                out[f"counter {suffix(f)}"] = counter_bg(f)
         if key == "segmenter":
-            out["segmenter +bg"] = segmenter_bg
+            for f in factors:
+                out[f"segmenter {suffix(f)}"] = segmenter_bg(f)
     return out
 
 

@@ -365,3 +365,29 @@ def test_default_data_root_follows_env(monkeypatch, tmp_path) -> None:
     assert bench.default_data_root() == tmp_path
     monkeypatch.delenv("NALU_COUNT_DATA")
     assert bench.default_data_root() == Path("..") / "shared" / "data"
+
+
+def test_background_option_reaches_count_and_is_recorded(fake_root, tmp_path, monkeypatch) -> None:
+    import napari_nalu_count.infer as infer
+
+    seen: list = []
+    real_count = infer.count
+
+    def spy(*a, **k):
+        seen.append(k.get("background", "absent"))
+        return real_count(*a, **k)
+
+    monkeypatch.setattr(infer, "count", spy)
+    base = ["bench", "accuracy", "--data", str(fake_root), "--sets", "vgg", "--no-segment"]
+    base += ["--no-baselines", "--quiet"]
+    out = tmp_path / "bg.json"
+    assert cli.main(base + ["--background", "8", "--json", str(out)]) == 0
+    assert seen and set(seen) == {8.0}
+    assert json.loads(out.read_text())["settings"]["background"] == 8.0
+    seen.clear()
+    assert cli.main(base + ["--background", "off"]) == 0
+    assert seen and set(seen) == {False}
+    seen.clear()
+    assert cli.main(base) == 0  # not given: count()'s own default
+    assert seen and set(seen) == {None}
+    assert cli.main(base + ["--background", "1"]) == 2  # narrower than 2 diameters

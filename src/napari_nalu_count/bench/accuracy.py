@@ -163,6 +163,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=("none", "true", "auto"),
         help="diameter given to count/segment: none (default), the true one, or 'auto'",
     )
+    parser.add_argument(
+        "--background",
+        default=None,
+        metavar="W",
+        help="background= for the counter and segmenter: on, off, or the opening's width in "
+        "object diameters (default: what count()/segment() do by default)",
+    )
     parser.add_argument("--no-baselines", action="store_true", help="skip LoG and Otsu+WS")
     parser.add_argument("--no-segment", action="store_true", help="skip the segmentation model")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
@@ -646,8 +653,10 @@ def make_methods(
     *,
     baselines: bool = True,
     device: str = "cpu",
+    background: float | bool | None = None,
 ) -> dict[str, Callable[[np.ndarray, Any], dict[str, Any]]]:
-    """The method callables of one run, keyed as in :data:`METHODS`."""
+    """The method callables of one run, keyed as in :data:`METHODS`; ``background`` is passed
+    to ``count`` and ``segment`` as it is (the baselines never flatten)."""
     from napari_nalu_count.data import instances_to_dots
     from napari_nalu_count.infer import count, segment
 
@@ -655,7 +664,7 @@ def make_methods(
     if counter is not None:
 
         def run_counter(image: np.ndarray, d: Any) -> dict[str, Any]:
-            r = count(image, counter, axes="YX", diameter=d, device=device)
+            r = count(image, counter, axes="YX", diameter=d, device=device, background=background)
             return {"count": r.count, "points": r.points, "diameter": r.diameter}
 
         methods["counter"] = run_counter
@@ -664,7 +673,13 @@ def make_methods(
 
         def run_segmenter(image: np.ndarray, d: Any) -> dict[str, Any]:
             r = segment(
-                image, segmenter, axes="YX", diameter=d, device=device, count_model=seeds_from
+                image,
+                segmenter,
+                axes="YX",
+                diameter=d,
+                device=device,
+                count_model=seeds_from,
+                background=background,
             )
             return {
                 "count": r.count,
@@ -756,7 +771,16 @@ def run(args: argparse.Namespace) -> int:
         segmenter = load_model(args.seg_model, device=device)
         if segmenter.task != "segment":
             raise InputError(f"--seg-model {args.seg_model!r} is a {segmenter.task!r} model")
-    methods = make_methods(counter, segmenter, baselines=not args.no_baselines, device=device)
+    from napari_nalu_count.infer.background import parse_background
+
+    background = None if args.background is None else parse_background(args.background)
+    methods = make_methods(
+        counter,
+        segmenter,
+        baselines=not args.no_baselines,
+        device=device,
+        background=False if args.background is not None and background is None else background,
+    )
     models = {"count": _model_info(counter)}
     if segmenter is not None:
         models["segment"] = _model_info(segmenter)
@@ -773,6 +797,8 @@ def run(args: argparse.Namespace) -> int:
         "watershed": WATERSHED_SETTINGS,
         "device": device,
     }
+    if args.background is not None:  # only when given: older runs' fingerprints stay valid
+        settings["background"] = background
     fingerprint = _fingerprint(settings)
     rows_path = Path(str(args.json) + ".rows.jsonl") if args.json else None
     done = (
