@@ -142,6 +142,39 @@ def load_sources(root: str, split: str, names: list[str], min_size: int, limit, 
     return data
 
 
+def textured_copies(
+    samples: list[Sample], share: float, seed: int, min_diameter: float = 20.0
+) -> list[Sample]:
+    """Copies of about ``share`` of the samples whose nuclei are at least ``min_diameter`` px,
+    with a ``mottled`` chromatin texture (:func:`~napari_nalu_count.data.augment.chromatin_texture`,
+    amplitude 0.15-0.8, grain 0.05-0.15 diameters) at their own resolution; the objects do not
+    move, so dots and labels are kept. ``spots`` is left out of training (the held-out kind)."""
+    import copy
+
+    from napari_nalu_count.data.augment import chromatin_texture
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in samples:
+        d = median_diameter(s)
+        if d is None or d < min_diameter or rng.random() >= share:
+            continue
+        c = copy.copy(s)
+        c.image = chromatin_texture(
+            s.image,
+            s.labels,
+            d,
+            float(rng.uniform(0.15, 0.8)),
+            kind="mottled",
+            grain=float(rng.uniform(0.05, 0.15)),
+            seed=rng,
+        )
+        c.name = f"{s.name}+texture"
+        c.meta = {**s.meta, "texture": True}
+        out.append(c)
+    return out
+
+
 def calibrate_count(net, train_items, density_scale: float) -> tuple[float, dict]:
     """``(calibrated density_scale, record)`` from the mean predicted / true count on the whole
     training images (one scalar; val is not used)."""
@@ -260,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small-size", type=float, default=8.0, help="grid px (equivalent diameter)")
     p.add_argument("--fre-b", type=int, default=None)
     p.add_argument("--fre-x", type=float, default=None)
+    p.add_argument(
+        "--texture",
+        type=float,
+        default=0.0,
+        help="add a chromatin-textured copy of this share of the training images whose nuclei "
+        "are 20 px or more (large nuclei at high magnification are mottled, not smooth)",
+    )
     p.add_argument("--log-json", default=None, help="write the history here as it grows")
     args = p.parse_args(argv)
 
@@ -287,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
 
     t_load = time.time()
     tr_raw = load_sources(args.data, "train", names, args.min_size, args.limit, args.synthetic)
+    if args.texture > 0:
+        for k, src in enumerate(list(tr_raw)):
+            extra = textured_copies(tr_raw[src], args.texture, seed=args.seed * 1000 + k)
+            print(f"{src}: {len(extra)} textured copies", flush=True)
+            tr_raw[src] = tr_raw[src] + extra
     va_raw = load_sources(args.data, "val", names, args.min_size, args.limit, 0)
     tr = [s for src, ss in tr_raw.items() for s in to_model_grid(ss, diameter, task, src)]
     va = [s for src, ss in va_raw.items() for s in to_model_grid(ss, diameter, task, src)]

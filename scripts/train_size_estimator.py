@@ -35,8 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from napari_nalu_count.data import load_aitslab, load_bbbc039, load_dsb2018
+from napari_nalu_count.data.augment import chromatin_texture
 from napari_nalu_count.data.synthetic import synthetic_varied
 from napari_nalu_count.infer import size as size_mod
 from napari_nalu_count.infer.scale import estimate_diameter_log, rescale_plane
@@ -48,7 +50,7 @@ def median_diameter(labels: np.ndarray) -> float | None:
     return float(np.median(np.sqrt(4.0 * sizes / np.pi))) if len(sizes) else None
 
 
-def rescaled_window(image, labels, scale, rng, crop=640, d_image=None):
+def rescaled_window(image, labels, scale, rng, crop=640, d_image=None, texture=0.0):
     """A window of ``image`` that is at most ``crop`` px after resampling by ``scale``, cast
     back to the image dtype; and the nucleus diameter there (or None when the window holds no
     object): the median diameter of the whole image's objects (``d_image``), because objects
@@ -62,13 +64,28 @@ def rescaled_window(image, labels, scale, rng, crop=640, d_image=None):
         return None, None
     d = d_image if d_image is not None else median_diameter(lab)
     out = rescale_plane(win.astype(np.float32), scale)
+    if texture > 0 and rng.random() < texture:
+        # chromatin texture on the resampled nuclei (their grain in output pixels)
+        lab_s = ndi.zoom(lab, scale, order=0, grid_mode=True, mode="nearest")
+        pad = [(0, max(0, a - b)) for a, b in zip(out.shape, lab_s.shape, strict=True)]
+        lab_s = np.pad(lab_s, pad)
+        lab_s = lab_s[: out.shape[0], : out.shape[1]]
+        out = chromatin_texture(
+            out,
+            lab_s,
+            d * scale,
+            float(rng.uniform(0.15, 0.8)),
+            kind="mottled",
+            grain=float(rng.uniform(0.05, 0.15)),
+            seed=rng,
+        )
     if np.issubdtype(image.dtype, np.integer):
         info = np.iinfo(image.dtype)
         out = np.clip(np.rint(out), info.min, info.max).astype(image.dtype)
     return out, d * scale
 
 
-def rows_for(samples, reps, rng, scales=None, lo=5.0, hi=130.0):
+def rows_for(samples, reps, rng, scales=None, lo=5.0, hi=130.0, texture=0.0):
     out = []
     for s in samples:
         if s.labels is None or s.labels.max() == 0:
@@ -79,7 +96,7 @@ def rows_for(samples, reps, rng, scales=None, lo=5.0, hi=130.0):
             target = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
             todo.append(float(np.clip(target / d0, 1 / 10, 5)))
         for sc in todo:
-            img, d = rescaled_window(s.image, s.labels, sc, rng, d_image=d0)
+            img, d = rescaled_window(s.image, s.labels, sc, rng, d_image=d0, texture=texture)
             if img is None:
                 continue
             out.append((img, d, s.meta.get("dataset", "synthetic"), s.name, sc))
@@ -153,8 +170,17 @@ def main(argv=None) -> int:
     p.add_argument("--report", default=None, help="write the evaluation as JSON here")
     p.add_argument("--synthetic", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--texture",
+        type=float,
+        default=0.0,
+        help="share of the training windows given a 'mottled' chromatin texture (amplitude "
+        "0.15-0.8, grain 0.05-0.15 diameters; data.augment.chromatin_texture); 'spots' stays "
+        "out of training, for the held-out check",
+    )
     p.add_argument("--no-log", action="store_true", help="skip the (slow) LoG comparison")
     p.add_argument("--ensemble", type=int, default=5, help="MLPs averaged (different seeds)")
+    p.add_argument("--hidden", type=int, default=64, help="width of each MLP's hidden layers")
     p.add_argument(
         "--octave-crop",
         type=int,
@@ -174,12 +200,14 @@ def main(argv=None) -> int:
     t0 = time.time()
     train = []
     for loader, reps in ((load_bbbc039, 5), (load_dsb2018, 3), (load_aitslab, 16)):
-        train += rows_for(loader(args.data, "train"), reps, rng, lo=5.0, hi=150.0)
+        train += rows_for(
+            loader(args.data, "train"), reps, rng, lo=5.0, hi=150.0, texture=args.texture
+        )
     synth = [
         synthetic_varied((int(rng.choice([256, 384, 512])),) * 2, seed=10_000 + i)
         for i in range(args.synthetic)
     ]
-    train += rows_for(synth, 1, rng, lo=5.0, hi=150.0)
+    train += rows_for(synth, 1, rng, lo=5.0, hi=150.0, texture=args.texture)
     val = []
     for loader in (load_bbbc039, load_dsb2018, load_aitslab):
         val += rows_for(loader(args.data, "val"), 0, rng, scales=(0.5, 1.0, 2.0, 3.0))
@@ -189,7 +217,7 @@ def main(argv=None) -> int:
     y = np.log([r[1] for r in train])
     Xv, tv = profiles(val, options)
     yv = np.log([r[1] for r in val])
-    members = [fit(X, y, args.seed + k) for k in range(args.ensemble)]
+    members = [fit(X, y, args.seed + k, hidden=args.hidden) for k in range(args.ensemble)]
     reg = size_mod.SizeRegressor({"members": [m.to_dict() for m in members]})
     pred = np.array([reg(x) for x in Xv])
     err = pred - yv

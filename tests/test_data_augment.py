@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from napari_nalu_count.data.augment import Augmenter, ElasticField
 from napari_nalu_count.data.density import dots_to_density, points_inside
@@ -157,3 +158,43 @@ def test_apply_sample_and_errors():
         Augmenter(scale=(0.0, 1.0))
     with pytest.raises(InputError, match="elastic"):
         Augmenter(elastic=-1.0)
+
+
+def test_chromatin_texture_changes_only_the_objects_and_keeps_dtype():
+    from napari_nalu_count.data.augment import chromatin_texture
+
+    s = synthetic_cells((160, 160), n_cells=6, diameter=40.0, seed=3, texture=0.0, overlap=0.0)
+    img, lab = s.image, s.labels
+    assert chromatin_texture(img, lab, 40.0, 0.0) is img
+    far = ndi.distance_transform_edt(lab == 0) > 6  # beyond the softened outline
+    inside = ndi.binary_erosion(lab > 0, iterations=3)
+    base = img.astype(np.float64)
+    for kind in ("mottled", "spots"):
+        out = chromatin_texture(img, lab, 40.0, 0.6, kind=kind, seed=1)
+        assert out.dtype == img.dtype and out.shape == img.shape
+        assert np.array_equal(out[far], img[far])
+        again = chromatin_texture(img, lab, 40.0, 0.6, kind=kind, seed=1)
+        assert np.array_equal(out, again)
+        # the objects got a texture: their pixel-to-pixel spread grew by a lot
+        grad_before = np.abs(np.diff(base, axis=1))[inside[:, 1:]].mean()
+        grad_after = np.abs(np.diff(out.astype(np.float64), axis=1))[inside[:, 1:]].mean()
+        assert grad_after > 1.5 * grad_before, kind
+    spots = chromatin_texture(img, lab, 40.0, 0.8, kind="spots", seed=1).astype(np.float64)
+    assert spots[inside].max() > base[inside].max()  # bright foci above the old peak
+    assert np.median(spots[inside]) < np.median(base[inside])  # on a dimmer nucleus
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"kind": "stripes"}, {"amp": -0.1}, {"amp": float("nan")}, {"diameter": 0.0}, {"grain": 0}],
+)
+def test_chromatin_texture_refuses_bad_settings(kwargs):
+    from napari_nalu_count.data.augment import chromatin_texture
+
+    s = synthetic_cells((48, 48), n_cells=2, diameter=12.0, seed=0)
+    args = {"diameter": 12.0, "amp": 0.5}
+    args.update(kwargs)
+    with pytest.raises(InputError):
+        chromatin_texture(s.image, s.labels, **args)
+    with pytest.raises(InputError, match="shape"):
+        chromatin_texture(s.image, s.labels[:-1], 12.0, 0.5)
