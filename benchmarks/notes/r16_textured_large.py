@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_nalu_count.bench.accuracy import load_set
+from napari_nalu_count.bench.accuracy import load_set, seg_counts
 from napari_nalu_count.data.augment import chromatin_texture
-from napari_nalu_count.infer import count
+from napari_nalu_count.infer import count, segment
 from napari_nalu_count.infer import size as size_mod
 from napari_nalu_count.models import load_model
 from napari_nalu_count.train.dataset import rescale_samples
@@ -53,6 +53,11 @@ def main(argv=None) -> int:
     p.add_argument("--count-model", default="nuclei-count")
     p.add_argument("--regressor", default=None, help="a size_regressor.json other than the bundled")
     p.add_argument("--no-given", action="store_true", help="skip the count with the true diameter")
+    p.add_argument(
+        "--segment",
+        action="store_true",
+        help="also segment() (count-guided seeds), d estimated and given: F1@0.5 columns",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -61,6 +66,7 @@ def main(argv=None) -> int:
         size_mod.REGRESSOR_FILE = Path(args.regressor)
         size_mod.load_regressor.cache_clear()
     model = load_model(args.count_model)
+    seg_model = load_model("nuclei-seg") if args.segment else None
     textures = parse_textures(args.textures)
     rows, t0 = [], time.time()
     for set_ in args.sets.split(","):
@@ -89,12 +95,18 @@ def main(argv=None) -> int:
                 if not args.no_given:
                     given = count(img, model, axes="YX", device="cpu", diameter=d_true)
                     row["count_given"] = float(given.count)
+                if seg_model is not None:
+                    for key, d in (("seg_est", None), ("seg_given", d_true)):
+                        r = segment(
+                            img, seg_model, axes="YX", device="cpu", count_model=model, diameter=d
+                        )
+                        row[key] = seg_counts(s.labels, r.labels)["0.5"]
                 rows.append(row)
             print(f"{set_} {i} ({time.time() - t0:.0f} s)", flush=True)
     lines = [
         "| set (scale) | texture | estimate / true d (median) | rel MAE, d estimated "
-        "| rel MAE, d given |",
-        "|---|---|---:|---:|---:|",
+        "| rel MAE, d given |" + (" seg F1@0.5, d estimated / given |" if args.segment else ""),
+        "|---|---|---:|---:|---:|" + ("---:|" if args.segment else ""),
     ]
     for set_ in args.sets.split(","):
         for tex in dict.fromkeys(r["texture"] for r in rows):
@@ -107,8 +119,16 @@ def main(argv=None) -> int:
                 else "-"
             )
             ratio = float(np.median([r["est_d"] / r["true_d"] for r in sub]))
+            f1 = ""
+            if "seg_est" in sub[0]:
+                parts = []
+                for key in ("seg_est", "seg_given"):
+                    tp, fp, fn = (sum(r[key][j] for r in sub) for j in range(3))
+                    parts.append(f"{2 * tp / max(1, 2 * tp + fp + fn):.3f}")
+                f1 = " " + " / ".join(parts) + " |"
             lines.append(
                 f"| {set_} ({sub[0]['scale']}x) | {tex} | {ratio:.2f} | {100 * e:.1f} % | {g} |"
+                + f1
             )
     table = "\n".join(lines)
     print(table)
