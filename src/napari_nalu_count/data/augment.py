@@ -497,7 +497,8 @@ def chromatin_texture(
       noise (Gaussian of ``grain x diameter`` minus one three times wider);
     - ``"spots"``: the nucleus dimmed to ``1 - amp / 2`` of its signal, plus bright foci
       (Gaussian spots of sd ``grain x diameter / 2``, one per ``(2.5 grain diameter)^2`` of
-      object area, each ``2 amp`` x the local signal at its peak).
+      object area, each adding ``2 amp`` to the gain at its centre: a lone focus peaks at
+      ``1 + 1.5 amp`` x the original signal).
 
     The objects do not move: dots and labels stay valid. ``amp`` 0 returns ``image`` as is.
     """
