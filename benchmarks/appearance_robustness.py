@@ -211,37 +211,12 @@ def main(argv=None) -> int:
 
 def _with_flattening(methods: dict, counter, segmenter, factors: list[float]) -> dict:
     """``methods`` plus ``counter +bg`` / ``segmenter +bg`` for each opening width in
-    ``factors`` (object diameters): the same calls with ``background=width``, each placed after
-    its plain column. The default width's columns are ``+bg``, the others ``+bgW``."""
-    from napari_nalu_count.data import instances_to_dots
-    from napari_nalu_count.infer import count, segment
-
-    def counter_bg(f):
-        def run(image, d):
-            r = count(image, counter, axes="YX", diameter=d, device="cpu", background=f)
-            return {"count": r.count, "points": r.points, "diameter": r.diameter}
-
-        return run
-
-    def segmenter_bg(f):
-        def run(image, d):
-            r = segment(
-                image,
-                segmenter,
-                axes="YX",
-                diameter=d,
-                device="cpu",
-                count_model=counter,
-                background=f,
-            )
-            return {
-                "count": r.count,
-                "points": instances_to_dots(r.labels),
-                "labels": r.labels,
-                "diameter": r.diameter,
-            }
-
-        return run
+    ``factors`` (object diameters): ``make_methods``' own calls with ``background=width``, each
+    placed after its plain column. The default width's columns are ``+bg``, the others
+    ``+bgW``."""
+    flattened = {
+        f: make_methods(counter, segmenter, baselines=False, background=f) for f in factors
+    }
 
     def suffix(f):
         return "+bg" if f == DEFAULT_FACTOR else f"+bg{f:g}"
@@ -251,10 +226,10 @@ def _with_flattening(methods: dict, counter, segmenter, factors: list[float]) ->
         out[key] = fn
         if key == "counter":
             for f in factors:
-                out[f"counter {suffix(f)}"] = counter_bg(f)
+                out[f"counter {suffix(f)}"] = flattened[f]["counter"]
         if key == "segmenter":
             for f in factors:
-                out[f"segmenter {suffix(f)}"] = segmenter_bg(f)
+                out[f"segmenter {suffix(f)}"] = flattened[f]["segmenter"]
     return out
 
 
