@@ -39,6 +39,7 @@ from scipy import ndimage as ndi
 
 from napari_nalu_count.data import load_aitslab, load_bbbc039, load_dsb2018
 from napari_nalu_count.data.augment import chromatin_texture
+from napari_nalu_count.data.normalize import cast_like
 from napari_nalu_count.data.synthetic import synthetic_varied
 from napari_nalu_count.infer import size as size_mod
 from napari_nalu_count.infer.scale import estimate_diameter_log, rescale_plane
@@ -50,11 +51,10 @@ def median_diameter(labels: np.ndarray) -> float | None:
     return float(np.median(np.sqrt(4.0 * sizes / np.pi))) if len(sizes) else None
 
 
-def rescaled_window(image, labels, scale, rng, crop=640, d_image=None, texture=0.0):
-    """A window of ``image`` that is at most ``crop`` px after resampling by ``scale``, cast
-    back to the image dtype; and the nucleus diameter there (or None when the window holds no
-    object): the median diameter of the whole image's objects (``d_image``), because objects
-    cut by the window edge would make large nuclei look small."""
+def window_at_scale(image, labels, scale, rng, crop=640):
+    """A random window of ``image`` that is at most ``crop`` px after resampling by ``scale``:
+    ``(window resampled, float32; its labels, not resampled)``, or ``(None, None)`` when the
+    window holds no object."""
     h, w = image.shape
     c = int(np.ceil(crop / scale))
     y0 = int(rng.integers(0, max(1, h - c + 1)))
@@ -62,14 +62,26 @@ def rescaled_window(image, labels, scale, rng, crop=640, d_image=None, texture=0
     win, lab = image[y0 : y0 + c, x0 : x0 + c], labels[y0 : y0 + c, x0 : x0 + c]
     if lab.max() == 0:
         return None, None
+    return rescale_plane(win.astype(np.float32), scale), lab
+
+
+def rescaled_window(image, labels, scale, rng, crop=640, d_image=None, texture=0.0):
+    """A window of ``image`` (:func:`window_at_scale`), cast back to the image dtype; and the
+    nucleus diameter there (or None when the window holds no object): the median diameter of
+    the whole image's objects (``d_image``), because objects cut by the window edge would make
+    large nuclei look small. With ``texture``, that share of the windows get a mottled
+    chromatin texture on the resampled nuclei (their grain in output pixels)."""
+    out, lab = window_at_scale(image, labels, scale, rng, crop)
+    if out is None:
+        return None, None
     d = d_image if d_image is not None else median_diameter(lab)
-    out = rescale_plane(win.astype(np.float32), scale)
     if texture > 0 and rng.random() < texture:
-        # chromatin texture on the resampled nuclei (their grain in output pixels)
+        # the labels by ndi.zoom, as for the r16 reports (infer.scale's
+        # labels_to_original differs by a pixel on some edges where zoom rounds the shape
+        # differently)
         lab_s = ndi.zoom(lab, scale, order=0, grid_mode=True, mode="nearest")
         pad = [(0, max(0, a - b)) for a, b in zip(out.shape, lab_s.shape, strict=True)]
-        lab_s = np.pad(lab_s, pad)
-        lab_s = lab_s[: out.shape[0], : out.shape[1]]
+        lab_s = np.pad(lab_s, pad)[: out.shape[0], : out.shape[1]]
         out = chromatin_texture(
             out,
             lab_s,
@@ -80,8 +92,7 @@ def rescaled_window(image, labels, scale, rng, crop=640, d_image=None, texture=0
             seed=rng,
         )
     if np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        out = np.clip(np.rint(out), info.min, info.max).astype(image.dtype)
+        out = cast_like(out, image.dtype)
     return out, d * scale
 
 

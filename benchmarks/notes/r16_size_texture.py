@@ -20,16 +20,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from train_size_estimator import median_diameter, profiles  # noqa: E402
+from train_size_estimator import median_diameter, profiles, window_at_scale  # noqa: E402
 
 from napari_nalu_count.data import load_aitslab, load_bbbc039, load_dsb2018  # noqa: E402
 from napari_nalu_count.data.augment import chromatin_texture  # noqa: E402
+from napari_nalu_count.data.normalize import cast_like  # noqa: E402
 from napari_nalu_count.infer import size as size_mod  # noqa: E402
-from napari_nalu_count.infer.scale import rescale_plane  # noqa: E402
+from napari_nalu_count.infer.scale import labels_to_original  # noqa: E402
 
 TEXTURES = (("mottled", 0.3), ("mottled", 0.6), ("spots", 0.5), ("spots", 0.8))
 
@@ -48,28 +48,19 @@ def val_rows(data: str, seed: int = 0, crop: int = 640):
                 continue
             d0 = median_diameter(s.labels)
             for sc in (0.5, 1.0, 2.0, 3.0):
-                h, w = s.image.shape
-                c = int(np.ceil(crop / sc))
-                y0 = int(rng.integers(0, max(1, h - c + 1)))
-                x0 = int(rng.integers(0, max(1, w - c + 1)))
-                win = s.image[y0 : y0 + c, x0 : x0 + c]
-                lab = s.labels[y0 : y0 + c, x0 : x0 + c]
-                if lab.max() == 0:
+                out, lab = window_at_scale(s.image, s.labels, sc, rng, crop)
+                if out is None:
                     continue
-                out = rescale_plane(win.astype(np.float32), sc)
                 d = d0 * sc
                 variants = [("plain", out)]
                 if sc >= 2.0:
-                    lab_s = ndi.zoom(lab, sc, order=0, grid_mode=True, mode="nearest")
-                    pad = [(0, max(0, a - b)) for a, b in zip(out.shape, lab_s.shape, strict=True)]
-                    lab_s = np.pad(lab_s, pad)[: out.shape[0], : out.shape[1]]
+                    lab_s = labels_to_original(lab, out.shape)
                     for kind, amp in TEXTURES:
                         tex = chromatin_texture(out, lab_s, d, amp, kind=kind, seed=len(rows))
                         variants.append((f"{kind}:{amp:g}", tex))
                 for tag, img in variants:
                     if np.issubdtype(s.image.dtype, np.integer):
-                        info = np.iinfo(s.image.dtype)
-                        img = np.clip(np.rint(img), info.min, info.max).astype(s.image.dtype)
+                        img = cast_like(img, s.image.dtype)
                     group = f"{name} x{sc:g}" if tag == "plain" else f"{tag} x{sc:g}"
                     rows.append((img, d, group))
     return rows

@@ -80,6 +80,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_nalu_count.data.normalize import cast_like
 from napari_nalu_count.errors import InputError
 
 #: data-set keys in report order
@@ -311,15 +312,6 @@ def load_set(root: str | Path, name: str, limit: int | None = None) -> list[Any]
     if name == "vgg":
         return _load_vgg(root, limit)
     raise InputError(f"unknown set {name!r}")
-
-
-def cast_like(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """A float image cast to ``dtype``: integers rounded and clipped to the dtype's range."""
-    dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(image), info.min, info.max).astype(dtype)
-    return np.asarray(image, dtype=dtype)
 
 
 def rescaled_copy(

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_nalu_count.data.density import as_points, points_inside
+from napari_nalu_count.data.normalize import cast_like
 from napari_nalu_count.errors import InputError
 
 __all__ = ["TEXTURES", "Appearance", "Augmenter", "ElasticField", "chromatin_texture"]
@@ -538,8 +539,4 @@ def chromatin_texture(
         spots = ndi.gaussian_filter(spots, s / 2.0) * (2.0 * np.pi * (s / 2.0) ** 2)
         gain = 1.0 + w * (float(amp) * (2.0 * spots - 0.5))
         gain = np.maximum(gain, 0.0)
-    out = bg + (x - bg) * gain
-    if np.issubdtype(img.dtype, np.integer):
-        info = np.iinfo(img.dtype)
-        return np.clip(np.rint(out), info.min, info.max).astype(img.dtype)
-    return out.astype(img.dtype, copy=False)
+    return cast_like(bg + (x - bg) * gain, img.dtype)

@@ -6,7 +6,7 @@ import numpy as np
 
 from napari_nalu_count.errors import InputError
 
-__all__ = ["normalization_range", "percentile_normalize", "percentiles"]
+__all__ = ["cast_like", "normalization_range", "percentile_normalize", "percentiles"]
 
 #: integer images with at least this many pixels get their percentiles from a histogram
 HISTOGRAM_MIN_SIZE = 1 << 14
@@ -166,3 +166,12 @@ def percentile_normalize(
     if clip:
         np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+def cast_like(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A float image cast to ``dtype``: integers rounded and clipped to the dtype's range."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(image), info.min, info.max).astype(dtype)
+    return np.asarray(image, dtype=dtype)
