@@ -1301,7 +1301,7 @@ def _count_blocked(
             y0, x0 = (h - wy) // 2, (w - wx) // 2
             window = _read_block(lazy, plan, slice(y0, y0 + wy), slice(x0, x0 + wx))
             scale.resolve(window)
-            if n_out == 2 and scale.source == "estimated":
+            if n_out == 2 and scale.source == "estimated" and OPTIONS["size_check"]:
                 _refine_diameter(runner, normalize(window), scale, background)
             del window
         f = float(scale.factor or 1.0)
