@@ -40,7 +40,7 @@ from scipy import ndimage as ndi
 from napari_nalu_count.data import load_aitslab, load_bbbc039, load_dsb2018
 from napari_nalu_count.data.augment import chromatin_texture
 from napari_nalu_count.data.normalize import cast_like
-from napari_nalu_count.data.synthetic import synthetic_varied
+from napari_nalu_count.data.synthetic import synthetic_tissue, synthetic_varied
 from napari_nalu_count.infer import size as size_mod
 from napari_nalu_count.infer.scale import estimate_diameter_log, rescale_plane
 
@@ -205,6 +205,18 @@ def main(argv=None) -> int:
         default="binomial",
         help="the profile's pyramid filter (see infer.size._decimate)",
     )
+    p.add_argument(
+        "--tissue",
+        type=int,
+        default=0,
+        help="this many data.synthetic.synthetic_tissue images (small nuclei packed in a large "
+        "region), rescaled to nuclei of 5-40 px",
+    )
+    p.add_argument(
+        "--mask",
+        action="store_true",
+        help="append the foreground-shape features (infer.size.mask_features) to the profile",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
@@ -219,11 +231,18 @@ def main(argv=None) -> int:
         for i in range(args.synthetic)
     ]
     train += rows_for(synth, 1, rng, lo=5.0, hi=150.0, texture=args.texture)
+    tissue = [
+        synthetic_tissue((int(rng.choice([384, 512, 768])),) * 2, seed=20_000 + i)
+        for i in range(args.tissue)
+    ]
+    train += rows_for(tissue, 1, rng, lo=5.0, hi=40.0)
     val = []
     for loader in (load_bbbc039, load_dsb2018, load_aitslab):
         val += rows_for(loader(args.data, "val"), 0, rng, scales=(0.5, 1.0, 2.0, 3.0))
     print(f"{len(train)} train rows, {len(val)} val rows ({time.time() - t0:.0f}s)", flush=True)
     options = {"octave_crop": args.octave_crop or None, "pyramid": args.pyramid}
+    if args.mask:
+        options["mask"] = True
     X, _ = profiles(train, options)
     y = np.log([r[1] for r in train])
     Xv, tv = profiles(val, options)

@@ -13,7 +13,7 @@ import torch
 from napari_nalu_count.data import typical_diameter
 from napari_nalu_count.data.augment import Appearance
 from napari_nalu_count.data.readers import Sample
-from napari_nalu_count.data.synthetic import synthetic_cells, synthetic_varied
+from napari_nalu_count.data.synthetic import synthetic_cells, synthetic_tissue, synthetic_varied
 from napari_nalu_count.errors import InputError, ModelFileError, NaluCountError
 from napari_nalu_count.infer import count, segment
 from napari_nalu_count.infer import engine as eng
@@ -83,6 +83,33 @@ def test_synthetic_varied_exact_and_wide():
     assert typical_diameter(fixed.labels) == pytest.approx(24.0, rel=0.35)
     with pytest.raises(InputError):
         synthetic_varied((64, 64), diameter=(10.0, 5.0))
+
+
+def test_synthetic_tissue_packs_small_nuclei_in_a_large_region():
+    dtypes = set()
+    for seed in range(4):
+        s = synthetic_tissue((160, 192), seed=seed, diameter=(6.0, 12.0))
+        assert s.image.shape == s.labels.shape == (160, 192)
+        assert s.image.dtype in (np.uint8, np.uint16)
+        dtypes.add(s.image.dtype)
+        n = s.meta["n_cells"]
+        assert len(s.dots) == n == s.labels.max() == len(np.unique(s.labels)) - 1 > 20
+        # every dot lies in its own nucleus
+        iy, ix = np.rint(s.dots).astype(int).T
+        found = s.labels[iy.clip(0, 159), ix.clip(0, 191)]
+        np.testing.assert_array_equal(found, np.arange(1, n + 1))
+        assert typical_diameter(s.labels) == pytest.approx(s.meta["diameter"], rel=0.3)
+        # packed: nuclei cover a large share of the region (hexagonal packing at 0.95-1.35
+        # diameters covers 50-100 % of it, less the nuclei cut by its edge)
+        assert (s.labels > 0).mean() > 0.4 * s.meta["cover"]
+    assert dtypes == {np.dtype(np.uint8), np.dtype(np.uint16)}
+    a, b = synthetic_tissue((96, 96), seed=3), synthetic_tissue((96, 96), seed=3)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    with pytest.raises(InputError, match="diameter range"):
+        synthetic_tissue((96, 96), diameter=(10.0, 5.0))
+    with pytest.raises(InputError, match="does not fit"):
+        synthetic_tissue((64, 64), diameter=30.0)
 
 
 def test_synthetic_cells_uint8_saturates():
@@ -286,13 +313,53 @@ def test_octave_crop_reads_each_octave_on_a_sub_window():
 
 def test_regressor_profile_options(tmp_path):
     bundled = size_mod.load_regressor()
-    assert bundled.profile_options == {"octave_crop": 256, "pyramid": "binomial"}
+    assert bundled.profile_options["octave_crop"] == 256
+    assert bundled.profile_options["pyramid"] == "binomial"
     plain = {"mean": [0.0], "std": [1.0], "layers": [[[[1.0]], [0.0]]]}
     old_style = size_mod.SizeRegressor(plain).profile_options
-    assert old_style == {"octave_crop": None, "pyramid": "gauss"}
-    for bad in ({"octave_crop": 8}, {"octave_crop": "256"}, {"pyramid": "box"}):
+    assert old_style == {"octave_crop": None, "pyramid": "gauss", "mask": False}
+    bad_profiles = ({"octave_crop": 8}, {"octave_crop": "256"}, {"pyramid": "box"}, {"mask": 1})
+    for bad in bad_profiles:
         with pytest.raises(ModelFileError, match="info.profile"):
             size_mod.SizeRegressor(dict(plain, info={"profile": bad}))
+
+
+def _discs(side, centres, radius, value=1.0):
+    yy, xx = np.mgrid[:side, :side]
+    img = np.zeros((side, side), np.float32)
+    for cy, cx in centres:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = value
+    return img
+
+
+def test_mask_features_tell_large_textured_nuclei_from_many_small_ones():
+    from scipy import ndimage as ndi
+
+    from napari_nalu_count.infer.size import MASK_LEVELS, MASK_PER_LEVEL
+
+    rng = np.random.default_rng(0)
+    side = 512
+    # four 120 px nuclei with a coarse grain inside (dark holes down to 40 % of the nucleus)
+    big = _discs(side, [(128, 128), (128, 384), (384, 128), (384, 384)], 60)
+    grain = ndi.gaussian_filter(rng.random((side, side)), 3.0)
+    grain = (grain - grain.min()) / np.ptp(grain)
+    textured = big * (0.4 + 0.6 * grain)
+    # a tissue: one region packed with 12 px nuclei
+    small = _discs(side, [(y, x) for y in range(40, 470, 14) for x in range(40, 470, 14)], 6)
+    feats = {}
+    for name, img in (("textured", textured), ("tissue", small)):
+        profile = size_mod.scale_profile(img, 256, "binomial", mask=True)
+        assert profile.shape == (3 * size_mod.N_SCALES + len(MASK_LEVELS) * MASK_PER_LEVEL,)
+        assert np.isfinite(profile).all()
+        feats[name] = profile[3 * size_mod.N_SCALES :].reshape(len(MASK_LEVELS), MASK_PER_LEVEL)
+    # at the coarsest levels the textured nuclei are islands of their own size ...
+    eq = np.exp(feats["textured"][-2:, 1]) - 1
+    assert np.all((eq > 90) & (eq < 150)), eq
+    # ... and the tissue is one region several times larger
+    assert np.all(np.exp(feats["tissue"][-2:, 1]) - 1 > 300)
+    # no foreground / flat windows give finite numbers
+    for img in (np.zeros((64, 64), np.float32), np.ones((40, 33), np.float32)):
+        assert np.isfinite(size_mod.scale_profile(img, 256, "binomial", mask=True)).all()
 
 
 @pytest.mark.parametrize("shape", [(9, 11), (40, 31), (97, 160), (300, 257)])
@@ -445,6 +512,25 @@ def test_size_check_predicts_small_planes_whole_but_reads_the_window(monkeypatch
     st.set_diameter(12.0)
     plane, pred = eng._refine_diameter(Runner(), np.zeros((300, 320), np.float32), st)
     assert shapes == [(256, 256)] and pred is None and st.diameter == pytest.approx(12.0)
+
+
+@pytest.mark.parametrize("block_size", [None, 128])
+def test_size_check_option_is_honoured_in_both_paths(monkeypatch, block_size):
+    """``OPTIONS["size_check"] = False`` leaves the estimate unchecked, whole-plane and blocked."""
+    calls = []
+    real = eng._refine_diameter
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(eng, "_refine_diameter", spy)
+    img = synthetic_cells((192, 192), 40, 14.0, seed=2).image
+    for check, expected in ((True, 1), (False, 0)):
+        calls.clear()
+        monkeypatch.setitem(eng.OPTIONS, "size_check", check)
+        r = count(img, "nuclei-count", device="cpu", block_size=block_size)
+        assert r.diameter_source == "estimated" and len(calls) == expected
 
 
 def test_card_diameter_mode_validation(tmp_path):

@@ -26,7 +26,7 @@ import torch
 
 from napari_nalu_count.bench.accuracy import load_set, seg_counts
 from napari_nalu_count.data.augment import chromatin_texture
-from napari_nalu_count.infer import count, segment
+from napari_nalu_count.infer import count, engine, segment
 from napari_nalu_count.infer import size as size_mod
 from napari_nalu_count.models import load_model
 from napari_nalu_count.train.dataset import rescale_samples
@@ -58,6 +58,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="also segment() (count-guided seeds), d estimated and given: F1@0.5 columns",
     )
+    p.add_argument(
+        "--no-size-check",
+        action="store_true",
+        help="the estimate alone, without the counter's size-head check "
+        "(engine.OPTIONS['size_check'] = False)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -65,6 +71,8 @@ def main(argv=None) -> int:
     if args.regressor:
         size_mod.REGRESSOR_FILE = Path(args.regressor)
         size_mod.load_regressor.cache_clear()
+    if args.no_size_check:
+        engine.OPTIONS["size_check"] = False
     model = load_model(args.count_model)
     seg_model = load_model("nuclei-seg") if args.segment else None
     textures = parse_textures(args.textures)
@@ -138,6 +146,7 @@ def main(argv=None) -> int:
                 {
                     "command": "python " + " ".join(sys.argv),
                     "regressor": str(args.regressor or "bundled"),
+                    "size_check": not args.no_size_check,
                     "elapsed_s": round(time.time() - t0, 1),
                     "rows": rows,
                     "table": table,

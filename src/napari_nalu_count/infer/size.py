@@ -16,7 +16,11 @@ image in a few tens of milliseconds, for any size from about 5 to 150 px:
    three responses come from one FFT of the mirror-padded level, and the two percentiles from
    two partial partitions: the same numbers as SciPy's ``gaussian_laplace`` and
    ``np.percentile`` to float32 rounding). The pyramid filter and the per-octave crop are the
-   regressor's (``info["profile"]``, see :func:`scale_profile`);
+   regressor's (``info["profile"]``, see :func:`scale_profile`).
+   Regressors trained with ``info["profile"]["mask"]`` append the foreground-shape features of
+   :func:`mask_features` (20 numbers from pyramid levels 2-5): the foreground's islands and
+   gaps at coarse scales, which tell a tissue of small touching nuclei from a few large
+   textured nuclei where the LoG profile alone cannot;
 3. a 2-layer MLP (:class:`SizeRegressor`, weights in ``size_regressor.json`` beside this
    module, trained by ``scripts/train_size_estimator.py`` on the train splits of BBBC039, DSB
    2018 and Aitslab plus synthetic nuclei, each rescaled to diameters 5-130 px) maps the profile
@@ -242,8 +246,87 @@ def _decimate(level: np.ndarray, pyramid: str = "gauss") -> np.ndarray:
     return (rows[:, 0:-2:2] + 2 * rows[:, 1:-1:2] + rows[:, 2::2]) * q
 
 
+#: pyramid levels (octaves) the foreground-shape features of :func:`mask_features` are read on
+MASK_LEVELS = (2, 3, 4, 5)
+#: features per level (see :func:`mask_features`)
+MASK_PER_LEVEL = 5
+
+
+def _otsu(values: np.ndarray, bins: int = 128) -> float:
+    """Otsu's threshold of ``values`` (a histogram of ``bins`` bins over their range)."""
+    v = np.ravel(values)
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return hi
+    hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    w0 = np.cumsum(hist, dtype=np.float64)
+    w1 = w0[-1] - w0
+    s0 = np.cumsum(hist * centres)
+    m0 = s0 / np.maximum(w0, 1)
+    m1 = (s0[-1] - s0) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
+def mask_features(levels: list[np.ndarray]) -> np.ndarray:
+    """Foreground-shape features of a window's pyramid levels (``levels[k]`` decimated
+    ``2**k`` times), :data:`MASK_PER_LEVEL` per level of :data:`MASK_LEVELS`.
+
+    The scale profile sees blobs of every size; it cannot tell a tissue of many small
+    touching nuclei from a few large nuclei with a grainy chromatin texture (both answer at
+    the small scale). What tells them apart is the shape of the foreground at coarse levels,
+    where the texture is smoothed away: large textured nuclei become round islands of their
+    own size on a dark background, a tissue one large irregular region. Per level, on the
+    mask ``level > t`` (``t``: Otsu's threshold of the first level, one threshold for all):
+    the foreground fraction, then, each as ``log(1 + value)``: the area-weighted median
+    equivalent diameter of the mask's connected components and the median of their inscribed
+    diameters (twice each one's largest distance to the background), both in window pixels;
+    the median distance of a background pixel to the foreground, times two (window pixels);
+    and the number of components per 10^4 window pixels. A level without foreground or
+    without background gives its fraction and zeros; levels the window is too small for
+    repeat the last one's numbers."""
+    t = _otsu(levels[MASK_LEVELS[0]])
+    out: list[float] = []
+    for k in MASK_LEVELS:
+        if k >= len(levels):
+            out.extend(out[-MASK_PER_LEVEL:] if out else [0.0] * MASK_PER_LEVEL)
+            continue
+        lev = levels[k]
+        f = float(2**k)
+        m = lev > t
+        frac = float(m.mean())
+        if frac <= 0.0 or frac >= 1.0:
+            out.extend([frac, 0.0, 0.0, 0.0, 0.0])
+            continue
+        lab, n = ndi.label(m)
+        areas = np.bincount(lab.ravel())[1:].astype(np.float64)
+        eq = np.sqrt(4.0 * areas / math.pi)
+        order = np.argsort(eq)
+        cw = np.cumsum(areas[order])
+        eq_med = float(eq[order][int(np.searchsorted(cw, 0.5 * cw[-1]))])
+        dist = ndi.distance_transform_edt(m)
+        inscribed = np.zeros(n + 1, dtype=np.float64)
+        np.maximum.at(inscribed, lab.ravel(), dist.ravel())
+        inscribed = inscribed[1:]
+        gaps = ndi.distance_transform_edt(~m)[~m]
+        out.extend(
+            [
+                frac,
+                math.log(1.0 + f * eq_med),
+                math.log(1.0 + 2.0 * f * float(np.median(inscribed))),
+                math.log(1.0 + 2.0 * f * float(np.median(gaps))),
+                math.log(1.0 + 1e4 * n / (lev.size * f * f)),
+            ]
+        )
+    return np.asarray(out, dtype=np.float64)
+
+
 def scale_profile(
-    x: np.ndarray, octave_crop: int | None = None, pyramid: str = "gauss"
+    x: np.ndarray,
+    octave_crop: int | None = None,
+    pyramid: str = "gauss",
+    mask: bool = False,
 ) -> np.ndarray:
     """The 54-number scale profile (see the module docstring) of a normalised window.
 
@@ -258,6 +341,7 @@ def scale_profile(
     ``info["profile"]``), as for ``pyramid`` (see :func:`_decimate`)."""
     level = np.ascontiguousarray(x, dtype=np.float32)
     stats = []
+    levels = [level]
     for _octave in range(N_OCTAVES):
         sigmas = [SIGMA0 * 2 ** (j / PER_OCTAVE) for j in range(PER_OCTAVE)]
         read = level
@@ -267,11 +351,17 @@ def scale_profile(
         if min(level.shape) < 16:
             break
         level = _decimate(level, pyramid)
+        levels.append(level)
     arr = np.maximum(np.asarray(stats, dtype=np.float64), 1e-6)  # (scales, 3)
     if len(arr) < N_SCALES:  # tiny windows: repeat the coarsest scale
         arr = np.vstack([arr, np.repeat(arr[-1:], N_SCALES - len(arr), axis=0)])
     arr = np.log(arr / arr.max(axis=0, keepdims=True))
-    return arr.T.reshape(-1).astype(np.float64)  # p99.5 x 18, p95 x 18, mean x 18
+    profile = arr.T.reshape(-1).astype(np.float64)  # p99.5 x 18, p95 x 18, mean x 18
+    if mask:
+        while len(levels) <= MASK_LEVELS[0]:
+            levels.append(_decimate(levels[-1], pyramid))
+        profile = np.concatenate([profile, mask_features(levels)])
+    return profile
 
 
 def _profile_options(info: dict) -> dict:
@@ -288,7 +378,12 @@ def _profile_options(info: dict) -> dict:
         raise ModelFileError(
             f"size regressor info.profile.pyramid must be one of {PYRAMIDS}, got {pyramid!r}"
         )
-    return {"octave_crop": crop, "pyramid": pyramid}
+    mask = opts.get("mask", False)
+    if not isinstance(mask, bool):
+        raise ModelFileError(
+            f"size regressor info.profile.mask must be true or false, got {mask!r}"
+        )
+    return {"octave_crop": crop, "pyramid": pyramid, "mask": mask}
 
 
 class SizeRegressor:
