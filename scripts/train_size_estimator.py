@@ -1,22 +1,27 @@
 #!/usr/bin/env python
 """Train the object-size regressor of :mod:`napari_nalu_count.infer.size` and measure it.
 
-Usage (the command that produced the shipped ``size_regressor.json``)::
+Usage (the command that produced the shipped ``size_regressor.json``, round 17, 2026-12-07;
+it was written to a scratch path and copied there)::
 
-    python scripts/train_size_estimator.py --data ../shared/data --no-log \\
-        --out src/napari_nalu_count/infer/size_regressor.json \\
-        --report docs/benchmarks/size_estimate_r6.json
+    python scripts/train_size_estimator.py --data ../shared/data --no-log --mask \\
+        --texture 0.25 --tissue 300 --out src/napari_nalu_count/infer/size_regressor.json \\
+        --report docs/benchmarks/r17/size_regressor_report.json
 
 (``--octave-crop 256 --pyramid binomial``, the defaults, since 2026-12-05; the regressor
-before it was trained with ``--octave-crop 0 --pyramid gauss``.)
+before it was trained with ``--octave-crop 0 --pyramid gauss``. Rounds 6-16 shipped the one
+of ``--no-log --report docs/benchmarks/size_estimate_r6.json``, without ``--mask``,
+``--texture`` or ``--tissue``.)
 
 Training rows: windows of the *train* splits of BBBC039 (x5 each), DSB 2018 (x3) and Aitslab
 (x16), and ``--synthetic`` :func:`~napari_nalu_count.data.synthetic.synthetic_varied` images,
 each resampled so that its median nucleus diameter (from its masks, over the whole image, since
 objects cut by a window edge look smaller than they are) is log-uniform in 5-150 px,
-then cast back to the image's own integer type like a real camera image. The target is
-log(diameter). An ensemble of ``--ensemble`` MLPs 54 -> 64 -> 64 -> 1 (GELU, AdamW,
-smooth-L1, different seeds; outputs averaged) is fitted on the CPU in seconds.
+then cast back to the image's own integer type like a real camera image; ``--texture P`` gives
+that share of them a mottled chromatin texture; ``--tissue N`` adds N
+:func:`~napari_nalu_count.data.synthetic.synthetic_tissue` images (nuclei 5-40 px). The target
+is log(diameter). An ensemble of ``--ensemble`` MLPs 54 (74 with ``--mask``) -> 64 -> 64 -> 1
+(GELU, AdamW, smooth-L1, different seeds; outputs averaged) is fitted on the CPU in seconds.
 
 Evaluation: the *val* splits of the three sets at scales 0.5x, 1x, 2x and 3x (objects of 6 to
 120 px counted in the headline figures), per set and scale: median relative error and the share of

@@ -360,6 +360,12 @@ def test_mask_features_tell_large_textured_nuclei_from_many_small_ones():
     # no foreground / flat windows give finite numbers
     for img in (np.zeros((64, 64), np.float32), np.ones((40, 33), np.float32)):
         assert np.isfinite(size_mod.scale_profile(img, 256, "binomial", mask=True)).all()
+    # windows too small for the coarse levels still give every number
+    for shape in ((1, 3), (5, 4), (17, 16), (33, 17)):
+        tiny = rng.random(shape).astype(np.float32)
+        profile = size_mod.scale_profile(tiny, 256, "binomial", mask=True)
+        assert profile.shape == (3 * size_mod.N_SCALES + len(MASK_LEVELS) * MASK_PER_LEVEL,)
+        assert np.isfinite(profile).all()
 
 
 @pytest.mark.parametrize("shape", [(9, 11), (40, 31), (97, 160), (300, 257)])

@@ -338,7 +338,10 @@ def scale_profile(
     instead of the whole level: the fine octaves, whose objects are small and plentiful in a
     small window, cost the most, while the coarse octaves (whose levels are already small)
     still see the whole window. A regressor is trained for one setting (its
-    ``info["profile"]``), as for ``pyramid`` (see :func:`_decimate`)."""
+    ``info["profile"]``), as for ``pyramid`` (see :func:`_decimate`) and ``mask``.
+
+    ``mask=True``: the :func:`mask_features` of the same pyramid's levels (whole, not
+    cropped) are appended, 74 numbers in all."""
     level = np.ascontiguousarray(x, dtype=np.float32)
     stats = []
     levels = [level]
