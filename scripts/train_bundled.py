@@ -300,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         help="add a chromatin-textured copy of this share of the training images whose nuclei "
         "are 20 px or more (large nuclei at high magnification are mottled, not smooth)",
     )
+    p.add_argument(
+        "--texture-sources",
+        default=None,
+        help="comma list: only these sources get --texture copies (default: every source)",
+    )
     p.add_argument("--log-json", default=None, help="write the history here as it grows")
     args = p.parse_args(argv)
 
@@ -328,7 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     t_load = time.time()
     tr_raw = load_sources(args.data, "train", names, args.min_size, args.limit, args.synthetic)
     if args.texture > 0:
+        tex_sources = (
+            {v.strip() for v in args.texture_sources.split(",")} if args.texture_sources else None
+        )
         for k, src in enumerate(list(tr_raw)):
+            if tex_sources is not None and src not in tex_sources:
+                continue
             extra = textured_copies(tr_raw[src], args.texture, seed=args.seed * 1000 + k)
             print(f"{src}: {len(extra)} textured copies", flush=True)
             tr_raw[src] = tr_raw[src] + extra
