@@ -631,6 +631,39 @@ def extrapolation_split(
     return train, test
 
 
+def _draw_diameter(
+    rng: np.random.Generator, diameter: float | tuple[float, float], cap: float | None = None
+) -> float:
+    """A fixed ``diameter``, or one drawn log-uniformly in the range ``(lo, hi)`` (``hi`` cut
+    to ``max(lo, cap)`` when ``cap`` is given); the range is checked."""
+    if isinstance(diameter, (int, float)):
+        return float(diameter)
+    lo, hi = (float(v) for v in diameter)
+    if not 0 < lo <= hi:
+        raise InputError(f"diameter range must be (lo, hi) with 0 < lo <= hi, got {diameter}")
+    if cap is not None:
+        hi = min(hi, max(lo, cap))
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _camera(
+    img: np.ndarray, rng: np.random.Generator, grey8: tuple[float, float], offset8: float
+) -> tuple[np.ndarray, str, float, float]:
+    """``(image, camera, level, offset)``: ``img`` (nucleus brightness about 1) recorded by an
+    8-bit camera (a nucleus at ``grey8`` grey levels, log-uniform; offset 0-``offset8``) or a
+    16-bit one (200-20000 grey levels, offset 0-500), one chance in two; rounded and clipped
+    to the type's range (the brightest saturate)."""
+    if rng.random() < 0.5:
+        level = float(np.exp(rng.uniform(np.log(grey8[0]), np.log(grey8[1]))))
+        offset = float(rng.uniform(0.0, offset8))
+        image = np.clip(np.rint(img * level + offset), 0, 255).astype(np.uint8)
+        return image, "uint8", level, offset
+    level = float(np.exp(rng.uniform(np.log(200.0), np.log(20000.0))))
+    offset = float(rng.uniform(0.0, 500.0))
+    image = np.clip(np.rint(img * level + offset), 0, 65535).astype(np.uint16)
+    return image, "uint16", level, offset
+
+
 def synthetic_varied(
     shape: Sequence[int] = (256, 256),
     seed: int | None = 0,
@@ -653,14 +686,7 @@ def synthetic_varied(
     """
     rng = np.random.default_rng(seed)
     h, w = (int(v) for v in shape)
-    if isinstance(diameter, (int, float)):
-        d = float(diameter)
-    else:
-        lo, hi = (float(v) for v in diameter)
-        if not 0 < lo <= hi:
-            raise InputError(f"diameter range must be (lo, hi) with 0 < lo <= hi, got {diameter}")
-        hi = min(hi, max(lo, min(h, w) / 2.5))  # a few nuclei must fit in the image
-        d = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    d = _draw_diameter(rng, diameter, cap=min(h, w) / 2.5)  # a few nuclei must fit
     cov = float(rng.uniform(*coverage))
     n = int(np.clip(round(cov * h * w / (np.pi * d * d / 4.0)), 1, max_cells))
     params = dict(
@@ -694,16 +720,7 @@ def synthetic_varied(
                 -((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r)
             )
         img += bumps * field / max(field.max(), 1e-12)
-    if rng.random() < 0.5:
-        camera = "uint8"
-        level = float(np.exp(rng.uniform(np.log(12.0), np.log(250.0))))  # grey value of a nucleus
-        offset = float(rng.uniform(0.0, 20.0))
-        image = np.clip(np.rint(img * level + offset), 0, 255).astype(np.uint8)
-    else:
-        camera = "uint16"
-        level = float(np.exp(rng.uniform(np.log(200.0), np.log(20000.0))))
-        offset = float(rng.uniform(0.0, 500.0))
-        image = np.clip(np.rint(img * level + offset), 0, 65535).astype(np.uint16)
+    image, camera, level, offset = _camera(img, rng, grey8=(12.0, 250.0), offset8=20.0)
     meta = {
         **base.meta,
         "generator": "synthetic_varied",
@@ -738,17 +755,12 @@ def synthetic_tissue(
     with its own brightness; the region's brightness falls off inwards or not at all (deeper
     nuclei dimmer), and an out-of-focus haze of the nuclei plus a dim fill lies between them.
     Then optical blur, shot and read noise and an 8- or 16-bit camera as
-    :func:`synthetic_varied`. ``labels`` holds every nucleus (exact), ``dots`` their centres.
+    :func:`synthetic_varied` (8-bit: a nucleus at 20-250 grey levels, offset 0-15).
+    ``labels`` holds every nucleus (exact), ``dots`` their centres.
     """
     rng = np.random.default_rng(seed)
     h, w = (int(v) for v in shape)
-    if isinstance(diameter, (int, float)):
-        d = float(diameter)
-    else:
-        lo, hi = (float(v) for v in diameter)
-        if not 0 < lo <= hi:
-            raise InputError(f"diameter range must be (lo, hi) with 0 < lo <= hi, got {diameter}")
-        d = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    d = _draw_diameter(rng, diameter)
     if d <= 0 or d > min(h, w) / 4:
         raise InputError(f"nucleus diameter {d:.3g} px does not fit a tissue in {h} x {w}")
     # the tissue region: a broad smoothed noise field, thresholded at a drawn coverage
@@ -797,14 +809,7 @@ def synthetic_tissue(
     photons = float(np.exp(rng.uniform(np.log(10.0), np.log(3000.0))))
     img = rng.poisson(np.clip(img, 0, None) * photons) / photons
     img = img + rng.normal(0.0, float(rng.uniform(0.0, 3.0)) / photons, img.shape)
-    if rng.random() < 0.5:
-        camera, level = "uint8", float(np.exp(rng.uniform(np.log(20.0), np.log(250.0))))
-        offset = float(rng.uniform(0.0, 15.0))
-        image = np.clip(np.rint(img * level + offset), 0, 255).astype(np.uint8)
-    else:
-        camera, level = "uint16", float(np.exp(rng.uniform(np.log(200.0), np.log(20000.0))))
-        offset = float(rng.uniform(0.0, 500.0))
-        image = np.clip(np.rint(img * level + offset), 0, 65535).astype(np.uint16)
+    image, camera, level, offset = _camera(img, rng, grey8=(20.0, 250.0), offset8=15.0)
     meta = {
         "generator": "synthetic_tissue",
         "seed": seed,
