@@ -16,17 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from napari_nalu_count.bench.accuracy import load_set
-from napari_nalu_count.data.augment import chromatin_texture
-from napari_nalu_count.infer import count
-from napari_nalu_count.infer import size as size_mod
-from napari_nalu_count.models import load_model
-from napari_nalu_count.train.dataset import rescale_samples
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from train_size_estimator import profiles  # noqa: E402
+
+from napari_nalu_count.bench.accuracy import load_set  # noqa: E402
+from napari_nalu_count.data.augment import chromatin_texture  # noqa: E402
+from napari_nalu_count.infer import count  # noqa: E402
+from napari_nalu_count.infer import size as size_mod  # noqa: E402
+from napari_nalu_count.models import load_model  # noqa: E402
+from napari_nalu_count.train.dataset import rescale_samples  # noqa: E402
 
 TEXTURES = (("mottled", 0.3), ("mottled", 0.6), ("spots", 0.5), ("spots", 0.8))
 
@@ -44,9 +49,8 @@ def main(argv=None) -> int:
     model = load_model("nuclei-count")
 
     def measure(img):
-        x = size_mod._normalise(img)
-        win = size_mod.choose_window(x, 640, clip=size_mod.CLIP)
-        profile = size_mod.scale_profile(win, **reg.profile_options)
+        # the estimator's window and profile, as train_size_estimator.py computes them
+        profile = profiles([(img,)], reg.profile_options)[0][0]
         logs = np.array([m(profile) for m in reg.members] or [reg(profile)])
         refined = count(img, model).size_estimate["refined"]
         return float(np.exp(logs.mean())), float(logs.std()), float(refined)
