@@ -368,6 +368,95 @@ def test_mask_features_tell_large_textured_nuclei_from_many_small_ones():
         assert np.isfinite(profile).all()
 
 
+def _textured_nuclei(side=640, radius=30, seed=0):
+    """Round nuclei of diameter ``2 * radius`` on a hexagonal-ish grid, with a grain inside."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    step = int(3.2 * radius)
+    centres = [
+        (y, x + (step // 2 if (y // step) % 2 else 0))
+        for y in range(step // 2, side - radius, step)
+        for x in range(step // 2, side - step // 2 - radius, step)
+    ]
+    big = _discs(side, centres, radius)
+    grain = ndi.gaussian_filter(rng.random((side, side)), 2.0)
+    grain = (grain - grain.min()) / np.ptp(grain)
+    return big * (0.3 + 0.7 * grain), len(centres)
+
+
+def test_island_diameter_measures_round_islands_and_ignores_tissue():
+    textured, n = _textured_nuclei()
+    for hint in (20.0, 60.0, 90.0):  # a hint 3x off still puts the islands on a usable grid
+        isl = size_mod.island_diameter(textured, hint)
+        assert isl["diameter"] == pytest.approx(60.0, rel=0.12), (hint, isl)
+        assert isl["islands"] >= n - 8 and isl["cover"] > 0.6 and isl["samples"] >= 8
+    # a tissue: one large irregular region packed with small nuclei: no round island of note
+    tissue = synthetic_tissue((512, 512), seed=3, diameter=9.0)
+    x = tissue.image.astype(np.float32) / float(tissue.image.max())
+    isl = size_mod.island_diameter(x, 9.0)
+    assert isl["cover"] < 0.1 or isl["diameter"] < 3 * 9.0, isl
+    # touching pairs are not round: two discs fused side by side are left out
+    pairs = _discs(
+        400, [(y, x + dx) for y in (80, 200, 320) for x in (60, 200) for dx in (0, 40)], 20
+    )
+    isl = size_mod.island_diameter(pairs, 40.0)
+    assert isl["islands"] == 0 and np.isnan(isl["diameter"])
+    # flat, empty and tiny planes
+    for plane in (np.zeros((64, 64), np.float32), np.ones((50, 40), np.float32), np.ones((5, 5))):
+        isl = size_mod.island_diameter(plane, 10.0)
+        assert isl["islands"] == 0 and np.isnan(isl["diameter"]) and isl["cover"] == 0.0
+
+
+def test_island_check_replaces_an_estimate_the_islands_refute():
+    textured, _ = _textured_nuclei()
+
+    def state(estimate, regressor):
+        st = eng._ScaleState(None, 12.0, None, "estimate")
+        st.estimate = {"regressor": regressor, "seconds": 0.01}
+        st.set_diameter(estimate)
+        return st
+
+    # the estimate read the grain (20 px for 60 px nuclei): the islands win
+    st = state(20.0, 50.0)
+    assert eng._island_check(textured, st)
+    assert st.diameter == pytest.approx(60.0, rel=0.12) and st.estimate["islands"]["used"]
+    assert st.factor == pytest.approx(12.0 / st.diameter)
+    assert st.estimate["seconds"] > 0.01
+    # an estimate within ISLAND_VETO of the islands stands
+    st = state(45.0, 50.0)
+    assert not eng._island_check(textured, st) and st.diameter == pytest.approx(45.0)
+    assert st.estimate["islands"]["used"] is False
+    # too few islands: the estimate stands
+    few = _discs(640, [(160, 160), (160, 480), (480, 320)], 30)
+    st = state(20.0, 50.0)
+    assert not eng._island_check(few, st) and st.diameter == pytest.approx(20.0)
+    assert st.estimate["islands"]["islands"] == 3
+
+
+@pytest.mark.parametrize("block_size", [None, 256])
+def test_count_uses_the_island_check_in_both_paths(monkeypatch, block_size):
+    """Large textured nuclei: the size check reads the grain as small cells; with
+    ``OPTIONS["island_check"]`` the islands' diameter replaces it, whole-plane and blocked, and
+    the count gets closer to the truth; off, nothing is measured or recorded."""
+    textured, n = _textured_nuclei(seed=1)
+    img = (textured * 2000 + 100).astype(np.uint16)
+    results = {}
+    for check in (True, False):
+        monkeypatch.setitem(eng.OPTIONS, "island_check", check)
+        r = count(img, "nuclei-count", device="cpu", block_size=block_size)
+        assert r.diameter_source == "estimated"
+        results[check] = r
+    on, off = results[True], results[False]
+    assert off.size_estimate.get("islands") is None
+    isl = on.size_estimate["islands"]
+    assert isl["used"] and isl["islands"] >= 5
+    assert on.diameter == pytest.approx(isl["diameter"], abs=1e-3)
+    assert on.diameter == pytest.approx(60.0, rel=0.12)
+    assert off.diameter < on.diameter / eng.ISLAND_VETO  # what the check corrects
+    assert abs(on.count - n) < abs(off.count - n)
+
+
 @pytest.mark.parametrize("shape", [(9, 11), (40, 31), (97, 160), (300, 257)])
 def test_fast_scale_profile_equals_the_scipy_filters(shape):
     from scipy import ndimage as ndi

@@ -64,6 +64,17 @@ def main(argv=None) -> int:
         help="the estimate alone, without the counter's size-head check "
         "(engine.OPTIONS['size_check'] = False)",
     )
+    p.add_argument(
+        "--no-island-check",
+        action="store_true",
+        help="without the round-islands check of the estimate (engine.OPTIONS['island_check'])",
+    )
+    p.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        help="skip this many val images first (held-out images for a rule tuned on the first)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -73,16 +84,18 @@ def main(argv=None) -> int:
         size_mod.load_regressor.cache_clear()
     if args.no_size_check:
         engine.OPTIONS["size_check"] = False
+    if args.no_island_check:
+        engine.OPTIONS["island_check"] = False
     model = load_model(args.count_model)
     seg_model = load_model("nuclei-seg") if args.segment else None
     textures = parse_textures(args.textures)
     rows, t0 = [], time.time()
     for set_ in args.sets.split(","):
-        samples = load_set(args.data, set_, args.limit)
+        samples = load_set(args.data, set_, args.offset + args.limit)[args.offset :]
         ds = [s.meta["diameter"] for s in samples if s.meta.get("diameter")]
         scale = round(args.diameter / float(np.median(ds)), 2)
         big = rescale_samples(samples, scale, task="segment")
-        for i, (s0, s) in enumerate(zip(samples, big, strict=True)):
+        for i, (s0, s) in enumerate(zip(samples, big, strict=True), start=args.offset):
             d_true = float(s0.meta["diameter"]) * scale
             truth = int(len(np.unique(s0.labels)) - 1)
             for kind, amp in textures:
@@ -147,6 +160,8 @@ def main(argv=None) -> int:
                     "command": "python " + " ".join(sys.argv),
                     "regressor": str(args.regressor or "bundled"),
                     "size_check": not args.no_size_check,
+                    "island_check": not args.no_island_check,
+                    "offset": args.offset,
                     "elapsed_s": round(time.time() - t0, 1),
                     "rows": rows,
                     "table": table,

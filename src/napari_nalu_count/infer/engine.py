@@ -90,6 +90,9 @@ OPTIONS: dict[str, Any] = {
     "balanced_tiles": True,
     "batch_size": None,  # tiles per forward pass; None = automatic per device
     "size_check": True,  # check an estimated diameter with the counter's size head
+    # ... and with the plane's round foreground islands (large textured nuclei), see
+    # :func:`_island_check`
+    "island_check": True,
     # segment(): the counter that places the watershed seeds runs this many times finer than
     # its model grid (nuclei 12 px -> 16 px): its peaks separate touching nuclei better
     # (docs/models.md, "count-guided seeds")
@@ -121,6 +124,13 @@ REFINE_ROUNDS = 2
 REFINE_WHOLE_PIXELS = 512 * 512
 #: the size head's estimate is used only when the window holds at least this many cells
 REFINE_MIN_CELLS = 2.0
+#: island check (:func:`_island_check`): the islands' diameter replaces an estimate it exceeds
+#: this many times, when at least ISLAND_MIN_COUNT round islands cover at least
+#: ISLAND_MIN_COVER of the foreground and span ISLAND_MIN_SAMPLES samples of their grid
+ISLAND_VETO = 1.5
+ISLAND_MIN_COUNT = 5
+ISLAND_MIN_COVER = 0.1
+ISLAND_MIN_SAMPLES = 8.0
 
 
 @dataclass
@@ -862,6 +872,44 @@ def _refine_diameter(
     return model_plane, pred
 
 
+def _island_check(norm: np.ndarray, scale: _ScaleState) -> bool:
+    """Check an estimated diameter against the plane's round foreground islands.
+
+    Large nuclei with a grainy chromatin texture fool both the size regressor and the
+    counter's size head: they read the grain as small cells (round 17 measured 0.2-0.55x the
+    true size on ~90 px textured nuclei, and counts of 3-10x the truth). Smoothed at the
+    regressor's scale, such nuclei are round islands of their own size
+    (:func:`~.size.island_diameter`). When enough islands are round, well resolved and
+    cover enough of the foreground, and their median diameter is at least
+    :data:`ISLAND_VETO` times the estimate, the islands' diameter is used instead. Plain
+    nuclei pass untouched (their islands match the estimate, or touch each other and are
+    not round), as do tissues (one large irregular region). Returns whether the estimate
+    changed; ``scale.estimate["islands"]`` records the measurement."""
+    from napari_nalu_count.infer.size import island_diameter
+
+    if scale.diameter is None:
+        return False
+    t0 = time.perf_counter()
+    hint = float(scale.estimate.get("regressor") or scale.diameter)
+    isl = island_diameter(norm, hint)
+    seconds = time.perf_counter() - t0
+    use = (
+        isl["islands"] >= ISLAND_MIN_COUNT
+        and isl["cover"] >= ISLAND_MIN_COVER
+        and isl["samples"] >= ISLAND_MIN_SAMPLES
+        and isl["diameter"] >= ISLAND_VETO * float(scale.diameter)
+    )
+    record: dict[str, Any] = {
+        k: (round(float(v), 3) if np.isfinite(v) else None) for k, v in isl.items()
+    }
+    record.update(seconds=seconds, used=bool(use))
+    scale.estimate["islands"] = record
+    scale.estimate["seconds"] = scale.estimate.get("seconds", 0.0) + seconds
+    if use:
+        scale.set_diameter(isl["diameter"])
+    return bool(use)
+
+
 # ------------------------------------------------------------------------------------------
 # count
 
@@ -1089,9 +1137,16 @@ def count_events(
         if scale.pending:
             yield runner.report("count: estimating the nucleus size")
             scale.resolve(raw, _size_normalized(card, norm))
+            model_plane = None
             if n_out == 2 and scale.source == "estimated" and OPTIONS["size_check"]:
                 model_plane, reuse = _refine_diameter(runner, norm, scale, background)
-            else:
+            if (
+                scale.source == "estimated"
+                and OPTIONS["island_check"]
+                and _island_check(norm, scale)
+            ):
+                model_plane = reuse = None
+            if model_plane is None:
                 model_plane = _model_input(norm, scale.factor, scale.card_diameter, background)
         elif grid_scale == 1.0:
             model_plane = _model_input(norm, scale.factor, scale.card_diameter, background)
@@ -1301,8 +1356,13 @@ def _count_blocked(
             y0, x0 = (h - wy) // 2, (w - wx) // 2
             window = _read_block(lazy, plan, slice(y0, y0 + wy), slice(x0, x0 + wx))
             scale.resolve(window)
-            if n_out == 2 and scale.source == "estimated" and OPTIONS["size_check"]:
-                _refine_diameter(runner, normalize(window), scale, background)
+            if scale.source == "estimated":
+                normalized = normalize(window)
+                if n_out == 2 and OPTIONS["size_check"]:
+                    _refine_diameter(runner, normalized, scale, background)
+                if OPTIONS["island_check"]:
+                    _island_check(normalized, scale)
+                del normalized
             del window
         f = float(scale.factor or 1.0)
         card_d = scale.card_diameter or 10.0
@@ -1580,9 +1640,13 @@ def segment_events(
                 points = sub.points
                 if pending and sub.diameter_source == "estimated" and sub.diameter:
                     scale.set_diameter(float(sub.diameter))
-            if scale.pending:
+            estimating = scale.pending
+            if estimating:
                 yield runner.report("segment: estimating the nucleus size")
             s = scale.resolve(raw, _size_normalized(card, norm))
+            if estimating and scale.source == "estimated" and OPTIONS["island_check"]:
+                _island_check(norm, scale)
+                s = float(scale.factor)
             del raw
             if big:
                 model_plane = _model_input(norm, s, scale.card_diameter, background)

@@ -1,0 +1,138 @@
+"""Foreground islands of the size estimator's window against the true diameter.
+
+Round 17 left large textured nuclei (~90 px) counted at 0.2-0.55x their size: the size
+regressor answers ~0.9x, but the counter's size check (its size head) reads the chromatin
+texture as small cells and shrinks the estimate. Coarse pyramid levels smooth the texture
+away; each nucleus then is one round island of the Otsu mask. This probe records, per image,
+the true diameter, the regressor's estimate, the checked estimate of ``count()``, and per
+pyramid level 1-4 of the estimator's window the islands' equivalent diameters and roundness
+(inscribed diameter / equivalent diameter), for plain val images (1x, 2x, 3x copies), the
+textured large copies of ``r16_textured_large.py``, and synthetic tissues.
+
+    python benchmarks/notes/r18_island_probe.py --data ../shared/data --json /tmp/r18/islands.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from napari_nalu_count.bench.accuracy import load_set, rescaled_copy
+from napari_nalu_count.data.augment import chromatin_texture
+from napari_nalu_count.data.synthetic import synthetic_tissue
+from napari_nalu_count.infer import count
+from napari_nalu_count.infer import size as size_mod
+from napari_nalu_count.models import load_model
+from napari_nalu_count.train.dataset import rescale_samples
+
+TEXTURES = (("mottled", 0.3), ("mottled", 0.6), ("spots", 0.5), ("spots", 0.8))
+
+
+def islands(img, pyramid):
+    x = size_mod._normalise(img)
+    win = size_mod.choose_window(x, 640, clip=size_mod.CLIP)
+    levels = [np.ascontiguousarray(win, dtype=np.float32)]
+    while len(levels) < 6 and min(levels[-1].shape) >= 16:
+        levels.append(size_mod._decimate(levels[-1], pyramid))
+    t = size_mod._otsu(levels[min(2, len(levels) - 1)])
+    out = {}
+    for k in range(1, 5):
+        if k >= len(levels):
+            break
+        m = ndi.binary_fill_holes(levels[k] > t)
+        lab, n = ndi.label(m)
+        if n == 0:
+            out[k] = []
+            continue
+        areas = np.bincount(lab.ravel())[1:].astype(float)
+        dist = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
+        ins = np.zeros(n + 1)
+        np.maximum.at(ins, lab.ravel(), dist.ravel())
+        # islands touching the window edge are cut: flag them
+        edge = np.zeros(n + 1, bool)
+        for s in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
+            edge[s] = True
+        f = 2.0**k
+        out[k] = [
+            [round(f * np.sqrt(4 * a / np.pi), 2), round(2 * f * i, 2), bool(e)]
+            for a, i, e in zip(areas, ins[1:], edge[1:], strict=True)
+        ]
+    return {"size": list(win.shape), "levels": out}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True)
+    p.add_argument("--copies", type=int, default=12)
+    p.add_argument("--textured", type=int, default=12)
+    p.add_argument("--tissue", type=int, default=12)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", required=True)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    reg = size_mod.load_regressor()
+    pyr = reg.profile_options.get("pyramid", "gauss")
+    model = load_model("nuclei-count")
+    rows = []
+
+    def add(kind, img, d, n_true):
+        t0 = time.perf_counter()
+        r = count(img, model)
+        est = r.size_estimate
+        rows.append(
+            {
+                "kind": kind,
+                "d": float(d),
+                "n": int(n_true),
+                "reg": float(est.get("regressor", est.get("diameter", np.nan)) or np.nan),
+                "ref": float(est["refined"]) if est.get("refined") else None,
+                "count": float(r.count),
+                "islands": islands(img, pyr),
+                "isl_reg": size_mod.island_diameter(size_mod._normalise(img), est["regressor"]),
+                "isl_ref": size_mod.island_diameter(size_mod._normalise(img), est["refined"]),
+                "sec": time.perf_counter() - t0,
+            }
+        )
+        if len(rows) == 1:
+            print(sorted(est))
+
+    def ntrue(s):
+        return int(s.labels.max()) if s.labels is not None else len(s.dots)
+
+    for set_ in ("bbbc039", "dsb", "aitslab", "vgg"):
+        samples = load_set(args.data, set_, None)
+        for s in samples:
+            d = s.meta.get("diameter")
+            if d:
+                add(f"{set_} 1x", s.image, d, ntrue(s))
+        if set_ in ("bbbc039", "dsb"):
+            for sc in (2.0, 3.0):
+                copies, _ = rescaled_copy(samples[: args.copies], sc)
+                for s in copies:
+                    if s.meta.get("diameter"):
+                        add(f"{set_} {sc:g}x", s.image, s.meta["diameter"], ntrue(s))
+        print(set_, len(rows), flush=True)
+    for set_, scale in (("bbbc039", 3.12), ("aitslab", 2.01)):
+        samples = load_set(args.data, set_, args.textured)
+        big = rescale_samples(samples, scale, task="segment")
+        for i, (s0, s) in enumerate(zip(samples, big, strict=True)):
+            d = s0.meta["diameter"] * scale
+            for kind, amp in TEXTURES:
+                img = chromatin_texture(s.image, s.labels, d, amp, kind=kind, seed=i)
+                add(f"{set_} {kind}{amp}", img, d, int(s.labels.max()))
+        print("textured", len(rows), flush=True)
+    for i in range(args.tissue):
+        s = synthetic_tissue((768, 768), seed=90_000 + i)
+        add("tissue", s.image, s.meta["diameter"], int(s.labels.max()))
+    Path(args.json).write_text(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
