@@ -1,15 +1,17 @@
-"""Foreground islands of the size estimator's window against the true diameter.
+"""Round foreground islands of a plane against the true diameter (the island check's table).
 
 Round 17 left large textured nuclei (~90 px) counted at 0.2-0.55x their size: the size
 regressor answers ~0.9x, but the counter's size check (its size head) reads the chromatin
 texture as small cells and shrinks the estimate. Coarse pyramid levels smooth the texture
 away; each nucleus then is one round island of the Otsu mask. This probe records, per image,
-the true diameter, the regressor's estimate, the checked estimate of ``count()``, and per
-pyramid level 1-4 of the estimator's window the islands' equivalent diameters and roundness
-(inscribed diameter / equivalent diameter), for plain val images (1x, 2x, 3x copies), the
-textured large copies of ``r16_textured_large.py``, and synthetic tissues.
+the true diameter, the regressor's estimate, the checked estimate of ``count()`` with the
+island check off, and :func:`~napari_nalu_count.infer.size.island_diameter` of the whole
+plane with the regressor's and with the checked estimate as the hint, for plain val images
+(1x, 2x, 3x copies), the textured large copies of ``r16_textured_large.py`` and synthetic
+tissues. The island check's thresholds (``engine.ISLAND_*``) were chosen on this table;
+``r16_textured_large.py --offset`` measures them on other images.
 
-    python benchmarks/notes/r18_island_probe.py --data ../shared/data --json /tmp/r18/islands.json
+    python benchmarks/notes/r18_island_probe.py --data ../shared/data --json docs/benchmarks/r18/island_probe.json
 """
 
 from __future__ import annotations
@@ -21,49 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
 from napari_nalu_count.bench.accuracy import load_set, rescaled_copy
 from napari_nalu_count.data.augment import chromatin_texture
 from napari_nalu_count.data.synthetic import synthetic_tissue
-from napari_nalu_count.infer import count
+from napari_nalu_count.infer import count, engine
 from napari_nalu_count.infer import size as size_mod
 from napari_nalu_count.models import load_model
 from napari_nalu_count.train.dataset import rescale_samples
 
 TEXTURES = (("mottled", 0.3), ("mottled", 0.6), ("spots", 0.5), ("spots", 0.8))
-
-
-def islands(img, pyramid):
-    x = size_mod._normalise(img)
-    win = size_mod.choose_window(x, 640, clip=size_mod.CLIP)
-    levels = [np.ascontiguousarray(win, dtype=np.float32)]
-    while len(levels) < 6 and min(levels[-1].shape) >= 16:
-        levels.append(size_mod._decimate(levels[-1], pyramid))
-    t = size_mod._otsu(levels[min(2, len(levels) - 1)])
-    out = {}
-    for k in range(1, 5):
-        if k >= len(levels):
-            break
-        m = ndi.binary_fill_holes(levels[k] > t)
-        lab, n = ndi.label(m)
-        if n == 0:
-            out[k] = []
-            continue
-        areas = np.bincount(lab.ravel())[1:].astype(float)
-        dist = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
-        ins = np.zeros(n + 1)
-        np.maximum.at(ins, lab.ravel(), dist.ravel())
-        # islands touching the window edge are cut: flag them
-        edge = np.zeros(n + 1, bool)
-        for s in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
-            edge[s] = True
-        f = 2.0**k
-        out[k] = [
-            [round(f * np.sqrt(4 * a / np.pi), 2), round(2 * f * i, 2), bool(e)]
-            for a, i, e in zip(areas, ins[1:], edge[1:], strict=True)
-        ]
-    return {"size": list(win.shape), "levels": out}
 
 
 def main(argv=None) -> int:
@@ -76,13 +45,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    reg = size_mod.load_regressor()
-    pyr = reg.profile_options.get("pyramid", "gauss")
     model = load_model("nuclei-count")
     rows = []
 
     def add(kind, img, d, n_true):
         t0 = time.perf_counter()
+        engine.OPTIONS["island_check"] = False
         r = count(img, model)
         est = r.size_estimate
         rows.append(
@@ -93,7 +61,6 @@ def main(argv=None) -> int:
                 "reg": float(est.get("regressor", est.get("diameter", np.nan)) or np.nan),
                 "ref": float(est["refined"]) if est.get("refined") else None,
                 "count": float(r.count),
-                "islands": islands(img, pyr),
                 "isl_reg": size_mod.island_diameter(size_mod._normalise(img), est["regressor"]),
                 "isl_ref": size_mod.island_diameter(size_mod._normalise(img), est["refined"]),
                 "sec": time.perf_counter() - t0,
