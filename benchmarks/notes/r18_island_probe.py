@@ -11,7 +11,8 @@ plane with the regressor's and with the checked estimate as the hint, for plain 
 tissues. The island check's thresholds (``engine.ISLAND_*``) were chosen on this table;
 ``r16_textured_large.py --offset`` measures them on other images.
 
-    python benchmarks/notes/r18_island_probe.py --data ../shared/data --json docs/benchmarks/r18/island_probe.json
+    python benchmarks/notes/r18_island_probe.py --data ../shared/data \
+        --json docs/benchmarks/r18/island_probe.json
 """
 
 from __future__ import annotations
