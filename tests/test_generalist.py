@@ -391,6 +391,9 @@ def test_island_diameter_measures_round_islands_and_ignores_tissue():
         isl = size_mod.island_diameter(textured, hint)
         assert isl["diameter"] == pytest.approx(60.0, rel=0.12), (hint, isl)
         assert isl["islands"] >= n - 8 and isl["cover"] > 0.6 and isl["samples"] >= 8
+    # a hint 4x too small: measured again at the islands' own scale when asked to
+    isl = size_mod.island_diameter(textured, 15.0, remeasure=1.25)
+    assert isl["diameter"] == pytest.approx(60.0, rel=0.12) and isl["islands"] >= n - 8
     # a tissue: one large irregular region packed with small nuclei: no round island of note
     tissue = synthetic_tissue((512, 512), seed=3, diameter=9.0)
     x = tissue.image.astype(np.float32) / float(tissue.image.max())
@@ -421,7 +424,7 @@ def test_island_check_replaces_an_estimate_the_islands_refute():
     st = state(20.0, 50.0)
     assert eng._island_check(textured, st)
     assert st.diameter == pytest.approx(60.0, rel=0.12) and st.estimate["islands"]["used"]
-    assert st.factor == pytest.approx(12.0 / st.diameter)
+    assert st.factor == pytest.approx(12.0 / (eng.ISLAND_COARSEN * st.diameter))  # coarser grid
     assert st.estimate["seconds"] > 0.01
     # an estimate within ISLAND_VETO of the islands stands
     st = state(45.0, 50.0)

@@ -6,7 +6,8 @@ texture as small cells and shrinks the estimate. Coarse pyramid levels smooth th
 away; each nucleus then is one round island of the Otsu mask. This probe records, per image,
 the true diameter, the regressor's estimate, the checked estimate of ``count()`` with the
 island check off, and :func:`~napari_nalu_count.infer.size.island_diameter` of the whole
-plane with the regressor's and with the checked estimate as the hint, for plain val images
+plane with the regressor's and with the checked estimate as the hint (and with the regressor's
+and the engine's second measurement, ``isl_2``), for plain val images
 (1x, 2x, 3x copies), the textured large copies of ``r16_textured_large.py`` and synthetic
 tissues. The island check's thresholds (``engine.ISLAND_*``) were chosen on this table;
 ``r16_textured_large.py --offset`` measures them on other images.
@@ -64,6 +65,9 @@ def main(argv=None) -> int:
                 "count": float(r.count),
                 "isl_reg": size_mod.island_diameter(size_mod._normalise(img), est["regressor"]),
                 "isl_ref": size_mod.island_diameter(size_mod._normalise(img), est["refined"]),
+                "isl_2": size_mod.island_diameter(
+                    size_mod._normalise(img), est["regressor"], remeasure=engine.ISLAND_REMEASURE
+                ),
                 "sec": time.perf_counter() - t0,
             }
         )

@@ -131,6 +131,12 @@ ISLAND_VETO = 1.5
 ISLAND_MIN_COUNT = 5
 ISLAND_MIN_COVER = 0.1
 ISLAND_MIN_SAMPLES = 8.0
+#: islands this many times the hint are measured again with their own diameter as the hint
+ISLAND_REMEASURE = 1.25
+#: ... and the counter then runs on a grid this much coarser than the islands' diameter asks
+#: for: at their own size it still reads the chromatin grain as cells (+20-48 % on 90 px
+#: textured nuclei, 1.25x: +1-19 %; plain nuclei lose 0-1 point at 1.25x)
+ISLAND_COARSEN = 1.25
 
 
 @dataclass
@@ -751,6 +757,9 @@ class _ScaleState:
         self.input_scale = _scale.input_scale_factor(input_scale)
         self.factor: float | None = None
         self.diameter: float | None = None
+        #: the network runs as if objects were this many times the diameter (set by the
+        #: island check for textured nuclei, whose grain a counter splits at their own size)
+        self.coarsen = 1.0
         self.source = "model"
         self.estimate: dict[str, Any] = {}
         if self.requested is None and mode == "estimate" and self.card_diameter:
@@ -767,13 +776,16 @@ class _ScaleState:
         return self.factor is None
 
     def set_diameter(self, d: float) -> float:
-        """Use an (estimated) image diameter ``d``; clipped to the resampling range."""
+        """Use an (estimated) image diameter ``d``; clipped to the resampling range (and the
+        network's grid then coarsened by :attr:`coarsen`, within the same range)."""
+        grid_d = d * self.coarsen
         if self.card_diameter:
             lo = self.card_diameter / _scale.MAX_SCALE
             hi = self.card_diameter / _scale.MIN_SCALE
             d = float(min(max(d, lo), hi))
+            grid_d = float(min(max(grid_d, lo), hi))
         self.diameter = d
-        self.factor = _scale.scale_factor(d, self.card_diameter)
+        self.factor = _scale.scale_factor(grid_d, self.card_diameter)
         self.source = "estimated"
         return self.factor
 
@@ -800,7 +812,7 @@ class _ScaleState:
     def model_grid_diameter(self) -> float:
         """Object diameter on the grid the network sees (for peak spacing)."""
         if self.card_diameter:
-            return self.card_diameter
+            return self.card_diameter / self.coarsen
         if isinstance(self.diameter, float):
             return self.diameter
         return 10.0
@@ -883,15 +895,17 @@ def _island_check(norm: np.ndarray, scale: _ScaleState) -> bool:
     cover enough of the foreground, and their median diameter is at least
     :data:`ISLAND_VETO` times the estimate, the islands' diameter is used instead. Plain
     nuclei pass untouched (their islands match the estimate, or touch each other and are
-    not round), as do tissues (one large irregular region). Returns whether the estimate
-    changed; ``scale.estimate["islands"]`` records the measurement."""
+    not round), as do tissues (one large irregular region). The network then runs
+    :data:`ISLAND_COARSEN` times coarser than that diameter asks for (the reported diameter
+    is the islands'). Returns whether the estimate changed; ``scale.estimate["islands"]``
+    records the measurement."""
     from napari_nalu_count.infer.size import island_diameter
 
     if scale.diameter is None:
         return False
     t0 = time.perf_counter()
     hint = float(scale.estimate.get("regressor") or scale.diameter)
-    isl = island_diameter(norm, hint)
+    isl = island_diameter(norm, hint, remeasure=ISLAND_REMEASURE)
     seconds = time.perf_counter() - t0
     use = (
         isl["islands"] >= ISLAND_MIN_COUNT
@@ -902,10 +916,11 @@ def _island_check(norm: np.ndarray, scale: _ScaleState) -> bool:
     record: dict[str, Any] = {
         k: (round(float(v), 3) if np.isfinite(v) else None) for k, v in isl.items()
     }
-    record.update(seconds=seconds, used=bool(use))
+    record.update(seconds=seconds, used=bool(use), coarsen=ISLAND_COARSEN if use else 1.0)
     scale.estimate["islands"] = record
     scale.estimate["seconds"] = scale.estimate.get("seconds", 0.0) + seconds
     if use:
+        scale.coarsen = ISLAND_COARSEN
         scale.set_diameter(isl["diameter"])
     return bool(use)
 
