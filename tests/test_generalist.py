@@ -411,6 +411,34 @@ def test_island_diameter_measures_round_islands_and_ignores_tissue():
         assert isl["islands"] == 0 and np.isnan(isl["diameter"]) and isl["cover"] == 0.0
 
 
+def test_island_need_skips_only_planes_the_rule_cannot_fire_on():
+    """``need`` returns early only where no median of enough round islands can reach the
+    needed diameter: the engine's decision is the same with and without it."""
+
+    def fires(isl, d):
+        return (
+            isl["islands"] >= eng.ISLAND_MIN_COUNT
+            and isl["cover"] >= eng.ISLAND_MIN_COVER
+            and isl["samples"] >= eng.ISLAND_MIN_SAMPLES
+            and isl["diameter"] >= eng.ISLAND_VETO * d
+        )
+
+    textured, _ = _textured_nuclei(seed=2)
+    plain = synthetic_cells((384, 384), 60, 20.0, seed=4).image.astype(np.float32)
+    plain /= plain.max()
+    decisions = []
+    for x in (textured, plain):
+        for d in (10.0, 20.0, 30.0, 40.0, 45.0, 60.0):
+            need = (eng.ISLAND_VETO * d, eng.ISLAND_MIN_COUNT, eng.ISLAND_MIN_SAMPLES)
+            full = size_mod.island_diameter(x, d, remeasure=eng.ISLAND_REMEASURE)
+            quick = size_mod.island_diameter(x, d, remeasure=eng.ISLAND_REMEASURE, need=need)
+            assert fires(quick, d) == fires(full, d)
+            if fires(full, d):
+                assert quick == full  # the same measurement when it counts
+            decisions.append(fires(full, d))
+    assert any(decisions) and not all(decisions)  # both outcomes were exercised
+
+
 def test_island_check_replaces_an_estimate_the_islands_refute():
     textured, _ = _textured_nuclei()
 

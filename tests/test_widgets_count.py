@@ -73,6 +73,19 @@ def test_run_count_cancel(tiny_count):
         run_count(_image(), RunParams(tiny_count, axes="YX"), cancel=token)
 
 
+def test_island_detail_says_when_the_size_came_from_round_outlines():
+    from types import SimpleNamespace
+
+    from napari_nalu_count._widgets._inference import island_detail
+
+    used = {"used": True, "islands": 23.0, "coarsen": 1.25, "diameter": 88.0}
+    line = island_detail(SimpleNamespace(size_estimate={"islands": used}))
+    assert line == ["size from 23 round nucleus outlines (textured nuclei: counted 1.25x coarser)"]
+    for estimate in (None, {}, {"islands": dict(used, used=False)}, {"islands": None}):
+        assert island_detail(SimpleNamespace(size_estimate=estimate)) == []
+    assert island_detail(SimpleNamespace()) == []  # results without a size estimate
+
+
 def test_check_run_uses_the_engine_rules(tiny_count):
     """The dock's checks are the engine's: the diameter rule, axes, and channels."""
     from napari.layers import Image

@@ -7,7 +7,8 @@ away; each nucleus then is one round island of the Otsu mask. This probe records
 the true diameter, the regressor's estimate, the checked estimate of ``count()`` with the
 island check off, and :func:`~napari_nalu_count.infer.size.island_diameter` of the whole
 plane with the regressor's and with the checked estimate as the hint (and with the regressor's
-and the engine's second measurement, ``isl_2``), for plain val images
+and the engine's second measurement, ``isl_2``; and as the engine calls it, with ``need``,
+``isl_need``: the same decisions), for plain val images
 (1x, 2x, 3x copies), the textured large copies of ``r16_textured_large.py`` and synthetic
 tissues. The island check's thresholds (``engine.ISLAND_*``) were chosen on this table;
 ``r16_textured_large.py --offset`` measures them on other images.
@@ -67,6 +68,16 @@ def main(argv=None) -> int:
                 "isl_ref": size_mod.island_diameter(size_mod._normalise(img), est["refined"]),
                 "isl_2": size_mod.island_diameter(
                     size_mod._normalise(img), est["regressor"], remeasure=engine.ISLAND_REMEASURE
+                ),
+                "isl_need": size_mod.island_diameter(
+                    size_mod._normalise(img),
+                    est["regressor"],
+                    remeasure=engine.ISLAND_REMEASURE,
+                    need=(
+                        engine.ISLAND_VETO * est["refined"],
+                        engine.ISLAND_MIN_COUNT,
+                        engine.ISLAND_MIN_SAMPLES,
+                    ),
                 ),
                 "sec": time.perf_counter() - t0,
             }

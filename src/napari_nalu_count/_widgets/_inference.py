@@ -113,6 +113,18 @@ def diameter_detail(diameter: float | None, source: str) -> list[str]:
     return [f"nucleus diameter {float(diameter):.1f} px ({how})"]
 
 
+def island_detail(result: Any) -> list[str]:
+    """The result's line saying the size came from round nuclei outlines (the engine's island
+    check replaced the estimate: large nuclei whose texture the first estimate read as cells)."""
+    islands = (getattr(result, "size_estimate", None) or {}).get("islands") or {}
+    if not islands.get("used"):
+        return []
+    return [
+        f"size from {int(islands['islands'])} round nucleus outlines (textured nuclei: counted "
+        f"{islands['coarsen']:g}x coarser)"
+    ]
+
+
 def background_detail(result: Any) -> list[str]:
     """The result's line saying that an uneven background was subtracted (none when not)."""
     flattened = getattr(result, "background", None)

@@ -26,6 +26,7 @@ from napari_nalu_count._widgets._inference import (
     RunParams,
     background_detail,
     diameter_detail,
+    island_detail,
     result_diameter,
 )
 from napari_nalu_count._widgets._results import Summary
@@ -149,6 +150,7 @@ def apply_count_results(
         )
         sd = np.asarray(result.plane_sd, dtype=float)
     details = diameter_detail(output.diameter, output.diameter_source)
+    details += island_detail(output.result)
     details += background_detail(output.result)
     if result.volume_points is not None:
         vpoints = np.asarray(result.volume_points, dtype=float).reshape(-1, points.shape[1])

@@ -905,7 +905,8 @@ def _island_check(norm: np.ndarray, scale: _ScaleState) -> bool:
         return False
     t0 = time.perf_counter()
     hint = float(scale.estimate.get("regressor") or scale.diameter)
-    isl = island_diameter(norm, hint, remeasure=ISLAND_REMEASURE)
+    need = (ISLAND_VETO * float(scale.diameter), ISLAND_MIN_COUNT, ISLAND_MIN_SAMPLES)
+    isl = island_diameter(norm, hint, remeasure=ISLAND_REMEASURE, need=need)
     seconds = time.perf_counter() - t0
     use = (
         isl["islands"] >= ISLAND_MIN_COUNT

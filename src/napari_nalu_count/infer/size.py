@@ -329,7 +329,12 @@ ISLAND_MAX_SIDE = 384
 ISLAND_MIN_ROUNDNESS = 0.8
 
 
-def island_diameter(x: np.ndarray, hint: float, remeasure: float | None = None) -> dict[str, float]:
+def island_diameter(
+    x: np.ndarray,
+    hint: float,
+    remeasure: float | None = None,
+    need: tuple[float, int, float] | None = None,
+) -> dict[str, float]:
     """Sizes of the round foreground islands of a plane, a check on a size estimate.
 
     A nucleus with a grainy chromatin texture looks, to a density network or a blob filter,
@@ -350,14 +355,24 @@ def island_diameter(x: np.ndarray, hint: float, remeasure: float | None = None) 
 
     ``remeasure``: islands at least this many times ``hint`` are measured again with their
     own diameter as the hint (a grid and a smoothing of their scale: a hint 3x too small
-    leaves the grain of some nuclei unsmoothed and splits them)."""
-    out = _islands(x, hint)
+    leaves the grain of some nuclei unsmoothed and splits them).
+
+    ``need=(diameter, count, samples)``: the caller acts only on at least ``count`` round
+    islands whose median reaches ``diameter`` (pixels of ``x``) and ``samples`` (samples of
+    the grid). Such a median needs at least half of ``count`` (rounded up) islands that large,
+    round or not; with fewer candidates the
+    roundness is not measured and the result is that of no round island (``islands`` 0), the
+    usual case on plain images, at about half the cost. A first pass that ends so is not
+    measured again (a coarser second grid could in principle have merged fragments into
+    large islands; on the 370 images of ``benchmarks/notes/r18_island_probe.py`` the
+    engine's decision was the same with and without ``need``)."""
+    out = _islands(x, hint, need)
     if remeasure is not None and out["diameter"] >= remeasure * hint:
-        out = _islands(x, out["diameter"])
+        out = _islands(x, out["diameter"], need)
     return out
 
 
-def _islands(x: np.ndarray, hint: float) -> dict[str, float]:
+def _islands(x: np.ndarray, hint: float, need: tuple[float, int, float] | None) -> dict[str, float]:
     x = np.asarray(x, dtype=np.float32)
     h, w = x.shape
     f = max(
@@ -386,12 +401,18 @@ def _islands(x: np.ndarray, hint: float) -> dict[str, float]:
         return out
     areas = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.float64)
     eq = np.sqrt(4.0 * areas / math.pi)
-    dist = ndi.distance_transform_edt(m)
-    inscribed = np.asarray(ndi.maximum(dist, lab, np.arange(1, n + 1)), dtype=np.float64)
     edge = np.zeros(n + 1, dtype=bool)
     for border in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
         edge[border] = True
-    one = (~edge[1:]) & (eq >= 5.0) & (2.0 * inscribed >= ISLAND_MIN_ROUNDNESS * eq)
+    candidate = (~edge[1:]) & (eq >= 5.0)
+    if need is not None:
+        least = max(float(need[0]) / f, float(need[2]))
+        large = int(np.count_nonzero(candidate & (eq >= least)))
+        if large < math.ceil(int(need[1]) / 2):
+            return out
+    dist = ndi.distance_transform_edt(m)
+    inscribed = np.asarray(ndi.maximum(dist, lab, np.arange(1, n + 1)), dtype=np.float64)
+    one = candidate & (2.0 * inscribed >= ISLAND_MIN_ROUNDNESS * eq)
     if one.any():
         out["diameter"] = float(np.median(eq[one])) * f
         out["islands"] = float(one.sum())
