@@ -360,12 +360,12 @@ def island_diameter(
     ``need=(diameter, count, samples)``: the caller acts only on at least ``count`` round
     islands whose median reaches ``diameter`` (pixels of ``x``) and ``samples`` (samples of
     the grid). Such a median needs at least half of ``count`` (rounded up) islands that large,
-    round or not; with fewer candidates the
-    roundness is not measured and the result is that of no round island (``islands`` 0), the
-    usual case on plain images, at about half the cost. A first pass that ends so is not
-    measured again (a coarser second grid could in principle have merged fragments into
-    large islands; on the 370 images of ``benchmarks/notes/r18_island_probe.py`` the
-    engine's decision was the same with and without ``need``)."""
+    round or not; with fewer candidates the roundness is not measured and the result is that
+    of no round island (``islands`` 0): the usual case on plain images, at about half the
+    cost. A first pass that ends so is not measured again (a coarser second grid could in
+    principle have merged fragments into large islands; on the 370 images of
+    ``benchmarks/notes/r18_island_probe.py`` the engine's decision was the same with and
+    without ``need``)."""
     out = _islands(x, hint, need)
     if remeasure is not None and out["diameter"] >= remeasure * hint:
         out = _islands(x, out["diameter"], need)
