@@ -85,6 +85,25 @@ def test_synthetic_varied_exact_and_wide():
         synthetic_varied((64, 64), diameter=(10.0, 5.0))
 
 
+def test_synthetic_tissue_colonies_are_round_and_apart():
+    s = synthetic_tissue((512, 512), 3, diameter=9.0, colonies=5, colony_diameter=100.0)
+    assert s.meta["colonies"] == 5 and s.meta["colony_diameter"] == 100.0
+    n = int(s.labels.max())
+    assert n == len(s.dots) and n > 5 * 30
+    from scipy import ndimage as ndi
+
+    # the nuclei lie in 5 separate groups, no wider than a colony and its edge nuclei
+    groups, k = ndi.label(ndi.binary_closing(s.labels > 0, iterations=4))
+    assert k == 5
+    for sl in ndi.find_objects(groups):
+        assert max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) <= 100 + 2 * 9
+    with pytest.raises(InputError, match="colony diameter"):
+        synthetic_tissue((256, 256), 0, diameter=20.0, colonies=3, colony_diameter=30.0)
+    # the default (no colonies) draws as before: same image for the same seed
+    a, b = synthetic_tissue((128, 128), 7), synthetic_tissue((128, 128), 7, colonies=0)
+    assert np.array_equal(a.image, b.image) and a.meta["colonies"] == 0
+
+
 def test_synthetic_tissue_packs_small_nuclei_in_a_large_region():
     dtypes = set()
     for seed in range(4):
@@ -450,19 +469,47 @@ def test_island_check_replaces_an_estimate_the_islands_refute():
 
     # the estimate read the grain (20 px for 60 px nuclei): the islands win
     st = state(20.0, 50.0)
-    assert eng._island_check(textured, st)
+    assert eng._island_check(textured, st) == (True, None)
     assert st.diameter == pytest.approx(60.0, rel=0.12) and st.estimate["islands"]["used"]
     assert st.factor == pytest.approx(12.0 / (eng.ISLAND_COARSEN * st.diameter))  # coarser grid
     assert st.estimate["seconds"] > 0.01
     # an estimate within ISLAND_VETO of the islands stands
     st = state(45.0, 50.0)
-    assert not eng._island_check(textured, st) and st.diameter == pytest.approx(45.0)
+    assert eng._island_check(textured, st) == (False, None) and st.diameter == pytest.approx(45.0)
     assert st.estimate["islands"]["used"] is False
     # too few islands: the estimate stands
     few = _discs(640, [(160, 160), (160, 480), (480, 320)], 30)
     st = state(20.0, 50.0)
-    assert not eng._island_check(few, st) and st.diameter == pytest.approx(20.0)
+    assert eng._island_check(few, st) == (False, None) and st.diameter == pytest.approx(20.0)
     assert st.estimate["islands"]["islands"] == 3
+
+
+def test_island_check_leaves_colonies_of_small_nuclei_alone(monkeypatch):
+    """Colonies are round islands 8x the nuclei: the check measures them, then finds dozens of
+    cells per island at the checked size and keeps the estimate (and reuses that pass)."""
+    sample = synthetic_tissue((640, 640), 1, diameter=10.0, colonies=9, colony_diameter=90.0)
+    img, n = sample.image, int(sample.labels.max())
+    results = {}
+    for check in (True, False):
+        monkeypatch.setitem(eng.OPTIONS, "island_check", check)
+        results[check] = count(img, "nuclei-count", device="cpu")
+    on, off = results[True], results[False]
+    isl = on.size_estimate["islands"]
+    assert isl["islands"] >= 5 and isl["diameter"] >= eng.ISLAND_VETO * on.diameter
+    assert isl["cells_per_island"] > eng.ISLAND_MAX_CELLS and not isl["used"]
+    assert on.diameter == pytest.approx(off.diameter) and on.count == pytest.approx(off.count)
+    assert on.count > 0.5 * n
+
+
+def test_cells_per_island_maps_the_model_grid_onto_the_islands():
+    labels = np.zeros((8, 8), np.int32)
+    labels[1:3, 1:3] = 1
+    labels[5:7, 4:8] = 2
+    density = np.zeros((16, 16))  # a plane of 32 x 32 (blocks of 4) on a 16 x 16 model grid
+    density[2:6, 2:6] = 0.25  # 4 cells on island 1
+    density[10:14, 8:16] = 0.5  # 16 cells on island 2
+    density[0, 15] = 3.0  # outside every island
+    assert eng._cells_per_island(density, labels, 4, (32, 32)) == pytest.approx(10.0)
 
 
 @pytest.mark.parametrize("block_size", [None, 256])

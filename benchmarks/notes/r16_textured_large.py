@@ -112,6 +112,7 @@ def main(argv=None) -> int:
                     "true_d": d_true,
                     "est_d": float(est.diameter),
                     "count_est": float(est.count),
+                    "islands": (est.size_estimate or {}).get("islands"),
                 }
                 if not args.no_given:
                     given = count(img, model, axes="YX", device="cpu", diameter=d_true)

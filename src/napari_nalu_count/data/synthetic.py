@@ -738,11 +738,43 @@ def synthetic_varied(
     )
 
 
+def _colony_region(
+    shape: tuple[int, int],
+    n: int,
+    diameter: float | tuple[float, float],
+    nucleus: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, float]:
+    """Up to ``n`` round colonies of one drawn diameter, each inside the image and at least
+    1.15 diameters from the others' centres (rejection sampling); the mask and the diameter."""
+    h, w = shape
+    cd = _draw_diameter(rng, diameter)
+    if cd < 2 * nucleus or cd > min(h, w) - 2:
+        raise InputError(
+            f"colony diameter {cd:.3g} px must be at least twice the nuclei ({nucleus:.3g} px) "
+            f"and fit in {h} x {w}"
+        )
+    centres: list[tuple[float, float]] = []
+    for _ in range(200 * n):
+        if len(centres) == n:
+            break
+        cy, cx = rng.uniform(cd / 2, h - cd / 2), rng.uniform(cd / 2, w - cd / 2)
+        if all((cy - y) ** 2 + (cx - x) ** 2 >= (1.15 * cd) ** 2 for y, x in centres):
+            centres.append((cy, cx))
+    yy, xx = np.ogrid[:h, :w]
+    region = np.zeros((h, w), dtype=bool)
+    for cy, cx in centres:
+        region |= (yy - cy) ** 2 + (xx - cx) ** 2 <= (cd / 2) ** 2
+    return region, float(cd)
+
+
 def synthetic_tissue(
     shape: Sequence[int] = (384, 384),
     seed: int | None = 0,
     *,
     diameter: float | tuple[float, float] = (5.0, 24.0),
+    colonies: int = 0,
+    colony_diameter: float | tuple[float, float] = (60.0, 160.0),
 ) -> Sample:
     """A tissue, embryo or organoid: a large region packed with small touching nuclei.
 
@@ -757,16 +789,26 @@ def synthetic_tissue(
     Then optical blur, shot and read noise and an 8- or 16-bit camera as
     :func:`synthetic_varied` (8-bit: a nucleus at 20-250 grey levels, offset 0-15).
     ``labels`` holds every nucleus (exact), ``dots`` their centres.
+
+    ``colonies=k``: the region is instead ``k`` round colonies (spheroids, small organoids)
+    of one diameter (log-uniform in ``colony_diameter``, or fixed), apart from each other and
+    inside the image (fewer when they do not fit): round islands of many nuclei each, which a
+    size check must not take for single large nuclei. The default draws are unchanged.
     """
     rng = np.random.default_rng(seed)
     h, w = (int(v) for v in shape)
     d = _draw_diameter(rng, diameter)
     if d <= 0 or d > min(h, w) / 4:
         raise InputError(f"nucleus diameter {d:.3g} px does not fit a tissue in {h} x {w}")
-    # the tissue region: a broad smoothed noise field, thresholded at a drawn coverage
-    field = ndi.gaussian_filter(rng.standard_normal((h, w)), min(h, w) / rng.uniform(4.0, 8.0))
-    cover = float(rng.uniform(0.25, 0.85))
-    region = field > np.quantile(field, 1.0 - cover)
+    colony_d = None
+    if colonies > 0:
+        region, colony_d = _colony_region((h, w), int(colonies), colony_diameter, d, rng)
+        cover = float(region.mean())
+    else:
+        # the tissue region: a broad smoothed noise field, thresholded at a drawn coverage
+        field = ndi.gaussian_filter(rng.standard_normal((h, w)), min(h, w) / rng.uniform(4.0, 8.0))
+        cover = float(rng.uniform(0.25, 0.85))
+        region = field > np.quantile(field, 1.0 - cover)
     depth = ndi.distance_transform_edt(region)
     falloff = float(rng.uniform(0.0, 0.7))  # deeper nuclei this much dimmer at the centre
     depth_n = depth / max(float(depth.max()), 1e-9)
@@ -816,6 +858,8 @@ def synthetic_tissue(
         "diameter": d,
         "spacing": spacing,
         "cover": cover,
+        "colonies": int(colonies),
+        "colony_diameter": colony_d,
         "falloff": falloff,
         "camera": camera,
         "level": level,

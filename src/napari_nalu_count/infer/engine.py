@@ -131,6 +131,9 @@ ISLAND_VETO = 1.5
 ISLAND_MIN_COUNT = 5
 ISLAND_MIN_COVER = 0.1
 ISLAND_MIN_SAMPLES = 8.0
+#: ... unless the median island holds more than this many cells at the checked size (a
+#: colony of small nuclei, not a textured nucleus; see :func:`_island_check`)
+ISLAND_MAX_CELLS = 22.0
 #: islands this many times the hint are measured again with their own diameter as the hint
 ISLAND_REMEASURE = 1.25
 #: ... and the counter then runs on a grid this much coarser than the islands' diameter asks
@@ -884,7 +887,33 @@ def _refine_diameter(
     return model_plane, pred
 
 
-def _island_check(norm: np.ndarray, scale: _ScaleState) -> bool:
+def _cells_per_island(
+    density: np.ndarray, labels: np.ndarray, block: int, plane_shape: tuple[int, int]
+) -> float:
+    """Median, over the islands of ``labels`` (a grid of ``block`` x ``block`` pixel blocks
+    of a plane of ``plane_shape``), of the cells of ``density`` (the counter's output on the
+    model grid, any resampling of that plane) whose pixel centres fall in the island."""
+    hm, wm = density.shape
+    h, w = plane_shape
+    rows = np.clip(((np.arange(hm) + 0.5) * (h / hm) / block).astype(np.intp), 0, None)
+    cols = np.clip(((np.arange(wm) + 0.5) * (w / wm) / block).astype(np.intp), 0, None)
+    rows = np.minimum(rows, labels.shape[0] - 1)
+    cols = np.minimum(cols, labels.shape[1] - 1)
+    on_grid = labels[rows[:, None], cols[None, :]]
+    n = int(labels.max())
+    cells = np.bincount(on_grid.ravel(), weights=density.ravel(), minlength=n + 1)[1:]
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    return float(np.median(cells[ids - 1])) if len(ids) else 0.0
+
+
+def _island_check(
+    norm: np.ndarray,
+    scale: _ScaleState,
+    runner: _Runner | None = None,
+    background: float | None = None,
+    prediction: np.ndarray | None = None,
+) -> tuple[bool, np.ndarray | None]:
     """Check an estimated diameter against the plane's round foreground islands.
 
     Large nuclei with a grainy chromatin texture fool both the size regressor and the
@@ -897,33 +926,55 @@ def _island_check(norm: np.ndarray, scale: _ScaleState) -> bool:
     nuclei pass untouched (their islands match the estimate, or touch each other and are
     not round), as do tissues (one large irregular region). The network then runs
     :data:`ISLAND_COARSEN` times coarser than that diameter asks for (the reported diameter
-    is the islands'). Returns whether the estimate changed; ``scale.estimate["islands"]``
-    records the measurement."""
-    from napari_nalu_count.infer.size import island_diameter
+    is the islands'). Returns whether the estimate changed and, when it did not, a
+    prediction of the plane at the unchanged size that this check made (else None), for the
+    count to reuse; ``scale.estimate["islands"]`` records the measurement.
+
+    A colony, organoid or spheroid of small packed nuclei is a round island too, of many
+    nuclei. So before the islands win, the counter's density at the checked size
+    (``prediction``, the whole plane's at ``scale.factor``, or one pass of ``runner``) is
+    summed per island: where the median island holds more than :data:`ISLAND_MAX_CELLS`
+    cells it is a colony, and the estimate stands (textured nuclei of 60-130 px read as 1.2-17
+    on the round-18 probes, synthetic colonies of 22-56 nuclei as 25-61; colonies of up to
+    ~16 nuclei still pass for textured nuclei)."""
+    from napari_nalu_count.infer.size import round_islands
 
     if scale.diameter is None:
-        return False
+        return False, None
     t0 = time.perf_counter()
     hint = float(scale.estimate.get("regressor") or scale.diameter)
     need = (ISLAND_VETO * float(scale.diameter), ISLAND_MIN_COUNT, ISLAND_MIN_SAMPLES)
-    isl = island_diameter(norm, hint, remeasure=ISLAND_REMEASURE, need=need)
-    seconds = time.perf_counter() - t0
+    isl, labels, block = round_islands(norm, hint, remeasure=ISLAND_REMEASURE, need=need)
     use = (
         isl["islands"] >= ISLAND_MIN_COUNT
         and isl["cover"] >= ISLAND_MIN_COVER
         and isl["samples"] >= ISLAND_MIN_SAMPLES
         and isl["diameter"] >= ISLAND_VETO * float(scale.diameter)
     )
+    cells = made = None
+    if use and labels is not None and runner is not None:
+        if prediction is None:
+            plane = _model_input(norm, float(scale.factor), scale.card_diameter, background)
+            prediction = made = runner.predict_quiet(plane)
+        cells = _cells_per_island(prediction[0], labels, block, norm.shape)
+        use = cells <= ISLAND_MAX_CELLS
+    seconds = time.perf_counter() - t0
     record: dict[str, Any] = {
         k: (round(float(v), 3) if np.isfinite(v) else None) for k, v in isl.items()
     }
-    record.update(seconds=seconds, used=bool(use), coarsen=ISLAND_COARSEN if use else 1.0)
+    record.update(
+        cells_per_island=None if cells is None else round(cells, 2),
+        seconds=seconds,
+        used=bool(use),
+        coarsen=ISLAND_COARSEN if use else 1.0,
+    )
     scale.estimate["islands"] = record
     scale.estimate["seconds"] = scale.estimate.get("seconds", 0.0) + seconds
     if use:
         scale.coarsen = ISLAND_COARSEN
         scale.set_diameter(isl["diameter"])
-    return bool(use)
+        return True, None
+    return False, made
 
 
 # ------------------------------------------------------------------------------------------
@@ -1156,12 +1207,12 @@ def count_events(
             model_plane = None
             if n_out == 2 and scale.source == "estimated" and OPTIONS["size_check"]:
                 model_plane, reuse = _refine_diameter(runner, norm, scale, background)
-            if (
-                scale.source == "estimated"
-                and OPTIONS["island_check"]
-                and _island_check(norm, scale)
-            ):
-                model_plane = reuse = None
+            if scale.source == "estimated" and OPTIONS["island_check"]:
+                changed, made = _island_check(norm, scale, runner, background, reuse)
+                if changed:
+                    model_plane = reuse = None
+                elif made is not None:  # the check's pass at this size is the count's
+                    reuse = made
             if model_plane is None:
                 model_plane = _model_input(norm, scale.factor, scale.card_diameter, background)
         elif grid_scale == 1.0:
@@ -1377,7 +1428,7 @@ def _count_blocked(
                 if n_out == 2 and OPTIONS["size_check"]:
                     _refine_diameter(runner, normalized, scale, background)
                 if OPTIONS["island_check"]:
-                    _island_check(normalized, scale)
+                    _island_check(normalized, scale, runner, background)
                 del normalized
             del window
         f = float(scale.factor or 1.0)
@@ -1656,13 +1707,9 @@ def segment_events(
                 points = sub.points
                 if pending and sub.diameter_source == "estimated" and sub.diameter:
                     scale.set_diameter(float(sub.diameter))
-            estimating = scale.pending
-            if estimating:
+            if scale.pending:
                 yield runner.report("segment: estimating the nucleus size")
             s = scale.resolve(raw, _size_normalized(card, norm))
-            if estimating and scale.source == "estimated" and OPTIONS["island_check"]:
-                _island_check(norm, scale)
-                s = float(scale.factor)
             del raw
             if big:
                 model_plane = _model_input(norm, s, scale.card_diameter, background)

@@ -366,13 +366,27 @@ def island_diameter(
     principle have merged fragments into large islands; on the 370 images of
     ``benchmarks/notes/r18_island_probe.py`` the engine's decision was the same with and
     without ``need``)."""
+    return round_islands(x, hint, remeasure, need)[0]
+
+
+def round_islands(
+    x: np.ndarray,
+    hint: float,
+    remeasure: float | None = None,
+    need: tuple[float, int, float] | None = None,
+) -> tuple[dict[str, float], np.ndarray | None, int]:
+    """:func:`island_diameter`'s numbers, the label image of the round islands it took
+    (on its grid; 0 elsewhere; None when there are none) and that grid's block size ``f``:
+    sample ``(i, j)`` covers pixels ``[i f, (i + 1) f) x [j f, (j + 1) f)`` of ``x``."""
     out = _islands(x, hint, need)
-    if remeasure is not None and out["diameter"] >= remeasure * hint:
-        out = _islands(x, out["diameter"], need)
+    if remeasure is not None and out[0]["diameter"] >= remeasure * hint:
+        out = _islands(x, out[0]["diameter"], need)
     return out
 
 
-def _islands(x: np.ndarray, hint: float, need: tuple[float, int, float] | None) -> dict[str, float]:
+def _islands(
+    x: np.ndarray, hint: float, need: tuple[float, int, float] | None
+) -> tuple[dict[str, float], np.ndarray | None, int]:
     x = np.asarray(x, dtype=np.float32)
     h, w = x.shape
     f = max(
@@ -383,7 +397,7 @@ def _islands(x: np.ndarray, hint: float, need: tuple[float, int, float] | None) 
     hh, ww = h // f, w // f
     out = {"diameter": float("nan"), "islands": 0.0, "cover": 0.0, "samples": 0.0}
     if min(hh, ww) < 8:
-        return out
+        return out, None, f
     # block means (sums: the threshold below does not care about the scale)
     g = x[: hh * f, : ww * f].reshape(hh, f, ww * f).sum(axis=1)
     g = g.reshape(hh, ww, f).sum(axis=2)
@@ -398,7 +412,7 @@ def _islands(x: np.ndarray, hint: float, need: tuple[float, int, float] | None) 
         m |= ~open_[bg]
     lab, n = ndi.label(m)
     if n == 0:
-        return out
+        return out, None, f
     areas = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.float64)
     eq = np.sqrt(4.0 * areas / math.pi)
     edge = np.zeros(n + 1, dtype=bool)
@@ -409,16 +423,18 @@ def _islands(x: np.ndarray, hint: float, need: tuple[float, int, float] | None) 
         least = max(float(need[0]) / f, float(need[2]))
         large = int(np.count_nonzero(candidate & (eq >= least)))
         if large < math.ceil(int(need[1]) / 2):
-            return out
+            return out, None, f
     dist = ndi.distance_transform_edt(m)
     inscribed = np.asarray(ndi.maximum(dist, lab, np.arange(1, n + 1)), dtype=np.float64)
     one = candidate & (2.0 * inscribed >= ISLAND_MIN_ROUNDNESS * eq)
-    if one.any():
-        out["diameter"] = float(np.median(eq[one])) * f
-        out["islands"] = float(one.sum())
-        out["cover"] = float(areas[one].sum() / areas.sum())
-        out["samples"] = float(np.median(eq[one]))
-    return out
+    if not one.any():
+        return out, None, f
+    out["diameter"] = float(np.median(eq[one])) * f
+    out["islands"] = float(one.sum())
+    out["cover"] = float(areas[one].sum() / areas.sum())
+    out["samples"] = float(np.median(eq[one]))
+    keep = np.concatenate([[0], np.where(one, np.arange(1, n + 1), 0)]).astype(np.int32)
+    return out, keep[lab], f
 
 
 def scale_profile(
