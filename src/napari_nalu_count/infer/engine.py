@@ -14,7 +14,9 @@ Pipeline per plane (stacks are walked plane by plane, dask arrays computed one p
    the model grid, or the whole plane when it has at most ``REFINE_WHOLE_PIXELS`` pixels, whose
    output is then reused by the count when no resampling follows): when the
    objects it sees are more than ``REFINE_TOLERANCE`` off the model's diameter the image is
-   resampled again. ``None`` for other models resamples by the card's ``input_scale`` (1.0
+   resampled again. Counting then checks the estimate against the plane's round foreground
+   islands (:func:`_island_check`: large textured nuclei, whose grain both checks read as
+   small cells). ``None`` for other models resamples by the card's ``input_scale`` (1.0
    when absent);
 4. predict tile by tile with overlap and smooth blending (:mod:`.tiling`) under
    ``torch.inference_mode`` with batch norm folded into the convolutions; CUDA out-of-memory
