@@ -430,6 +430,19 @@ def test_island_diameter_measures_round_islands_and_ignores_tissue():
         assert isl["islands"] == 0 and np.isnan(isl["diameter"]) and isl["cover"] == 0.0
 
 
+def test_segment_takes_the_island_checked_size_from_its_seed_counter(monkeypatch):
+    textured, n = _textured_nuclei(seed=1)
+    img = (textured * 2000 + 100).astype(np.uint16)
+    found = {}
+    for check in (True, False):
+        monkeypatch.setitem(eng.OPTIONS, "island_check", check)
+        found[check] = segment(img, "nuclei-seg", device="cpu")
+    assert found[True].diameter == pytest.approx(60.0, rel=0.12)
+    assert found[False].diameter < found[True].diameter / eng.ISLAND_VETO
+    on, off = (int(found[c].labels.max()) for c in (True, False))
+    assert abs(on - n) < abs(off - n)
+
+
 def test_island_need_skips_only_planes_the_rule_cannot_fire_on():
     """``need`` returns early only where no median of enough round islands can reach the
     needed diameter: the engine's decision is the same with and without it."""
