@@ -897,8 +897,8 @@ def _cells_per_island(
     model grid, any resampling of that plane) whose pixel centres fall in the island."""
     hm, wm = density.shape
     h, w = plane_shape
-    rows = np.clip(((np.arange(hm) + 0.5) * (h / hm) / block).astype(np.intp), 0, None)
-    cols = np.clip(((np.arange(wm) + 0.5) * (w / wm) / block).astype(np.intp), 0, None)
+    rows = ((np.arange(hm) + 0.5) * (h / hm) / block).astype(np.intp)
+    cols = ((np.arange(wm) + 0.5) * (w / wm) / block).astype(np.intp)
     rows = np.minimum(rows, labels.shape[0] - 1)
     cols = np.minimum(cols, labels.shape[1] - 1)
     on_grid = labels[rows[:, None], cols[None, :]]
@@ -937,8 +937,10 @@ def _island_check(
     (``prediction``, the whole plane's at ``scale.factor``, or one pass of ``runner``) is
     summed per island: where the median island holds more than :data:`ISLAND_MAX_CELLS`
     cells it is a colony, and the estimate stands (textured nuclei of 60-130 px read as 1.2-17
-    on the round-18 probes, synthetic colonies of 22-56 nuclei as 25-61; colonies of up to
-    ~16 nuclei still pass for textured nuclei)."""
+    on the round-18 probes, hand-drawn colonies of 22-56 bright nuclei as 25-61; colonies of
+    up to ~16 nuclei still pass for textured nuclei, and dimmer, hazier colonies often fool
+    the first estimate already, when this count no longer sees their nuclei: docs/models.md,
+    round 18)."""
     from napari_nalu_count.infer.size import round_islands
 
     if scale.diameter is None:
