@@ -19,7 +19,8 @@ each resampled so that its median nucleus diameter (from its masks, over the who
 objects cut by a window edge look smaller than they are) is log-uniform in 5-150 px,
 then cast back to the image's own integer type like a real camera image; ``--texture P`` gives
 that share of them a mottled chromatin texture; ``--tissue N`` adds N
-:func:`~napari_nalu_count.data.synthetic.synthetic_tissue` images (nuclei 5-40 px). The target
+:func:`~napari_nalu_count.data.synthetic.synthetic_tissue` images (nuclei 5-40 px) and
+``--colonies N`` as many of its round-colony variant (round 18, tried). The target
 is log(diameter). An ensemble of ``--ensemble`` MLPs 54 (74 with ``--mask``) -> 64 -> 64 -> 1
 (GELU, AdamW, smooth-L1, different seeds; outputs averaged) is fitted on the CPU in seconds.
 
@@ -218,6 +219,13 @@ def main(argv=None) -> int:
         "region), rescaled to nuclei of 5-40 px",
     )
     p.add_argument(
+        "--colonies",
+        type=int,
+        default=0,
+        help="this many synthetic_tissue(colonies=3-12) images (packed small nuclei in round "
+        "colonies of 60-160 px), rescaled to nuclei of 5-40 px",
+    )
+    p.add_argument(
         "--mask",
         action="store_true",
         help="append the foreground-shape features (infer.size.mask_features) to the profile",
@@ -241,6 +249,20 @@ def main(argv=None) -> int:
         for i in range(args.tissue)
     ]
     train += rows_for(tissue, 1, rng, lo=5.0, hi=40.0)
+    colonies = []
+    for i in range(args.colonies):
+        side = int(rng.choice([512, 768]))
+        nucleus = float(np.exp(rng.uniform(np.log(5.0), np.log(20.0))))
+        colonies.append(
+            synthetic_tissue(
+                (side, side),
+                seed=30_000 + i,
+                diameter=nucleus,
+                colonies=int(rng.integers(3, 13)),
+                colony_diameter=(max(60.0, 4 * nucleus), 160.0),
+            )
+        )
+    train += rows_for(colonies, 1, rng, lo=5.0, hi=40.0)
     val = []
     for loader in (load_bbbc039, load_dsb2018, load_aitslab):
         val += rows_for(loader(args.data, "val"), 0, rng, scales=(0.5, 1.0, 2.0, 3.0))

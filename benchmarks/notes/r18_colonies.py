@@ -21,6 +21,7 @@ import torch
 
 from napari_nalu_count.data.synthetic import synthetic_tissue
 from napari_nalu_count.infer import count, engine
+from napari_nalu_count.infer import size as size_mod
 from napari_nalu_count.models import load_model
 
 
@@ -30,10 +31,14 @@ def main(argv=None) -> int:
     p.add_argument("--nuclei", default="8,12,16", help="nucleus diameters (px)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--side", type=int, default=768)
+    p.add_argument("--regressor", default=None, help="a size_regressor.json other than the bundled")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.regressor:
+        size_mod.REGRESSOR_FILE = Path(args.regressor)
+        size_mod.load_regressor.cache_clear()
     model = load_model("nuclei-count")
     rows, t0 = [], time.time()
     for cd in (float(v) for v in args.colonies.split(",")):
@@ -88,7 +93,14 @@ def main(argv=None) -> int:
     print(table)
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"elapsed_s": round(time.time() - t0, 1), "rows": rows, "table": table})
+            json.dumps(
+                {
+                    "regressor": str(args.regressor or "bundled"),
+                    "elapsed_s": round(time.time() - t0, 1),
+                    "rows": rows,
+                    "table": table,
+                }
+            )
         )
     return 0
 
