@@ -43,6 +43,32 @@ def parse_textures(text: str) -> list[tuple[str, float]]:
     return out
 
 
+#: the textures of the round-16/18 probes besides ``none``: (kind, amplitude)
+TEXTURES = (("mottled", 0.3), ("mottled", 0.6), ("spots", 0.5), ("spots", 0.8))
+
+
+def textured_copies(samples, scale, textures=TEXTURES, start=0):
+    """Per sample: ``(i, sample, enlarged sample, true diameter, variants)``, the sample
+    enlarged ``scale`` times (images, labels) and ``variants`` a list of ``(kind, amp,
+    image)``, one per texture: the enlarged image itself for ``"none"``, else
+    :func:`~napari_nalu_count.data.augment.chromatin_texture` inside its objects (seed: the
+    image's number ``i``, counted from ``start``)."""
+    big = rescale_samples(samples, scale, task="segment")
+    for i, (s0, s) in enumerate(zip(samples, big, strict=True), start=start):
+        d = float(s0.meta["diameter"]) * scale
+        variants = [
+            (
+                kind,
+                amp,
+                s.image
+                if kind == "none"
+                else chromatin_texture(s.image, s.labels, d, amp, kind=kind, seed=i),
+            )
+            for kind, amp in textures
+        ]
+        yield i, s0, s, d, variants
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", required=True)
@@ -94,14 +120,10 @@ def main(argv=None) -> int:
         samples = load_set(args.data, set_, args.offset + args.limit)[args.offset :]
         ds = [s.meta["diameter"] for s in samples if s.meta.get("diameter")]
         scale = round(args.diameter / float(np.median(ds)), 2)
-        big = rescale_samples(samples, scale, task="segment")
-        for i, (s0, s) in enumerate(zip(samples, big, strict=True), start=args.offset):
-            d_true = float(s0.meta["diameter"]) * scale
+        copies = textured_copies(samples, scale, textures, start=args.offset)
+        for i, s0, s, d_true, variants in copies:
             truth = int(len(np.unique(s0.labels)) - 1)
-            for kind, amp in textures:
-                img = s.image
-                if kind != "none":
-                    img = chromatin_texture(s.image, s.labels, d_true, amp, kind=kind, seed=i)
+            for kind, amp, img in variants:
                 est = count(img, model, axes="YX", device="cpu")
                 row = {
                     "set": set_,

@@ -24,16 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
+from r16_textured_large import textured_copies  # noqa: E402
 from train_size_estimator import profiles  # noqa: E402
 
 from napari_nalu_count.bench.accuracy import load_set  # noqa: E402
-from napari_nalu_count.data.augment import chromatin_texture  # noqa: E402
 from napari_nalu_count.infer import count  # noqa: E402
 from napari_nalu_count.infer import size as size_mod  # noqa: E402
 from napari_nalu_count.models import load_model  # noqa: E402
-from napari_nalu_count.train.dataset import rescale_samples  # noqa: E402
-
-TEXTURES = (("mottled", 0.3), ("mottled", 0.6), ("spots", 0.5), ("spots", 0.8))
 
 
 def main(argv=None) -> int:
@@ -62,11 +59,8 @@ def main(argv=None) -> int:
             rows.append({"kind": set_, "d": s.meta["diameter"], "reg": est, "sd": sd, "ref": ref})
     for set_, scale in (("bbbc039", 3.12), ("aitslab", 2.01)):
         samples = load_set(args.data, set_, args.textured)
-        big = rescale_samples(samples, scale, task="segment")
-        for i, (s0, s) in enumerate(zip(samples, big, strict=True)):
-            d = s0.meta["diameter"] * scale
-            for kind, amp in TEXTURES:
-                img = chromatin_texture(s.image, s.labels, d, amp, kind=kind, seed=i)
+        for _i, _s0, _s, d, variants in textured_copies(samples, scale):
+            for kind, amp, img in variants:
                 est, sd, ref = measure(img)
                 rows.append(
                     {"kind": f"{set_} {kind}{amp}", "d": d, "reg": est, "sd": sd, "ref": ref}

@@ -15,12 +15,11 @@ import argparse
 
 import numpy as np
 import torch
+from r16_textured_large import textured_copies
 
 from napari_nalu_count.bench.accuracy import load_set
-from napari_nalu_count.data.augment import chromatin_texture
 from napari_nalu_count.infer import count
 from napari_nalu_count.models import load_model
-from napari_nalu_count.train.dataset import rescale_samples
 
 
 def main(argv=None) -> int:
@@ -33,23 +32,20 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     model = load_model("nuclei-count")
     factors = [float(v) for v in args.factors.split(",")]
+    textures = (("none", 0.0), ("mottled", 0.6), ("spots", 0.8))
     for set_, scale in (("bbbc039", 3.12), ("aitslab", 2.01)):
         samples = load_set(args.data, set_, args.limit)
-        big = rescale_samples(samples, scale, task="segment")
-        for kind, amp in (("none", 0.0), ("mottled", 0.6), ("spots", 0.8)):
-            counts = {k: [] for k in factors}
-            truth = []
-            for i, (s0, s) in enumerate(zip(samples, big, strict=True)):
-                d = s0.meta["diameter"] * scale
-                truth.append(len(np.unique(s0.labels)) - 1)
-                img = s.image
-                if kind != "none":
-                    img = chromatin_texture(s.image, s.labels, d, amp, kind=kind, seed=i)
+        counts = {(kind, k): [] for kind, _ in textures for k in factors}
+        truth = []
+        for _i, s0, _s, d, variants in textured_copies(samples, scale, textures):
+            truth.append(len(np.unique(s0.labels)) - 1)
+            for kind, _amp, img in variants:
                 for k in factors:
-                    counts[k].append(count(img, model, diameter=k * d, device="cpu").count)
-            t = float(np.sum(truth))
+                    counts[kind, k].append(count(img, model, diameter=k * d, device="cpu").count)
+        t = float(np.sum(truth))
+        for kind, amp in textures:
             errors = "  ".join(
-                f"{k:g}x: {100 * (np.sum(v) - t) / t:+.0f} %" for k, v in counts.items()
+                f"{k:g}x: {100 * (np.sum(counts[kind, k]) - t) / t:+.0f} %" for k in factors
             )
             print(f"{set_} {kind} {amp:g}: {errors}", flush=True)
     return 0

@@ -26,16 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from r16_textured_large import textured_copies
 
 from napari_nalu_count.bench.accuracy import load_set, rescaled_copy
-from napari_nalu_count.data.augment import chromatin_texture
 from napari_nalu_count.data.synthetic import synthetic_tissue
 from napari_nalu_count.infer import count, engine
 from napari_nalu_count.infer import size as size_mod
 from napari_nalu_count.models import load_model
-from napari_nalu_count.train.dataset import rescale_samples
-
-TEXTURES = (("mottled", 0.3), ("mottled", 0.6), ("spots", 0.5), ("spots", 0.8))
 
 
 def main(argv=None) -> int:
@@ -103,11 +100,8 @@ def main(argv=None) -> int:
         print(set_, len(rows), flush=True)
     for set_, scale in (("bbbc039", 3.12), ("aitslab", 2.01)):
         samples = load_set(args.data, set_, args.textured)
-        big = rescale_samples(samples, scale, task="segment")
-        for i, (s0, s) in enumerate(zip(samples, big, strict=True)):
-            d = s0.meta["diameter"] * scale
-            for kind, amp in TEXTURES:
-                img = chromatin_texture(s.image, s.labels, d, amp, kind=kind, seed=i)
+        for _i, _s0, s, d, variants in textured_copies(samples, scale):
+            for kind, amp, img in variants:
                 add(f"{set_} {kind}{amp}", img, d, int(s.labels.max()))
         print("textured", len(rows), flush=True)
     for i in range(args.tissue):
