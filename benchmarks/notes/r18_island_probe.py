@@ -48,11 +48,13 @@ def main(argv=None) -> int:
     model = load_model("nuclei-count")
     rows = []
 
+    engine.OPTIONS["island_check"] = False  # the checked estimate before the islands
+
     def add(kind, img, d, n_true):
         t0 = time.perf_counter()
-        engine.OPTIONS["island_check"] = False
         r = count(img, model)
         est = r.size_estimate
+        x = size_mod._normalise(img)
         rows.append(
             {
                 "kind": kind,
@@ -61,13 +63,13 @@ def main(argv=None) -> int:
                 "reg": float(est.get("regressor", est.get("diameter", np.nan)) or np.nan),
                 "ref": float(est["refined"]) if est.get("refined") else None,
                 "count": float(r.count),
-                "isl_reg": size_mod.island_diameter(size_mod._normalise(img), est["regressor"]),
-                "isl_ref": size_mod.island_diameter(size_mod._normalise(img), est["refined"]),
+                "isl_reg": size_mod.island_diameter(x, est["regressor"]),
+                "isl_ref": size_mod.island_diameter(x, est["refined"]),
                 "isl_2": size_mod.island_diameter(
-                    size_mod._normalise(img), est["regressor"], remeasure=engine.ISLAND_REMEASURE
+                    x, est["regressor"], remeasure=engine.ISLAND_REMEASURE
                 ),
                 "isl_need": size_mod.island_diameter(
-                    size_mod._normalise(img),
+                    x,
                     est["regressor"],
                     remeasure=engine.ISLAND_REMEASURE,
                     need=(
@@ -79,8 +81,6 @@ def main(argv=None) -> int:
                 "sec": time.perf_counter() - t0,
             }
         )
-        if len(rows) == 1:
-            print(sorted(est))
 
     def ntrue(s):
         return int(s.labels.max()) if s.labels is not None else len(s.dots)
