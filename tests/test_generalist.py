@@ -447,13 +447,7 @@ def test_island_need_skips_only_planes_the_rule_cannot_fire_on():
     """``need`` returns early only where no median of enough round islands can reach the
     needed diameter: the engine's decision is the same with and without it."""
 
-    def fires(isl, d):
-        return (
-            isl["islands"] >= eng.ISLAND_MIN_COUNT
-            and isl["cover"] >= eng.ISLAND_MIN_COVER
-            and isl["samples"] >= eng.ISLAND_MIN_SAMPLES
-            and isl["diameter"] >= eng.ISLAND_VETO * d
-        )
+    fires = eng._islands_refute
 
     textured, _ = _textured_nuclei(seed=2)
     plain = synthetic_cells((384, 384), 60, 20.0, seed=4).image.astype(np.float32)

@@ -909,6 +909,18 @@ def _cells_per_island(
     return float(np.median(cells[ids - 1])) if len(ids) else 0.0
 
 
+def _islands_refute(isl: dict[str, float], diameter: float) -> bool:
+    """Whether :func:`~.size.island_diameter`'s numbers refute an estimated ``diameter``:
+    enough round, resolved islands, covering enough of the foreground, at least
+    :data:`ISLAND_VETO` times as large (the rule of :func:`_island_check`)."""
+    return (
+        isl["islands"] >= ISLAND_MIN_COUNT
+        and isl["cover"] >= ISLAND_MIN_COVER
+        and isl["samples"] >= ISLAND_MIN_SAMPLES
+        and isl["diameter"] >= ISLAND_VETO * diameter
+    )
+
+
 def _island_check(
     norm: np.ndarray,
     scale: _ScaleState,
@@ -949,12 +961,7 @@ def _island_check(
     hint = float(scale.estimate.get("regressor") or scale.diameter)
     need = (ISLAND_VETO * float(scale.diameter), ISLAND_MIN_COUNT, ISLAND_MIN_SAMPLES)
     isl, labels, block = round_islands(norm, hint, remeasure=ISLAND_REMEASURE, need=need)
-    use = (
-        isl["islands"] >= ISLAND_MIN_COUNT
-        and isl["cover"] >= ISLAND_MIN_COVER
-        and isl["samples"] >= ISLAND_MIN_SAMPLES
-        and isl["diameter"] >= ISLAND_VETO * float(scale.diameter)
-    )
+    use = _islands_refute(isl, float(scale.diameter))
     cells = made = None
     if use and labels is not None and runner is not None:
         if prediction is None:
