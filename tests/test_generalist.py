@@ -13,7 +13,12 @@ import torch
 from napari_nalu_count.data import typical_diameter
 from napari_nalu_count.data.augment import Appearance
 from napari_nalu_count.data.readers import Sample
-from napari_nalu_count.data.synthetic import synthetic_cells, synthetic_tissue, synthetic_varied
+from napari_nalu_count.data.synthetic import (
+    synthetic_cells,
+    synthetic_crowded,
+    synthetic_tissue,
+    synthetic_varied,
+)
 from napari_nalu_count.errors import InputError, ModelFileError, NaluCountError
 from napari_nalu_count.infer import count, segment
 from napari_nalu_count.infer import engine as eng
@@ -83,6 +88,34 @@ def test_synthetic_varied_exact_and_wide():
     assert typical_diameter(fixed.labels) == pytest.approx(24.0, rel=0.35)
     with pytest.raises(InputError):
         synthetic_varied((64, 64), diameter=(10.0, 5.0))
+
+
+def test_synthetic_crowded_cells_overlap_and_count_exactly():
+    from scipy.spatial import cKDTree
+
+    compressed = 0
+    for seed in range(6):
+        s = synthetic_crowded((128, 128), seed=seed, diameter=10.0)
+        n = s.meta["n_cells"]
+        assert len(s.dots) == s.labels.max() == n
+        assert s.meta["diameter"] == 10.0 and 0.2 <= s.meta["coverage"] <= 0.7
+        # the summed cell area matches the drawn coverage: far more cells than fit side by side
+        assert n == round(s.meta["coverage"] * 128 * 128 / (np.pi * 25.0))
+        # cells lie on top of one another: most overlap a neighbour (centres under 0.9 d
+        # apart), and the nearest ones as close as (1 - overlap) diameters allows
+        near, _ = cKDTree(s.dots).query(s.dots, k=2)
+        assert np.mean(near[:, 1] < 9.0) > 0.5
+        assert np.percentile(near[:, 1], 10) < 10.0 * (1.0 - s.meta["overlap"]) + 2.0
+        # labels under-measure overlapping cells, so meta["diameter"] is the size to use
+        assert typical_diameter(s.labels) < 10.0
+        compressed += s.meta["compress"] > 0
+    assert 0 < compressed < 6  # both renderings occur
+    a, b = synthetic_crowded((96, 96), seed=3), synthetic_crowded((96, 96), seed=3)
+    np.testing.assert_array_equal(a.image, b.image)
+    with pytest.raises(InputError, match="overlap"):
+        synthetic_crowded((64, 64), overlap=(0.5, 1.0))
+    with pytest.raises(InputError, match="coverage"):
+        synthetic_crowded((64, 64), coverage=(0.5, 0.2))
 
 
 def test_synthetic_tissue_colonies_are_round_and_apart():
