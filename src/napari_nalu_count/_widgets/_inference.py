@@ -131,6 +131,21 @@ def background_detail(result: Any) -> list[str]:
     return [f"background flattened ({flattened:g} diameters)"] if flattened else []
 
 
+def corrections_detail(result: Any) -> list[str]:
+    """The result's line saying what the normalisation corrected in the image (none when
+    nothing): hot pixels clamped, bright artefacts left out of the brightness range."""
+    fixes = getattr(result, "corrections", None) or {}
+    parts = []
+    if fixes.get("hot_pixels"):
+        n = int(fixes["hot_pixels"])
+        parts.append(f"{n} hot pixel{'s' if n != 1 else ''} ignored")
+    if fixes.get("bright_artefacts"):
+        n = int(fixes["bright_artefacts"])
+        where = "" if n == 1 else f" ({n} planes)"
+        parts.append(f"bright artefacts left out of the brightness range{where}")
+    return ["; ".join(parts)] if parts else []
+
+
 class InferenceDock(JobDock):
     """Base of the Count and Segment docks: subclasses set ``task``/``verb``, add rows to the
     form, and implement :meth:`job` (the event generator) and :meth:`apply` (the result into

@@ -25,6 +25,7 @@ from napari_nalu_count._widgets._inference import (
     InferenceDock,
     RunParams,
     background_detail,
+    corrections_detail,
     diameter_detail,
     island_detail,
     result_diameter,
@@ -152,6 +153,7 @@ def apply_count_results(
     details = diameter_detail(output.diameter, output.diameter_source)
     details += island_detail(output.result)
     details += background_detail(output.result)
+    details += corrections_detail(output.result)
     if result.volume_points is not None:
         vpoints = np.asarray(result.volume_points, dtype=float).reshape(-1, points.shape[1])
         layers.append(

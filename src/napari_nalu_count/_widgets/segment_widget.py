@@ -18,6 +18,7 @@ from napari_nalu_count._widgets._inference import (
     InferenceDock,
     RunParams,
     background_detail,
+    corrections_detail,
     diameter_detail,
     result_diameter,
 )
@@ -135,6 +136,7 @@ def apply_segment_results(
     layers = [layer]
     details = diameter_detail(output.diameter, output.diameter_source)
     details += background_detail(output.result)
+    details += corrections_detail(output.result)
     if result.volume_labels is not None:
         layers.append(
             _viewer.replace_result_layer(

@@ -6,7 +6,13 @@ import numpy as np
 
 from napari_nalu_count.errors import InputError
 
-__all__ = ["cast_like", "normalization_range", "percentile_normalize", "percentiles"]
+__all__ = [
+    "cast_like",
+    "normalization_range",
+    "percentile_normalize",
+    "percentiles",
+    "suppress_hot_pixels",
+]
 
 #: integer images with at least this many pixels get their percentiles from a histogram
 HISTOGRAM_MIN_SIZE = 1 << 14
@@ -18,6 +24,27 @@ HISTOGRAM_MIN_SIZE = 1 << 14
 SPARSE_SIGMAS = 6.0
 SPARSE_GAP = 4.0
 SPARSE_TOP = 99.0
+#: hot pixels (see :func:`suppress_hot_pixels`): a candidate is above HOT_FLOOR in normalised
+#: units (twice the high percentile's level) and more than HOT_FACTOR times, and HOT_EXCESS
+#: above, the brightest of its neighbours that are not candidates; at least HOT_MIN_CLEAR of
+#: its 8 neighbours must be below the floor or outside the plane (an isolated pixel, a pair,
+#: a streak of three; the corner of a flat bright square has only 5)
+HOT_FLOOR = 2.0
+HOT_FACTOR = 2.0
+HOT_EXCESS = 1.0
+HOT_MIN_CLEAR = 6
+#: bright artefacts (see :func:`artefact_high`): at most ARTEFACT_K components above half the
+#: high level hold ARTEFACT_SHARE of its pixels while ARTEFACT_MANY or more objects stand
+#: above ARTEFACT_LOW of it; the analysis runs on a regular subsample at most ARTEFACT_SIDE a side
+ARTEFACT_K = 3
+ARTEFACT_SHARE = 0.8
+ARTEFACT_MANY = 20
+ARTEFACT_LOW = 0.1
+ARTEFACT_SIDE = 512
+#: ... and only when the artefacts are at least ARTEFACT_RATIO times as far above the median as
+#: the rest's high percentile, which stands ARTEFACT_SNR noise standard deviations above it
+ARTEFACT_RATIO = 3.0
+ARTEFACT_SNR = 8.0
 #: the 1st percentile of a normal distribution is this many standard deviations below its median
 _Z1 = 2.3263
 
@@ -49,8 +76,74 @@ def percentiles(arr: np.ndarray, q: list[float] | tuple[float, ...]) -> list[flo
     return out
 
 
+def artefact_high(arr: np.ndarray, high: float, mid: float, hi: float) -> float | None:
+    """The high percentile without a few large bright artefacts, or None when there are none.
+
+    Dust, a clump of dead cells or precipitated dye can be ten times brighter than the nuclei
+    and cover more than the top 0.2 % of the pixels: the 99.8th percentile then lies on the
+    artefact, the nuclei are normalised to a tenth of the range, and the counter sees almost
+    none of them (two such blobs on 16-bit BBBC039 images: 129 nuclei counted as 1-91).
+
+    Recognised on a regular subsample of ``arr`` (2-D; every ``b``-th pixel, ``b`` chosen so
+    that it is at most :data:`ARTEFACT_SIDE` a side; 2 ms on a 2048 x 2048 plane):
+    above half the high level (``mid + (hi - mid) / 2``) at most :data:`ARTEFACT_K`
+    connected components hold :data:`ARTEFACT_SHARE` of the pixels, while above
+    :data:`ARTEFACT_LOW` of it there are at least :data:`ARTEFACT_MANY` objects (a field of
+    nuclei under a few bright blobs). A typical image has many components at the half level
+    (the cores of its brighter nuclei); a sparse one has few objects at either level. The
+    objects that the large components reach at the low level are then left out, and the
+    ``high``-th percentile of the rest (of the subsample) is returned if the rest is at least
+    half of it,
+    the artefacts stand at least :data:`ARTEFACT_RATIO` times as far above the median (the
+    counter copes with nuclei dimmed to 0.4 of the range: it is trained so) and the rest's
+    top at least :data:`ARTEFACT_SNR` noise standard deviations above it (noise as in the
+    sparse rule of :func:`normalization_range`; a field of noise specks is not one of nuclei).
+    Of the 682 real training and val images (BBBC039, DSB 2018, Aitslab) it acts on three,
+    each with a bright clump among its nuclei (docs/models.md, "Round 19").
+    """
+    from scipy import ndimage as ndi
+
+    a = np.asarray(arr)
+    if a.ndim != 2 or not hi > mid:
+        return None
+    h, w = a.shape
+    b = max(1, int(np.ceil(max(h, w) / ARTEFACT_SIDE)))
+    sample = a[::b, ::b]
+    top, n_top = ndi.label(sample > mid + 0.5 * (hi - mid))
+    if n_top == 0:
+        return None
+    areas = np.bincount(top.ravel())[1:]
+    k = min(ARTEFACT_K, n_top)
+    big = np.argsort(areas)[::-1][:k] + 1
+    if areas[big - 1].sum() < ARTEFACT_SHARE * areas.sum():
+        return None
+    low_lab, n_low = ndi.label(sample > mid + ARTEFACT_LOW * (hi - mid))
+    if n_low < ARTEFACT_MANY:
+        return None
+    reach = ndi.binary_dilation(np.isin(top, big), iterations=2)
+    hit = np.unique(low_lab[reach])
+    rest = sample[~np.isin(low_lab, hit[hit > 0])]
+    if rest.size < sample.size // 2:
+        return None
+    clean = percentiles(rest, [high])[0]
+    if not (hi - mid >= ARTEFACT_RATIO * (clean - mid)):
+        return None
+    p1 = percentiles(a, [1.0])[0]
+    floor = 1.0 if np.issubdtype(a.dtype, np.integer) else 1e-7 * max(abs(mid), abs(hi))
+    noise = max((mid - p1) / _Z1, floor)
+    if clean - mid < ARTEFACT_SNR * noise:
+        return None
+    return clean
+
+
 def normalization_range(
-    arr: np.ndarray, low: float = 1.0, high: float = 99.8, *, sparse: bool = True
+    arr: np.ndarray,
+    low: float = 1.0,
+    high: float = 99.8,
+    *,
+    sparse: bool = True,
+    artefacts: bool = False,
+    info: dict | None = None,
 ) -> tuple[float, float]:
     """``(lo, hi)``: the ``low``-th and ``high``-th percentiles of ``arr``, with ``hi`` raised
     for a sparse foreground when ``sparse`` is true.
@@ -68,10 +161,19 @@ def normalization_range(
     None of the 1,114 images of BBBC039, DSB 2018, Aitslab and VGG (train and val / test) nor
     240 synthetic training images meets both conditions: for them the range is the plain
     percentiles.
+
+    ``artefacts``: the high reference leaves out a few large bright artefacts
+    (:func:`artefact_high`; 2-D planes; the engine uses it, training does not). ``info``: a
+    dict whose ``"bright_artefacts"`` entry is incremented when that happens.
     """
     a = np.asarray(arr)
     if not sparse:
         lo, hi = percentiles(a, [low, high])
+        if artefacts:
+            clean = artefact_high(a, high, percentiles(a, [50.0])[0], hi)
+            if clean is not None and clean > lo:
+                hi = clean
+                _note(info, "bright_artefacts")
         return lo, hi
     lo, hi, p1, mid = percentiles(a, [low, high, 1.0, 50.0])
     if np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
@@ -86,7 +188,18 @@ def normalization_range(
             top = float(np.percentile(bright, SPARSE_TOP))
             if top - mid >= SPARSE_GAP * (hi - mid):
                 hi = top
+                return lo, hi
+    if artefacts:
+        clean = artefact_high(a, high, mid, hi)
+        if clean is not None and clean > lo:
+            hi = clean
+            _note(info, "bright_artefacts")
     return lo, hi
+
+
+def _note(info: dict | None, key: str, n: int = 1) -> None:
+    if info is not None and n:
+        info[key] = info.get(key, 0) + n
 
 
 def percentile_normalize(
@@ -97,6 +210,8 @@ def percentile_normalize(
     clip: bool = False,
     eps: float = 1e-20,
     sparse: bool = False,
+    artefacts: bool = False,
+    info: dict | None = None,
 ) -> np.ndarray:
     """Map the ``low``-th percentile to 0 and the ``high``-th to 1.
 
@@ -116,6 +231,11 @@ def percentile_normalize(
         Raise the high reference for images whose objects cover less than ``100 - high``
         percent of the pixels (see :func:`normalization_range`; the engine, the size estimator
         and training use it); images with a typical foreground are unaffected.
+    artefacts
+        Leave a few large bright artefacts out of the high reference (see
+        :func:`artefact_high`; the engine uses it).
+    info
+        See :func:`normalization_range`.
 
     Returns
     -------
@@ -150,7 +270,7 @@ def percentile_normalize(
                 f"image contains {n_nan} NaN and {n_inf} infinite value(s); "
                 "replace or mask them before normalising"
             )
-    lo, hi = normalization_range(arr, low, high, sparse=sparse)
+    lo, hi = normalization_range(arr, low, high, sparse=sparse, artefacts=artefacts, info=info)
     if not hi - lo > eps:
         return np.zeros(arr.shape, dtype=np.float32)
     # float64 input is scaled in float64 (huge ranges would overflow float32 before scaling).
@@ -175,3 +295,58 @@ def cast_like(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
         info = np.iinfo(dtype)
         return np.clip(np.rint(image), info.min, info.max).astype(dtype)
     return np.asarray(image, dtype=dtype)
+
+
+def suppress_hot_pixels(norm: np.ndarray, count_in: tuple[int, int, int, int] | None = None) -> int:
+    """Clamp the hot pixels of a normalised 2-D plane to their neighbourhood, in place.
+
+    A camera's hot or stuck pixels, and cosmic-ray hits, are single pixels (or pairs) many
+    times brighter than anything around them. After percentile normalisation they are tens of
+    units high, and a counting network resampled to its grid reads each one as a cell
+    (40 saturated pixels on a 16-bit BBBC039 image: 129 nuclei counted as 158). A nucleus
+    is never like that: even 6 px across it spans dozens of pixels whose brightness rises
+    smoothly to its centre.
+
+    A pixel is hot when it is above :data:`HOT_FLOOR` (the plane is normalised so that the high
+    percentile is 1), at least :data:`HOT_MIN_CLEAR` of its 8 neighbours are below that floor
+    (or outside the plane),
+    and it is more than :data:`HOT_FACTOR` times, and :data:`HOT_EXCESS` above, the brightest
+    of those neighbours; it is then set to that neighbour. Only pixels above the floor are
+    looked at (one comparison per pixel otherwise), so a plane without them is untouched.
+    ``norm``: float array (H, W), changed in place. Returns the number of pixels clamped, or
+    of those inside ``count_in = (y0, y1, x0, x1)`` (a block's own part, without its halo).
+    """
+    if norm.ndim != 2 or norm.size == 0:
+        raise ValueError(f"suppress_hot_pixels needs a 2-D plane, got shape {norm.shape}")
+    h, w = norm.shape
+    cand = np.flatnonzero(norm > HOT_FLOOR)
+    if cand.size == 0:
+        return 0
+    ys, xs = np.divmod(cand, w)
+    vals = norm.ravel()[cand]
+    best = np.full(cand.size, -np.inf, dtype=np.float64)
+    clear = np.zeros(cand.size, dtype=np.int64)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            ny, nx = ys + dy, xs + dx
+            inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+            v = np.full(cand.size, -np.inf)
+            v[inside] = norm[ny[inside], nx[inside]]
+            below = v <= HOT_FLOOR  # outside the plane counts as clear, adds no value
+            clear += below
+            np.maximum(best, np.where(below, v, -np.inf), out=best)
+    hot = (
+        (clear >= HOT_MIN_CLEAR)
+        & np.isfinite(best)
+        & (vals > HOT_FACTOR * best)
+        & (vals > best + HOT_EXCESS)
+    )
+    if hot.any():
+        norm.ravel()[cand[hot]] = best[hot].astype(norm.dtype)
+    if count_in is None:
+        return int(hot.sum())
+    y0, y1, x0, x1 = count_in
+    yh, xh = ys[hot], xs[hot]
+    return int(np.count_nonzero((yh >= y0) & (yh < y1) & (xh >= x0) & (xh < x1)))

@@ -110,6 +110,13 @@ OPTIONS: dict[str, Any] = {
     # (the network's small non-zero floor on empty background adds up over a sparse field),
     # see :func:`gate_background`
     "gate_background": True,
+    # isolated pixels far brighter than their neighbours (a camera's hot pixels, cosmic rays)
+    # are clamped after normalisation, see :func:`~napari_nalu_count.data.normalize.
+    # suppress_hot_pixels`; the size estimator does the same
+    "hot_pixels": True,
+    # a few large bright artefacts (dust, dead-cell clumps) are left out of the normalisation's
+    # high percentile, see :func:`~napari_nalu_count.data.normalize.artefact_high`
+    "bright_artefacts": True,
 }
 #: smallest tile the out-of-memory fallback goes down to
 MIN_TILE = 64
@@ -200,6 +207,11 @@ class CountResult:
     size_estimate: dict[str, Any] | None = None
     #: the background opening's width in object diameters when ``background=`` was on, else None
     background: float | None = None
+    #: what the normalisation corrected in the image (all planes): ``"hot_pixels"``, pixels
+    #: clamped (:func:`~napari_nalu_count.data.normalize.suppress_hot_pixels`), and
+    #: ``"bright_artefacts"``, planes whose high percentile left a few large bright artefacts
+    #: out (:func:`~napari_nalu_count.data.normalize.artefact_high`); empty when nothing was
+    corrections: dict[str, int] = field(default_factory=dict)
 
     @property
     def plane_counts(self) -> np.ndarray:
@@ -245,6 +257,8 @@ class SegmentResult:
     volume_points: np.ndarray | None = None
     #: as :attr:`CountResult.background`
     background: float | None = None
+    #: as :attr:`CountResult.corrections` (the segmenter's own normalisation)
+    corrections: dict[str, int] = field(default_factory=dict)
 
     @property
     def plane_counts(self) -> np.ndarray:
@@ -467,16 +481,28 @@ def _stride(net: Any) -> int:
 # shared per-call machinery
 
 
-def _normalize(plane: np.ndarray, card: dict) -> np.ndarray:
-    """Normalise a raw ``(H, W)`` plane as the card says; float32."""
-    from napari_nalu_count.data.normalize import percentile_normalize
+def _normalize(plane: np.ndarray, card: dict, corrections: dict | None = None) -> np.ndarray:
+    """Normalise a raw ``(H, W)`` plane as the card says; float32. ``corrections`` (a call's
+    :attr:`CountResult.corrections`) counts the hot pixels clamped and the planes whose bright
+    artefacts were left out of the high percentile."""
+    from napari_nalu_count.data.normalize import percentile_normalize, suppress_hot_pixels
 
     norm = card.get("normalization") or {"method": "percentile", "low": 1.0, "high": 99.8}
     method = norm.get("method", "percentile")
     if method == "percentile":
-        return percentile_normalize(
-            plane, norm.get("low", 1.0), norm.get("high", 99.8), sparse=True
+        out = percentile_normalize(
+            plane,
+            norm.get("low", 1.0),
+            norm.get("high", 99.8),
+            sparse=True,
+            artefacts=OPTIONS["bright_artefacts"],
+            info=corrections,
         )
+        if OPTIONS["hot_pixels"] and out.ndim == 2:
+            n = suppress_hot_pixels(out)
+            if corrections is not None and n:
+                corrections["hot_pixels"] = corrections.get("hot_pixels", 0) + n
+        return out
     if method in (None, "none"):
         return np.asarray(plane, dtype=np.float32)
     raise InputError(f"unsupported normalization method {method!r} in the model card")
@@ -546,6 +572,8 @@ class _Runner:
         self.forward = forward
         self.out_channels = out_channels
         self.n_planes = n_planes
+        #: what the normalisation corrected in the user's image (see CountResult.corrections)
+        self.corrections: dict[str, int] = {}
         self.cancel = cancel
         self.label = label
         self.done = 0
@@ -1210,7 +1238,7 @@ def count_events(
             shape = _scale.scaled_shape((h, w), scale.factor or 1.0)
             yield runner.skip_plane(shape, k)
             continue
-        norm = _normalize(raw, card) if _normalized is None else _normalized
+        norm = _normalize(raw, card, runner.corrections) if _normalized is None else _normalized
         reuse = None
         if scale.pending:
             yield runner.report("count: estimating the nucleus size")
@@ -1322,6 +1350,7 @@ def count_events(
         size_estimate=dict(scale.estimate) if scale.source == "estimated" else None,
         background=background if scale.card_diameter else None,
         uncertainty_info=info,
+        corrections=dict(runner.corrections),
     )
 
 
@@ -1415,18 +1444,37 @@ def _count_blocked(
             from napari_nalu_count.data.normalize import normalization_range
 
             lo, hi = normalization_range(
-                sample, norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8), sparse=True
+                sample,
+                norm_cfg.get("low", 1.0),
+                norm_cfg.get("high", 99.8),
+                sparse=True,
+                artefacts=OPTIONS["bright_artefacts"],
+                info=runner.corrections,
             )
         else:
             lo, hi = 0.0, 1.0
         span = hi - lo
 
-        def normalize(raw: np.ndarray, lo: float = lo, span: float = span) -> np.ndarray:
+        def normalize(
+            raw: np.ndarray,
+            lo: float = lo,
+            span: float = span,
+            core: tuple[int, int, int, int] | None = None,
+        ) -> np.ndarray:
+            """``raw`` normalised; hot pixels clamped (counted only inside ``core``, the
+            block's own part, so that halos shared by two blocks are not counted twice)."""
             if not span > 1e-20:
                 return np.zeros(raw.shape, dtype=np.float32)
             work_dtype = np.float64 if raw.dtype == np.float64 else np.float32
             work = raw.astype(work_dtype, copy=False)
-            return ((work - work_dtype(lo)) * work_dtype(1.0 / span)).astype(np.float32)
+            out = ((work - work_dtype(lo)) * work_dtype(1.0 / span)).astype(np.float32)
+            if method == "percentile" and OPTIONS["hot_pixels"] and out.ndim == 2:
+                from napari_nalu_count.data.normalize import suppress_hot_pixels
+
+                n = suppress_hot_pixels(out, core)
+                if n:
+                    runner.corrections["hot_pixels"] = runner.corrections.get("hot_pixels", 0) + n
+            return out
 
         if scale.pending:
             yield runner.report("count: estimating the nucleus size")
@@ -1435,7 +1483,7 @@ def _count_blocked(
             window = _read_block(lazy, plan, slice(y0, y0 + wy), slice(x0, x0 + wx))
             scale.resolve(window)
             if scale.source == "estimated":
-                normalized = normalize(window)
+                normalized = normalize(window, core=(0, 0, 0, 0))  # counted with the blocks
                 if n_out == 2 and OPTIONS["size_check"]:
                     _refine_diameter(runner, normalized, scale, background)
                 if OPTIONS["island_check"]:
@@ -1470,7 +1518,8 @@ def _count_blocked(
             a, b, c, d = padded(y, x)
             raw = _read_block(lazy, plan, slice(a, b), slice(c, d))
             _check_finite(raw, idx)
-            model_block = _model_input(normalize(raw), f, scale.card_diameter, background)
+            own = (y[0] - a, y[1] - a, x[0] - c, x[1] - c)
+            model_block = _model_input(normalize(raw, core=own), f, scale.card_diameter, background)
             del raw
             pred = yield from runner.run(model_block, k)
             dens = pred[0]
@@ -1690,7 +1739,7 @@ def segment_events(
                     total_set = True
                 yield runner.skip_plane(shape, k)
                 continue
-            norm = _normalize(raw, card)
+            norm = _normalize(raw, card, runner.corrections)
             points = None
             if counter is not None:
                 # the counter finds the size first (its size head checks the estimate); the
@@ -1790,6 +1839,7 @@ def segment_events(
         level=None if ms is None else ms.index,
         level_scale=None if ms is None else _level_scale(ms, plan),
         background=background if scale.card_diameter else None,
+        corrections=dict(runner.corrections),
         volume_labels=vol_labels,
         volume_count=vol_count,
         volume_points=vol_points,
