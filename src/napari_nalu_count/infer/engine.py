@@ -5,7 +5,9 @@ Pipeline per plane (stacks are walked plane by plane, dask arrays computed one p
 1. read the plane, reduce channels (``channel=``), refuse NaN/Inf; a constant plane is empty
    (count 0, no points, no labels) and skips the network;
 2. normalise as the model card says (percentile, :func:`~napari_nalu_count.data.normalize.
-   percentile_normalize`);
+   percentile_normalize`), leaving a few large bright artefacts out of the high percentile
+   and clamping hot pixels (``OPTIONS["bright_artefacts"]``, ``OPTIONS["hot_pixels"]``;
+   recorded in the result's ``corrections``);
 3. resample by ``card diameter / diameter``: a given ``diameter`` wins; ``"auto"``, and
    ``None`` for models whose card says ``diameter_mode: "estimate"`` (the bundled generalist
    models), estimate it once, from the first non-empty plane (:mod:`.size`: a learned
