@@ -7,6 +7,7 @@ import numpy as np
 from napari_nalu_count.errors import InputError
 
 __all__ = [
+    "artefact_high",
     "cast_like",
     "normalization_range",
     "percentile_normalize",
@@ -82,7 +83,8 @@ def artefact_high(arr: np.ndarray, high: float, mid: float, hi: float) -> float 
     Dust, a clump of dead cells or precipitated dye can be ten times brighter than the nuclei
     and cover more than the top 0.2 % of the pixels: the 99.8th percentile then lies on the
     artefact, the nuclei are normalised to a tenth of the range, and the counter sees almost
-    none of them (two such blobs on 16-bit BBBC039 images: 129 nuclei counted as 1-91).
+    none of them (two such blobs on the 16-bit BBBC039 val images: counts 85 % low on
+    average, ``benchmarks/notes/r19_artefacts.py``).
 
     Recognised on a regular subsample of ``arr`` (2-D; every ``b``-th pixel, ``b`` chosen so
     that it is at most :data:`ARTEFACT_SIDE` a side; 2 ms on a 2048 x 2048 plane):
@@ -93,11 +95,11 @@ def artefact_high(arr: np.ndarray, high: float, mid: float, hi: float) -> float 
     (the cores of its brighter nuclei); a sparse one has few objects at either level. The
     objects that the large components reach at the low level are then left out, and the
     ``high``-th percentile of the rest (of the subsample) is returned if the rest is at least
-    half of it,
-    the artefacts stand at least :data:`ARTEFACT_RATIO` times as far above the median (the
-    counter copes with nuclei dimmed to 0.4 of the range: it is trained so) and the rest's
-    top at least :data:`ARTEFACT_SNR` noise standard deviations above it (noise as in the
-    sparse rule of :func:`normalization_range`; a field of noise specks is not one of nuclei).
+    half of it, the artefacts stand at least :data:`ARTEFACT_RATIO` times as far above the
+    median (the counter copes with nuclei dimmed to 0.4 of the range: it is trained so) and
+    the rest's top at least :data:`ARTEFACT_SNR` noise standard deviations above it (noise as
+    in the sparse rule of :func:`normalization_range`; a field of noise specks is not one of
+    nuclei).
     Of the 682 real training and val images (BBBC039, DSB 2018, Aitslab) it acts on three,
     each with a bright clump among its nuclei (docs/models.md, "Round 19").
     """
@@ -309,9 +311,9 @@ def suppress_hot_pixels(norm: np.ndarray, count_in: tuple[int, int, int, int] | 
 
     A pixel is hot when it is above :data:`HOT_FLOOR` (the plane is normalised so that the high
     percentile is 1), at least :data:`HOT_MIN_CLEAR` of its 8 neighbours are below that floor
-    (or outside the plane),
-    and it is more than :data:`HOT_FACTOR` times, and :data:`HOT_EXCESS` above, the brightest
-    of those neighbours; it is then set to that neighbour. Only pixels above the floor are
+    (or outside the plane), and it is more than :data:`HOT_FACTOR` times, and
+    :data:`HOT_EXCESS` above, the brightest of those neighbours; it is then set to that
+    neighbour. Only pixels above the floor are
     looked at (one comparison per pixel otherwise), so a plane without them is untouched.
     ``norm``: float array (H, W), changed in place. Returns the number of pixels clamped, or
     of those inside ``count_in = (y0, y1, x0, x1)`` (a block's own part, without its halo).

@@ -213,6 +213,7 @@ class CountResult:
     #: clamped (:func:`~napari_nalu_count.data.normalize.suppress_hot_pixels`), and
     #: ``"bright_artefacts"``, planes whose high percentile left a few large bright artefacts
     #: out (:func:`~napari_nalu_count.data.normalize.artefact_high`); empty when nothing was
+    #: corrected
     corrections: dict[str, int] = field(default_factory=dict)
 
     @property
