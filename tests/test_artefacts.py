@@ -129,3 +129,21 @@ def test_segment_reports_corrections_and_the_dock_line():
     ]
     R.corrections = {}
     assert corrections_detail(R()) == []
+
+
+def test_cli_reports_what_it_corrected(tmp_path, capsys):
+    import tifffile
+
+    from napari_nalu_count.cli import main
+
+    img = _nuclei()
+    hot = img.copy()
+    hot.flat[np.random.default_rng(5).integers(0, hot.size, 40)] = 65535
+    tifffile.imwrite(tmp_path / "hot.tif", hot)
+    tifffile.imwrite(tmp_path / "clean.tif", img)
+    out = tmp_path / "c.csv"
+    assert main(["count", str(tmp_path), "--diameter", "16", "--csv", str(out)]) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "hot pixels ignored" in line]
+    assert len(notes) == 1 and "hot.tif:" in notes[0]
+    assert not [line for line in err.splitlines() if "clean.tif" in line and "ignored" in line]

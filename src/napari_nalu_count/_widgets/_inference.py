@@ -134,16 +134,10 @@ def background_detail(result: Any) -> list[str]:
 def corrections_detail(result: Any) -> list[str]:
     """The result's line saying what the normalisation corrected in the image (none when
     nothing): hot pixels clamped, bright artefacts left out of the brightness range."""
-    fixes = getattr(result, "corrections", None) or {}
-    parts = []
-    if fixes.get("hot_pixels"):
-        n = int(fixes["hot_pixels"])
-        parts.append(f"{n} hot pixel{'s' if n != 1 else ''} ignored")
-    if fixes.get("bright_artefacts"):
-        n = int(fixes["bright_artefacts"])
-        where = "" if n == 1 else f" ({n} planes)"
-        parts.append(f"bright artefacts left out of the brightness range{where}")
-    return ["; ".join(parts)] if parts else []
+    from napari_nalu_count.infer.engine import describe_corrections
+
+    line = describe_corrections(getattr(result, "corrections", None))
+    return [line] if line else []
 
 
 class InferenceDock(JobDock):

@@ -328,7 +328,9 @@ class FileSettings:
 class FileOutcome:
     """What processing one file gave: its table ``rows`` (None when it failed, ``error`` then
     says why), the output files written, ``problems`` with them as ``(reason, message)``
-    pairs (the rows still count), and its per-object ``measurements`` (a DataFrame or None).
+    pairs (the rows still count), its per-object ``measurements`` (a DataFrame or None), and
+    ``notes``: what the engine corrected in the image (hot pixels, bright artefacts), one line
+    each, reported but not a problem.
     """
 
     path: str
@@ -337,6 +339,7 @@ class FileOutcome:
     outputs: list[Path] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)
     measurements: Any = None
+    notes: list[str] = field(default_factory=list)
 
 
 #: per file: where its density map, labels and 3-D labels go (None: not written)
@@ -407,7 +410,12 @@ def process_file(
         raise
     except Exception as exc:  # never lose the batch for one bad file
         return FileOutcome(str(path), None, error=str(exc) or type(exc).__name__)
+    from napari_nalu_count.infer.engine import describe_corrections
+
     out = FileOutcome(str(path), rows)
+    note = describe_corrections(getattr(res, "corrections", None))
+    if note:
+        out.notes.append(note)
     density_path, labels_path, labels3d_path = names
     try:
         if density_path is not None and s.task == "count":
@@ -777,6 +785,8 @@ def run_batch(
         for reason, message in outcome.problems:
             result.skipped.append((str(path), reason))
             emit("output", i, path, message=message)
+        for note in outcome.notes:
+            emit("output", i, path, message=f"{path.name}: {note}")
         if outcome.measurements is not None:
             measured.append(outcome.measurements)
             if measure_fh is not None:  # streamed like the table, so a resume can continue

@@ -269,6 +269,22 @@ class SegmentResult:
         return _stack_shaped(self.count, self.labels.shape, self.axes)
 
 
+def describe_corrections(corrections: dict[str, int] | None) -> str:
+    """One line saying what the normalisation corrected (a result's ``corrections``), e.g.
+    ``"40 hot pixels ignored; bright artefacts left out of the brightness range"``; "" when
+    nothing was."""
+    fixes = corrections or {}
+    parts = []
+    if fixes.get("hot_pixels"):
+        n = int(fixes["hot_pixels"])
+        parts.append(f"{n} hot pixel{'s' if n != 1 else ''} ignored")
+    if fixes.get("bright_artefacts"):
+        n = int(fixes["bright_artefacts"])
+        where = "" if n == 1 else f" ({n} planes)"
+        parts.append(f"bright artefacts left out of the brightness range{where}")
+    return "; ".join(parts)
+
+
 def _stack_shaped(count: Any, shape: tuple[int, ...], axes: str) -> np.ndarray:
     stack = tuple(int(n) for n, a in zip(shape, axes, strict=False) if a in _axes.STACK_AXES)
     return np.asarray(count).reshape(stack)
