@@ -26,13 +26,13 @@ SPARSE_SIGMAS = 6.0
 SPARSE_GAP = 4.0
 SPARSE_TOP = 99.0
 #: hot pixels (see :func:`suppress_hot_pixels`): a candidate is above HOT_FLOOR in normalised
-#: units (twice the high percentile's level) and more than HOT_FACTOR times, and HOT_EXCESS
+#: units (the high percentile's level) and more than HOT_FACTOR times, and HOT_EXCESS
 #: above, the brightest of its neighbours that are not candidates; at least HOT_MIN_CLEAR of
 #: its 8 neighbours must be below the floor or outside the plane (an isolated pixel, a pair,
 #: a streak of three; the corner of a flat bright square has only 5)
-HOT_FLOOR = 2.0
+HOT_FLOOR = 1.0
 HOT_FACTOR = 2.0
-HOT_EXCESS = 1.0
+HOT_EXCESS = 0.5
 HOT_MIN_CLEAR = 6
 #: bright artefacts (see :func:`artefact_high`): at most ARTEFACT_K components above half the
 #: high level hold ARTEFACT_SHARE of its pixels while ARTEFACT_MANY or more objects stand
@@ -310,11 +310,12 @@ def suppress_hot_pixels(norm: np.ndarray, count_in: tuple[int, int, int, int] | 
     smoothly to its centre.
 
     A pixel is hot when it is above :data:`HOT_FLOOR` (the plane is normalised so that the high
-    percentile is 1), at least :data:`HOT_MIN_CLEAR` of its 8 neighbours are below that floor
-    (or outside the plane), and it is more than :data:`HOT_FACTOR` times, and
-    :data:`HOT_EXCESS` above, the brightest of those neighbours; it is then set to that
-    neighbour. Only pixels above the floor are
-    looked at (one comparison per pixel otherwise), so a plane without them is untouched.
+    percentile is 1: an 8-bit image whose nuclei reach 220 puts a stuck pixel of 255 at 1.07),
+    at least :data:`HOT_MIN_CLEAR` of its 8 neighbours are below that floor (or outside the
+    plane), and it is more than :data:`HOT_FACTOR` times, and :data:`HOT_EXCESS` above, the
+    brightest of those neighbours (an optical point source sampled at Nyquist keeps its
+    neighbours above half its peak); it is then set to that neighbour. Only pixels above the
+    floor are looked at (one comparison per pixel otherwise).
     ``norm``: float array (H, W), changed in place. Returns the number of pixels clamped, or
     of those inside ``count_in = (y0, y1, x0, x1)`` (a block's own part, without its halo).
     """
