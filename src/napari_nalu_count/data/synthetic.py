@@ -721,22 +721,39 @@ def synthetic_varied(
                 -((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r)
             )
         img += bumps * field / max(field.max(), 1e-12)
-    image, camera, level, offset = _camera(img, rng, grey8=(12.0, 250.0), offset8=20.0)
+    return _recorded(
+        base, img, rng, (12.0, 250.0), params, "synthetic_varied", seed, coverage=cov, bumps=bumps
+    )
+
+
+def _recorded(
+    base: Sample,
+    img: np.ndarray,
+    rng: np.random.Generator,
+    grey8: tuple[float, float],
+    params: dict,
+    generator: str,
+    seed: int | None,
+    **drawn: float,
+) -> Sample:
+    """``img`` (the nuclei of ``base`` with whatever was added to them) through
+    :func:`_camera` (8-bit: a nucleus at ``grey8`` grey levels, offset 0-20), as a
+    :class:`Sample` with ``base``'s dots and labels and a ``meta`` of ``base``'s, the
+    generator's name and seed, the ``drawn`` values, the camera and the cell ``params``."""
+    image, camera, level, offset = _camera(img, rng, grey8=grey8, offset8=20.0)
     meta = {
         **base.meta,
-        "generator": "synthetic_varied",
+        "generator": generator,
         "seed": seed,
-        "coverage": cov,
-        "bumps": bumps,
+        **drawn,
         "camera": camera,
         "level": level,
         "offset": offset,
         **{k: v for k, v in params.items() if k not in ("elongation",)},
         "elongation": list(params["elongation"]),
     }
-    return Sample(
-        image=image, dots=base.dots, labels=base.labels, name=f"varied-seed{seed}", meta=meta
-    )
+    name = f"{generator.removeprefix('synthetic_')}-seed{seed}"
+    return Sample(image=image, dots=base.dots, labels=base.labels, name=name, meta=meta)
 
 
 def synthetic_crowded(
@@ -796,21 +813,16 @@ def synthetic_crowded(
     if compress > 0:
         floor = float(np.percentile(img, 1.0))
         img = floor + compress * np.tanh((img - floor) / compress)
-    image, camera, level, offset = _camera(img, rng, grey8=(20.0, 250.0), offset8=20.0)
-    meta = {
-        **base.meta,
-        "generator": "synthetic_crowded",
-        "seed": seed,
-        "coverage": cov,
-        "compress": compress,
-        "camera": camera,
-        "level": level,
-        "offset": offset,
-        **{k: v for k, v in params.items() if k not in ("elongation",)},
-        "elongation": list(params["elongation"]),
-    }
-    return Sample(
-        image=image, dots=base.dots, labels=base.labels, name=f"crowded-seed{seed}", meta=meta
+    return _recorded(
+        base,
+        img,
+        rng,
+        (20.0, 250.0),
+        params,
+        "synthetic_crowded",
+        seed,
+        coverage=cov,
+        compress=compress,
     )
 
 
