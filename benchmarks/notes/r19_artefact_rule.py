@@ -27,8 +27,8 @@ def acts(a: np.ndarray) -> dict | None:
     new = N.artefact_high(a, 99.8, mid, hi)
     if new is None:
         return None
-    noise = max((mid - p1) / N._Z1, 1.0 if np.issubdtype(a.dtype, np.integer) else 0.0)
-    return {"ratio": (hi - mid) / (new - mid), "snr": (new - mid) / max(noise, 1e-12)}
+    noise = N._noise_sd(a, p1, mid, hi)  # the rule's own estimate
+    return {"ratio": (hi - mid) / (new - mid), "snr": (new - mid) / noise}
 
 
 def main(argv=None) -> int:

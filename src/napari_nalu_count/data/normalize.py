@@ -130,12 +130,20 @@ def artefact_high(arr: np.ndarray, high: float, mid: float, hi: float) -> float 
     clean = percentiles(rest, [high])[0]
     if not (hi - mid >= ARTEFACT_RATIO * (clean - mid)):
         return None
-    p1 = percentiles(a, [1.0])[0]
-    floor = 1.0 if np.issubdtype(a.dtype, np.integer) else 1e-7 * max(abs(mid), abs(hi))
-    noise = max((mid - p1) / _Z1, floor)
-    if clean - mid < ARTEFACT_SNR * noise:
+    if clean - mid < ARTEFACT_SNR * _noise_sd(a, percentiles(a, [1.0])[0], mid, hi):
         return None
     return clean
+
+
+def _noise_sd(a: np.ndarray, p1: float, mid: float, *refs: float) -> float:
+    """The background noise's standard deviation, from the darker half of ``a`` (``(p50 -
+    p1) / 2.326``), at least one grey level for integer (and bool) images, and for float
+    images ``1e-7`` of the largest magnitude among ``mid`` and ``refs``."""
+    if np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
+        floor = 1.0
+    else:
+        floor = 1e-7 * max(abs(v) for v in (mid, *refs))
+    return max((mid - p1) / _Z1, floor)
 
 
 def normalization_range(
@@ -171,26 +179,19 @@ def normalization_range(
     a = np.asarray(arr)
     if not sparse:
         lo, hi = percentiles(a, [low, high])
-        if artefacts:
-            clean = artefact_high(a, high, percentiles(a, [50.0])[0], hi)
-            if clean is not None and clean > lo:
-                hi = clean
-                _note(info, "bright_artefacts")
-        return lo, hi
-    lo, hi, p1, mid = percentiles(a, [low, high, 1.0, 50.0])
-    if np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
-        floor = 1.0
+        if not artefacts:
+            return lo, hi
+        mid = percentiles(a, [50.0])[0]
     else:
-        floor = 1e-7 * max(abs(mid), abs(hi), abs(lo))
-    noise = max((mid - p1) / _Z1, floor)
-    level = mid + SPARSE_SIGMAS * noise
-    if hi - mid <= SPARSE_SIGMAS * noise:
-        bright = a[a > level]
-        if bright.size:
-            top = float(np.percentile(bright, SPARSE_TOP))
-            if top - mid >= SPARSE_GAP * (hi - mid):
-                hi = top
-                return lo, hi
+        lo, hi, p1, mid = percentiles(a, [low, high, 1.0, 50.0])
+        noise = _noise_sd(a, p1, mid, hi, lo)
+        level = mid + SPARSE_SIGMAS * noise
+        if hi - mid <= SPARSE_SIGMAS * noise:
+            bright = a[a > level]
+            if bright.size:
+                top = float(np.percentile(bright, SPARSE_TOP))
+                if top - mid >= SPARSE_GAP * (hi - mid):
+                    return lo, top
     if artefacts:
         clean = artefact_high(a, high, mid, hi)
         if clean is not None and clean > lo:
@@ -299,7 +300,11 @@ def cast_like(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.asarray(image, dtype=dtype)
 
 
-def suppress_hot_pixels(norm: np.ndarray, count_in: tuple[int, int, int, int] | None = None) -> int:
+def suppress_hot_pixels(
+    norm: np.ndarray,
+    count_in: tuple[int, int, int, int] | None = None,
+    info: dict | None = None,
+) -> int:
     """Clamp the hot pixels of a normalised 2-D plane to their neighbourhood, in place.
 
     A camera's hot or stuck pixels, and cosmic-ray hits, are single pixels (or pairs) many
@@ -317,7 +322,9 @@ def suppress_hot_pixels(norm: np.ndarray, count_in: tuple[int, int, int, int] | 
     neighbours above half its peak); it is then set to that neighbour. Only pixels above the
     floor are looked at (one comparison per pixel otherwise).
     ``norm``: float array (H, W), changed in place. Returns the number of pixels clamped, or
-    of those inside ``count_in = (y0, y1, x0, x1)`` (a block's own part, without its halo).
+    of those inside ``count_in = (y0, y1, x0, x1)`` (a block's own part, without its halo);
+    that number is also added to ``info["hot_pixels"]`` (as :func:`normalization_range` notes
+    its artefacts).
     """
     if norm.ndim != 2 or norm.size == 0:
         raise ValueError(f"suppress_hot_pixels needs a 2-D plane, got shape {norm.shape}")
@@ -349,7 +356,10 @@ def suppress_hot_pixels(norm: np.ndarray, count_in: tuple[int, int, int, int] | 
     if hot.any():
         norm.ravel()[cand[hot]] = best[hot].astype(norm.dtype)
     if count_in is None:
-        return int(hot.sum())
-    y0, y1, x0, x1 = count_in
-    yh, xh = ys[hot], xs[hot]
-    return int(np.count_nonzero((yh >= y0) & (yh < y1) & (xh >= x0) & (xh < x1)))
+        n = int(hot.sum())
+    else:
+        y0, y1, x0, x1 = count_in
+        yh, xh = ys[hot], xs[hot]
+        n = int(np.count_nonzero((yh >= y0) & (yh < y1) & (xh >= x0) & (xh < x1)))
+    _note(info, "hot_pixels", n)
+    return n

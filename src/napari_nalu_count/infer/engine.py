@@ -518,9 +518,7 @@ def _normalize(plane: np.ndarray, card: dict, corrections: dict | None = None) -
             info=corrections,
         )
         if OPTIONS["hot_pixels"] and out.ndim == 2:
-            n = suppress_hot_pixels(out)
-            if corrections is not None and n:
-                corrections["hot_pixels"] = corrections.get("hot_pixels", 0) + n
+            suppress_hot_pixels(out, info=corrections)
         return out
     if method in (None, "none"):
         return np.asarray(plane, dtype=np.float32)
@@ -1490,9 +1488,7 @@ def _count_blocked(
             if method == "percentile" and OPTIONS["hot_pixels"] and out.ndim == 2:
                 from napari_nalu_count.data.normalize import suppress_hot_pixels
 
-                n = suppress_hot_pixels(out, core)
-                if n:
-                    runner.corrections["hot_pixels"] = runner.corrections.get("hot_pixels", 0) + n
+                suppress_hot_pixels(out, core, info=runner.corrections)
             return out
 
         if scale.pending:

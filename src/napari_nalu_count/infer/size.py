@@ -64,15 +64,14 @@ CLIP = (-0.2, 1.5)
 
 
 def _normalise(plane: np.ndarray) -> np.ndarray | None:
-    """The plane percentile-normalised (not yet clipped), or None when it has no contrast."""
-    from napari_nalu_count.data.normalize import percentile_normalize, suppress_hot_pixels
-    from napari_nalu_count.infer.engine import OPTIONS
+    """The plane percentile-normalised (not yet clipped) as the engine normalises it for a
+    card of these percentiles (bright artefacts and hot pixels included), or None when it
+    has no contrast."""
+    from napari_nalu_count.infer.engine import _normalize
 
-    x = percentile_normalize(
-        np.asarray(plane), *NORM_PERCENTILES, sparse=True, artefacts=OPTIONS["bright_artefacts"]
-    )
-    if x.ndim == 2 and OPTIONS["hot_pixels"]:
-        suppress_hot_pixels(x)
+    low, high = NORM_PERCENTILES
+    card = {"normalization": {"method": "percentile", "low": low, "high": high}}
+    x = _normalize(np.asarray(plane), card)
     if not np.any(x):
         return None
     return x
