@@ -20,7 +20,9 @@ as another microscope would give it, deterministically (seeded per image):
 
 Methods (the same callables as ``nalu-count bench accuracy``): the bundled counter, the segmenter
 (count-guided seeds) and the two classical baselines with their fixed settings; default
-settings (diameter not given). Count relative MAE per set and perturbation, and segmentation
+settings (diameter not given) except the background: the plain columns never flatten it
+(``background=False``), ``--auto`` adds columns with the engine's default ``"auto"`` and
+``--flatten`` with ``True``. Count relative MAE per set and perturbation, and segmentation
 F1@0.5 for the methods with masks.
 
     python benchmarks/appearance_robustness.py --data ../shared/data \\
@@ -141,6 +143,12 @@ def main(argv=None) -> int:
         "('counter +bgW', e.g. 3,6,10); the default width's column is named '+bg' as with "
         "--flatten",
     )
+    p.add_argument(
+        "--auto",
+        action="store_true",
+        help="also the counter and segmenter with background='auto', the engine's default "
+        "('... auto' columns; the plain columns are background off)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -148,12 +156,15 @@ def main(argv=None) -> int:
     kinds = [k for k in args.kinds.split(",") if k]
     counter = load_model(args.count_model)
     segmenter = None if args.no_segment else load_model(args.seg_model)
-    methods = make_methods(counter, segmenter, baselines=not args.no_baselines)
+    # the plain columns never flatten (background off, as before "auto" was the default)
+    methods = make_methods(counter, segmenter, baselines=not args.no_baselines, background=False)
     factors = [float(f) for f in (args.flatten_factors or "").split(",") if f.strip()]
     if args.flatten and not factors:
         factors = [DEFAULT_FACTOR]
-    if factors:
-        methods = _with_flattening(methods, counter, segmenter, factors)
+    variants = [("auto", "auto")] if args.auto else []
+    variants += [("+bg" if f == DEFAULT_FACTOR else f"+bg{f:g}", f) for f in factors]
+    if variants:
+        methods = _with_flattening(methods, counter, segmenter, variants)
     t0 = time.time()
     rows = []
     groups = []
@@ -209,27 +220,22 @@ def main(argv=None) -> int:
     return 0
 
 
-def _with_flattening(methods: dict, counter, segmenter, factors: list[float]) -> dict:
-    """``methods`` plus ``counter +bg`` / ``segmenter +bg`` for each opening width in
-    ``factors`` (object diameters): ``make_methods``' own calls with ``background=width``, each
-    placed after its plain column. The default width's columns are ``+bg``, the others
-    ``+bgW``."""
-    flattened = {
-        f: make_methods(counter, segmenter, baselines=False, background=f) for f in factors
+def _with_flattening(methods: dict, counter, segmenter, variants: list[tuple[str, object]]) -> dict:
+    """``methods`` plus ``counter SUFFIX`` / ``segmenter SUFFIX`` for each ``(suffix,
+    background)`` of ``variants`` (``"auto"`` or an opening width in object diameters):
+    ``make_methods``' own calls with that ``background=``, each placed after its plain column.
+    The default width's columns are ``+bg``, the others ``+bgW``, auto's ``auto``."""
+    made = {
+        suffix: make_methods(counter, segmenter, baselines=False, background=value)
+        for suffix, value in variants
     }
-
-    def suffix(f):
-        return "+bg" if f == DEFAULT_FACTOR else f"+bg{f:g}"
-
     out = {}
     for key, fn in methods.items():
         out[key] = fn
-        if key == "counter":
-            for f in factors:
-                out[f"counter {suffix(f)}"] = flattened[f]["counter"]
-        if key == "segmenter":
-            for f in factors:
-                out[f"segmenter {suffix(f)}"] = flattened[f]["segmenter"]
+        if key in ("counter", "segmenter"):
+            for suffix, _value in variants:
+                if key in made[suffix]:
+                    out[f"{key} {suffix}"] = made[suffix][key]
     return out
 
 

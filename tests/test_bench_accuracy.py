@@ -389,5 +389,8 @@ def test_background_option_reaches_count_and_is_recorded(fake_root, tmp_path, mo
     assert seen and set(seen) == {False}
     seen.clear()
     assert cli.main(base) == 0  # not given: count()'s own default
-    assert seen and set(seen) == {None}
+    assert seen and set(seen) == {"auto"}
+    seen.clear()
+    assert cli.main(base + ["--background", "auto"]) == 0
+    assert seen and set(seen) == {"auto"}
     assert cli.main(base + ["--background", "1"]) == 2  # narrower than 2 diameters

@@ -197,12 +197,13 @@ def test_count_widget_end_to_end(make_napari_viewer, qtbot, tiny_count, tmp_path
     assert len(viewer.layers) == n_layers
     assert "background flattened" not in results.detail_label.text()
 
-    widget.background_check.value = True  # flatten an uneven background first
-    assert widget.params().background
+    assert widget.background_combo.value == "auto"  # the engine's default
+    widget.background_combo.value = "on"  # always flatten an uneven background first
+    assert widget.params().background == "on"
     widget.run()
     _wait(qtbot, widget)
     assert "background flattened (3 diameters)" in results.detail_label.text()
-    widget.background_check.value = False
+    widget.background_combo.value = "off"
     widget.run()
     _wait(qtbot, widget)
 

@@ -313,11 +313,15 @@ def test_batch_flatten_background_reaches_the_engine(tiny_count, tmp_path, monke
     folder = _folder(tmp_path, n=1)
     (folder / "broken.tif").unlink()
     out = {}
+    default = check_batch(str(folder), "count", tiny_count, str(tmp_path / "d.csv"))
+    assert default.background == "auto" and "engine_options" not in default.batch_kwargs()
     for flag in (False, True):
+        mode = "on" if flag else "off"
         params = check_batch(
-            str(folder), "count", tiny_count, str(tmp_path / f"t{flag}.csv"), background=flag
+            str(folder), "count", tiny_count, str(tmp_path / f"t{flag}.csv"), background=mode
         )
-        assert params.background is flag
+        assert params.background == mode
+        assert params.batch_kwargs()["engine_options"] == {"background": flag}
         gen = batch_job(params, CancelToken())
         try:
             while True:
@@ -329,4 +333,4 @@ def test_batch_flatten_background_reaches_the_engine(tiny_count, tmp_path, monke
         calls.clear()
     image = tifffile.imread(folder / "img0.tif")
     assert out[True] == pytest.approx(count(image, tiny_count, background=True).count, abs=0.01)
-    assert out[False] == pytest.approx(count(image, tiny_count).count, abs=0.01)
+    assert out[False] == pytest.approx(count(image, tiny_count, background=False).count, abs=0.01)

@@ -25,6 +25,40 @@ from napari_nalu_count.events import Event
 #: what the channel picker offers besides the indices: ``None`` lets the model's card decide
 CHANNEL_LABELS = {None: "automatic (the model's rule)", "mean": "mean", "max": "max"}
 
+#: the background picker (Count, Segment, Run on folder): its labels and the engine's
+#: ``background=`` for each mode
+BACKGROUND_MODES = {
+    "auto": ("flatten when uneven (auto)", "auto"),
+    "on": ("always flatten", True),
+    "off": ("never flatten", False),
+}
+BACKGROUND_TOOLTIP = (
+    "a smooth uneven background (haze, uneven illumination, vignetting) hides the nuclei on "
+    "its dim side. auto: subtract it where it is strong and smooth (the docks say when); "
+    "always: every image; never: leave it. 'always' also counts the out-of-focus nuclei of "
+    "dense tissue"
+)
+
+
+def check_background_mode(mode: Any) -> str:
+    """``"auto"``, ``"on"`` or ``"off"`` (True / False are ``"on"`` / ``"off"``)."""
+    if mode is True or mode is False:
+        return "on" if mode else "off"
+    if mode not in BACKGROUND_MODES:
+        raise InputError(f"background must be one of {', '.join(BACKGROUND_MODES)}, got {mode!r}")
+    return str(mode)
+
+
+def background_combo(**kwargs: Any) -> ComboBox:
+    """The background picker, on ``auto``."""
+    return ComboBox(
+        label="background",
+        choices=[(label, mode) for mode, (label, _v) in BACKGROUND_MODES.items()],
+        value="auto",
+        tooltip=BACKGROUND_TOOLTIP,
+        **kwargs,
+    )
+
 
 @dataclass(frozen=True)
 class RunParams:
@@ -38,7 +72,7 @@ class RunParams:
     level: int | None = None  # pyramid level of a multiscale layer (None: not multiscale)
     volume: bool = False  # also count each Z-stack as volumes (3-D cells / linked objects)
     uncertainty: bool = False  # counting: count_sd and the uncertainty map (8 passes)
-    background: bool = False  # subtract a smooth uneven background first (engine default width)
+    background: str = "auto"  # uneven background: "auto", "on" or "off" (BACKGROUND_MODES)
 
     def engine_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -53,8 +87,8 @@ class RunParams:
             kwargs["volume"] = True
         if self.uncertainty:
             kwargs["uncertainty"] = True
-        if self.background:
-            kwargs["background"] = True
+        if self.background != "auto":  # the engine's default
+            kwargs["background"] = BACKGROUND_MODES[self.background][1]
         return kwargs
 
 
@@ -69,7 +103,7 @@ def check_run(
     channel: int | str | None = None,
     level: int | None = None,
     volume: bool = False,
-    background: bool = False,
+    background: str | bool = "auto",
 ) -> RunParams:
     """:class:`RunParams` for running ``model`` on ``layer``, checked with the engine's rules
     (diameter, axes, channel against the model's input rule); raises InputError saying why."""
@@ -86,7 +120,7 @@ def check_run(
         channel=channel,
         level=level if _viewer.n_levels(layer) > 1 else None,
         volume=bool(volume),
-        background=bool(background),
+        background=check_background_mode(background),
     )
     data = _viewer.level0(layer)
     make_plan(data, params.axes, params.channel, input_rule(_models.model_card(model)))
@@ -126,9 +160,12 @@ def island_detail(result: Any) -> list[str]:
 
 
 def background_detail(result: Any) -> list[str]:
-    """The result's line saying that an uneven background was subtracted (none when not)."""
+    """The result's line saying that an uneven background was subtracted as asked (none when
+    not, and none when ``"auto"`` found it: the corrections line says so)."""
     flattened = getattr(result, "background", None)
-    return [f"background flattened ({flattened:g} diameters)"] if flattened else []
+    if not flattened or (getattr(result, "corrections", None) or {}).get("uneven_background"):
+        return []
+    return [f"background flattened ({flattened:g} diameters)"]
 
 
 def corrections_detail(result: Any) -> list[str]:
@@ -198,14 +235,9 @@ class InferenceDock(JobDock):
             tooltip="Z-stacks: also detect each nucleus once in 3-D (one count per volume and "
             "a 3-D layer), beside the per-plane counts",
         )
-        self.background_check = CheckBox(
-            text="flatten uneven background",
-            tooltip="subtract a smooth background (haze, uneven illumination) before the "
-            "network sees the image; recovers the nuclei it hides. Leave off for dense tissue "
-            "whose background is out-of-focus nuclei: they would be counted too",
-        )
+        self.background_combo = background_combo()
         self.form.extend([self.level_combo, self.pixel_edit, self.regions_combo])
-        self.form.extend([self.volume_check, self.background_check])
+        self.form.extend([self.volume_check, self.background_combo])
         self.results = ResultsPanel(napari_viewer)
         self.region_table = TablePanel("counts per region")
         self.body.addWidget(self.results)
@@ -296,7 +328,7 @@ class InferenceDock(JobDock):
             channel=self.channel_combo.value if self.channel_needed else None,
             level=self.level_combo.value,
             volume=self.volume_check.value and self.volume_allowed,
-            background=bool(self.background_check.value),
+            background=self.background_combo.value,
         )
 
     def quantities(self, source: Any, params: RunParams) -> dict[str, Any]:

@@ -19,6 +19,11 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, LineEdit
 from napari_nalu_count import infer
 from napari_nalu_count._widgets import _models, _quantify
 from napari_nalu_count._widgets._base import JobDock, Prepared
+from napari_nalu_count._widgets._inference import (
+    BACKGROUND_MODES,
+    background_combo,
+    check_background_mode,
+)
 from napari_nalu_count._widgets._jobs import Outcome
 from napari_nalu_count._widgets._table import TablePanel
 from napari_nalu_count.errors import CancelToken, InputError
@@ -43,7 +48,7 @@ class BatchParams:
     volume: bool = False
     measure: bool = False
     maps_dir: Path | None = None
-    background: bool = False  # flatten an uneven background first (count / segment background=)
+    background: str = "auto"  # uneven background: "auto", "on" or "off" (count / segment)
 
     def batch_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``run_batch`` (besides ``paths``, ``progress``, ``cancel``)."""
@@ -63,7 +68,11 @@ class BatchParams:
             "measure_csv": measure_csv,
             "csv": self.csv,
             **(maps if self.maps_dir is not None else {}),
-            **({"engine_options": {"background": True}} if self.background else {}),
+            **(
+                {"engine_options": {"background": BACKGROUND_MODES[self.background][1]}}
+                if self.background != "auto"  # the engine's default
+                else {}
+            ),
         }
 
 
@@ -86,7 +95,7 @@ def check_batch(
     volume: bool = False,
     measure: bool = False,
     maps_dir: str = "",
-    background: bool = False,
+    background: str | bool = "auto",
 ) -> BatchParams:
     """:class:`BatchParams` from the form's texts; raises InputError saying what is missing."""
     from napari_nalu_count.infer.batch import expand_inputs
@@ -117,7 +126,7 @@ def check_batch(
         volume=bool(volume),
         measure=bool(measure) and task == "segment",
         maps_dir=Path(maps_dir) if maps_dir else None,
-        background=bool(background),
+        background=check_background_mode(background),
     )
 
 
@@ -171,9 +180,7 @@ class BatchWidget(JobDock):
                                      "for every image: counts per region id")  # fmt: skip
         self.volume_check = CheckBox(text="count Z-stacks as volumes")
         self.measure_check = CheckBox(text="measure objects (one more CSV)", value=True)
-        self.background_check = CheckBox(text="flatten uneven background", tooltip="subtract "
-                                         "a smooth background (haze, uneven illumination) "
-                                         "first; off for dense tissue")  # fmt: skip
+        self.background_combo = background_combo()
         self.csv_edit = FileEdit(label="save table", mode="w", filter="*.csv")
         self.maps_edit = FileEdit(label="maps folder", mode="d", tooltip="optional: a density "
                                   "map (count) or labels (segment) per image")  # fmt: skip
@@ -183,7 +190,7 @@ class BatchWidget(JobDock):
             edit.native.setPlaceholderText(hint)
         self.form.extend([self.device_combo, self.diameter_edit, self.axes_edit, self.pixel_edit])
         self.form.extend([self.regions_edit, self.volume_check, self.measure_check])
-        self.form.append(self.background_check)
+        self.form.append(self.background_combo)
         self.form.extend([self.csv_edit, self.maps_edit])
         self.result: BatchResult | None = None
         self.table = TablePanel("table (one row per plane, region, volume)")
@@ -216,7 +223,7 @@ class BatchWidget(JobDock):
             volume=self.volume_check.value,
             measure=self.measure_check.value,
             maps_dir=self.maps_edit.line_edit.value,
-            background=self.background_check.value,
+            background=self.background_combo.value,
         )
 
     def prepare(self, cancel: CancelToken | None) -> Prepared:

@@ -168,8 +168,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--background",
         default=None,
         metavar="W",
-        help="background= for the counter and segmenter: on, off, or the opening's width in "
-        "object diameters (default: what count()/segment() do by default)",
+        help="background= for the counter and segmenter: auto, on, off, or the opening's width "
+        "in object diameters (default: auto, what count()/segment() do by default)",
     )
     parser.add_argument("--no-baselines", action="store_true", help="skip LoG and Otsu+WS")
     parser.add_argument("--no-segment", action="store_true", help="skip the segmentation model")
@@ -645,10 +645,11 @@ def make_methods(
     *,
     baselines: bool = True,
     device: str = "cpu",
-    background: float | bool | None = None,
+    background: float | bool | str | None = "auto",
 ) -> dict[str, Callable[[np.ndarray, Any], dict[str, Any]]]:
     """The method callables of one run, keyed as in :data:`METHODS`; ``background`` is passed
-    to ``count`` and ``segment`` as it is (the baselines never flatten)."""
+    to ``count`` and ``segment`` as it is (default ``"auto"``, theirs; the baselines never
+    flatten)."""
     from napari_nalu_count.data import instances_to_dots
     from napari_nalu_count.infer import count, segment
 
@@ -765,13 +766,13 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--seg-model {args.seg_model!r} is a {segmenter.task!r} model")
     from napari_nalu_count.infer.background import parse_background
 
-    background = None if args.background is None else parse_background(args.background)
+    background = "auto" if args.background is None else parse_background(args.background)
     methods = make_methods(
         counter,
         segmenter,
         baselines=not args.no_baselines,
         device=device,
-        background=False if args.background is not None and background is None else background,
+        background=False if background is None else background,
     )
     models = {"count": _model_info(counter)}
     if segmenter is not None:

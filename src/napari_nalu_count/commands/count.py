@@ -97,6 +97,18 @@ def background_arg(text: str) -> float:
     return value
 
 
+def background_mode_arg(text: str) -> float | str | bool:
+    """``--background``: ``auto``, ``on``, ``off`` or a width in object diameters."""
+    from napari_nalu_count.errors import InputError
+    from napari_nalu_count.infer.background import parse_background
+
+    try:
+        value = parse_background(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return False if value is None else value
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, default_model: str) -> None:
     """Options shared by ``count`` and ``segment``."""
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
@@ -127,15 +139,23 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_model: str) ->
     )
     parser.add_argument("--tile-size", type=int, metavar="PX", help="tile edge (default: auto)")
     parser.add_argument(
+        "--background",
+        type=background_mode_arg,
+        default=None,
+        metavar="auto|on|off|W",
+        help="a smooth uneven background (haze, uneven illumination): auto (default) subtracts "
+        "it where it is strong and smooth (a ramp, a bump, vignetting; not the out-of-focus "
+        "nuclei of dense tissue, which would be counted too); on always (a grey opening 3 "
+        "object diameters wide, or W diameters); off never",
+    )
+    parser.add_argument(
         "--flatten-background",
         nargs="?",
         const=True,
         default=None,
         type=background_arg,
         metavar="DIAMETERS",
-        help="subtract a smooth uneven background (haze, uneven illumination) first: a grey "
-        "opening DIAMETERS object diameters wide (default 3). Off by default: in dense tissue "
-        "it also counts out-of-focus nuclei",
+        help="the same as --background on (or --background DIAMETERS): always subtract it",
     )
     parser.add_argument(
         "--scheduler",
@@ -352,8 +372,14 @@ def run_batch(
 def engine_options_from(args: argparse.Namespace) -> dict[str, Any]:
     """The ``count`` / ``segment`` keyword arguments the shared options give."""
     options: dict[str, Any] = {}
-    if getattr(args, "flatten_background", None):
-        options["background"] = args.flatten_background
+    flatten = getattr(args, "flatten_background", None)
+    mode = getattr(args, "background", None)
+    if flatten and mode is not None and mode != flatten:
+        raise InputError(f"--flatten-background and --background {mode} disagree: give one of them")
+    if flatten:
+        options["background"] = flatten
+    elif mode is not None:
+        options["background"] = mode
     return options
 
 

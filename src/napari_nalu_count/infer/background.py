@@ -13,6 +13,13 @@ the same width. Everything is a local filter of support ``1.5 size`` (minimum, m
 windows of ``size``, each centred), so a block with a halo at least that wide gives the same
 values as the whole plane, and the cost is linear in the pixels (SciPy's 1-D minimum and
 maximum filters do not depend on the window length).
+
+``background="auto"`` (the engine's default) flattens only a background that is both strong
+and smooth (:func:`assess_background`): the estimated background varies by at least
+:data:`AUTO_MIN_AMPLITUDE` of the normalised range, and a cubic surface follows it to within
+:data:`AUTO_MAX_RESIDUAL`. Uneven illumination, vignetting and broad haze are such surfaces;
+the background of dense tissue is out-of-focus nuclei, which vary from one nucleus to the
+next, and flattening it would count them (docs/models.md, "Round 20").
 """
 
 from __future__ import annotations
@@ -27,16 +34,34 @@ from napari_nalu_count.errors import InputError
 #: the opening's width in object diameters that ``background=True`` means
 DEFAULT_FACTOR = 3.0
 
+#: ``background="auto"``: flatten when the background is uneven and smooth (see
+#: :func:`assess_background`)
+AUTO = "auto"
+#: the object diameter (pixels) of the coarse grid the background is judged on
+AUTO_GRID = 6.0
+#: least spread (2nd to 98th percentile, normalised units) of an uneven background
+AUTO_MIN_AMPLITUDE = 0.15
+#: most that a smooth background departs from its cubic surface (95th percentile, normalised)
+AUTO_MAX_RESIDUAL = 0.06
+#: the cubic surface is fitted to this many x this many samples of the background
+AUTO_SAMPLES = 32
+#: the surface's degree (all terms x^i y^j with i + j <= AUTO_DEGREE)
+AUTO_DEGREE = 3
 
-def parse_background(value: Any) -> float | None:
-    """``background=`` of ``count`` / ``segment``: None / False / 0 -> None (off); True ->
-    :data:`DEFAULT_FACTOR`; a number of at least 2 -> that width in object diameters."""
+
+def parse_background(value: Any) -> float | str | None:
+    """``background=`` of ``count`` / ``segment``: ``"auto"`` -> :data:`AUTO` (flatten where
+    :func:`assess_background` finds an uneven, smooth background); None / False / 0 -> None
+    (off); True -> :data:`DEFAULT_FACTOR`; a number of at least 2 -> that width in object
+    diameters."""
     if value is None or value is False:
         return None
     if value is True:
         return DEFAULT_FACTOR
     if isinstance(value, str):
         text = value.strip().lower()
+        if text == AUTO:
+            return AUTO
         if text in ("", "none", "off", "false", "no"):
             return None
         if text in ("on", "true", "yes", "flatten"):
@@ -45,14 +70,15 @@ def parse_background(value: Any) -> float | None:
             value = float(text)
         except ValueError:
             raise InputError(
-                f"background={value!r} is not understood: use True, False, or the opening's "
-                "width in object diameters (a number of at least 2, e.g. 3)"
+                f"background={value!r} is not understood: use 'auto', True, False, or the "
+                "opening's width in object diameters (a number of at least 2, e.g. 3)"
             ) from None
     try:
         f = float(value)
     except (TypeError, ValueError):
         raise InputError(
-            f"background must be True, False, None or a number of object diameters, got "
+            f"background must be 'auto', True, False, None or a number of object diameters, "
+            "got "
             f"{type(value).__name__}"
         ) from None
     if f == 0:
@@ -97,4 +123,56 @@ def flatten_background(plane: np.ndarray, diameter: float, factor: float = 3.0) 
     x = np.asarray(plane, dtype=np.float32)
     out = estimate_background(x, background_window(diameter, factor))
     np.subtract(x, out, out=out)
+    return out
+
+
+def assess_background(norm: np.ndarray, diameter: float) -> dict[str, Any]:
+    """Whether a normalised plane's background is uneven and smooth enough to flatten.
+
+    ``diameter``: the objects' diameter in pixels of ``norm``. The plane is shrunk so that
+    objects are :data:`AUTO_GRID` px (not enlarged), its background estimated as
+    :func:`flatten_background` does (an opening :data:`DEFAULT_FACTOR` diameters wide), and a
+    cubic surface fitted to :data:`AUTO_SAMPLES` x :data:`AUTO_SAMPLES` samples of it.
+    Returns ``amplitude`` (2nd to 98th percentile of the background), ``residual`` (95th
+    percentile of its distance to the surface) and ``uneven`` (amplitude at least
+    :data:`AUTO_MIN_AMPLITUDE` and residual at most :data:`AUTO_MAX_RESIDUAL`). Planes too small
+    to judge (under 3 windows a side on that grid) are not uneven.
+
+    On the val images (docs/models.md, "Round 20"): clean BBBC039, DSB and Aitslab images
+    have amplitudes of 0.004-0.13; copies with an added ramp and bump 0.19-0.52 with residuals
+    of at most 0.042; DSB's tissue images (background of out-of-focus nuclei) residuals of
+    0.08-0.19, with or without that ramp."""
+    from napari_nalu_count.infer.scale import rescale_plane
+
+    if not (diameter and np.isfinite(diameter) and diameter > 0):
+        raise ValueError(f"object diameter must be positive, got {diameter!r}")
+    x = np.asarray(norm, dtype=np.float32)
+    f = min(1.0, AUTO_GRID / float(diameter))
+    plane = rescale_plane(x, f) if f < 1.0 else x
+    window = background_window(float(diameter) * f, DEFAULT_FACTOR)
+    out: dict[str, Any] = {"amplitude": 0.0, "residual": 0.0, "uneven": False}
+    h, w = plane.shape
+    if min(h, w) < 3 * window:
+        return out
+    back = estimate_background(plane, window)
+    lo, hi = np.percentile(back, [2.0, 98.0])
+    n = AUTO_SAMPLES
+    ys = np.linspace(0, h - 1, n).round().astype(np.intp)
+    xs = np.linspace(0, w - 1, n).round().astype(np.intp)
+    values = back[np.ix_(ys, xs)].astype(np.float64).ravel()
+    yy, xx = np.meshgrid(ys / (h - 1) * 2.0 - 1.0, xs / (w - 1) * 2.0 - 1.0, indexing="ij")
+    terms = [
+        (xx**i * yy**j).ravel() for i in range(AUTO_DEGREE + 1) for j in range(AUTO_DEGREE + 1 - i)
+    ]
+    design = np.stack(terms, axis=1)
+    # least squares by the normal equations (10 terms on [-1, 1]: well conditioned), a
+    # fraction of a millisecond where lstsq's LAPACK call took several
+    coef = np.linalg.solve(design.T @ design, design.T @ values)
+    residual = float(np.percentile(np.abs(values - design @ coef), 95.0))
+    amplitude = float(hi - lo)
+    out.update(
+        amplitude=amplitude,
+        residual=residual,
+        uneven=bool(amplitude >= AUTO_MIN_AMPLITUDE and residual <= AUTO_MAX_RESIDUAL),
+    )
     return out

@@ -119,6 +119,10 @@ OPTIONS: dict[str, Any] = {
     # a few large bright artefacts (dust, dead-cell clumps) are left out of the normalisation's
     # high percentile, see :func:`~napari_nalu_count.data.normalize.artefact_high`
     "bright_artefacts": True,
+    # segment(background="auto"): the segmenter network also sees the plane flattened when its
+    # seed counter found the background uneven (False: only the seeds come from a flattened
+    # plane)
+    "auto_background_segmenter": True,
 }
 #: smallest tile the out-of-memory fallback goes down to
 MIN_TILE = 64
@@ -207,14 +211,19 @@ class CountResult:
     uncertainty: np.ndarray | None = None
     uncertainty_info: dict[str, Any] | None = None
     size_estimate: dict[str, Any] | None = None
-    #: the background opening's width in object diameters when ``background=`` was on, else None
+    #: the background opening's width in object diameters when a plane's background was
+    #: subtracted (``background=`` on, or ``"auto"`` and found uneven), else None
     background: float | None = None
     #: what the normalisation corrected in the image (all planes): ``"hot_pixels"``, pixels
-    #: clamped (:func:`~napari_nalu_count.data.normalize.suppress_hot_pixels`), and
+    #: clamped (:func:`~napari_nalu_count.data.normalize.suppress_hot_pixels`),
     #: ``"bright_artefacts"``, planes whose high percentile left a few large bright artefacts
-    #: out (:func:`~napari_nalu_count.data.normalize.artefact_high`); empty when nothing was
-    #: corrected
+    #: out (:func:`~napari_nalu_count.data.normalize.artefact_high`), and
+    #: ``"uneven_background"``, planes that ``background="auto"`` flattened; empty when
+    #: nothing was corrected
     corrections: dict[str, int] = field(default_factory=dict)
+    #: ``background="auto"``: per plane judged, :func:`.background.assess_background`'s
+    #: ``amplitude``, ``residual`` and ``uneven``
+    background_checks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def plane_counts(self) -> np.ndarray:
@@ -260,8 +269,11 @@ class SegmentResult:
     volume_points: np.ndarray | None = None
     #: as :attr:`CountResult.background`
     background: float | None = None
-    #: as :attr:`CountResult.corrections` (the segmenter's own normalisation)
+    #: as :attr:`CountResult.corrections` (the segmenter's own normalisation; the planes
+    #: flattened by ``background="auto"``)
     corrections: dict[str, int] = field(default_factory=dict)
+    #: as :attr:`CountResult.background_checks` (the seed counter's, when it judged)
+    background_checks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def plane_counts(self) -> np.ndarray:
@@ -282,6 +294,10 @@ def describe_corrections(corrections: dict[str, int] | None) -> str:
         n = int(fixes["bright_artefacts"])
         where = "" if n == 1 else f" ({n} planes)"
         parts.append(f"bright artefacts left out of the brightness range{where}")
+    if fixes.get("uneven_background"):
+        n = int(fixes["uneven_background"])
+        where = "" if n == 1 else f" ({n} planes)"
+        parts.append(f"uneven background found and flattened{where}")
     return "; ".join(parts)
 
 
@@ -591,6 +607,8 @@ class _Runner:
         self.n_planes = n_planes
         #: what the normalisation corrected in the user's image (see CountResult.corrections)
         self.corrections: dict[str, int] = {}
+        #: ``background="auto"``: the verdict of each plane judged (see _plane_background)
+        self.background_checks: list[dict[str, Any]] = []
         self.cancel = cancel
         self.label = label
         self.done = 0
@@ -881,6 +899,36 @@ def _model_input(
     return plane
 
 
+def _plane_background(
+    background: float | str | None,
+    norm: np.ndarray,
+    scale: _ScaleState,
+    card: dict,
+    runner: _Runner,
+    step: int = 1,
+) -> float | None:
+    """The opening's width for one plane: ``background`` itself unless it is ``"auto"``;
+    then :data:`.background.DEFAULT_FACTOR` where :func:`.background.assess_background`
+    finds the normalised plane's background uneven and smooth (noted in
+    ``runner.corrections["uneven_background"]``), else None. ``step``: ``norm`` is every
+    ``step``-th pixel of the plane (blocked counting judges its subsample). Needs the object
+    size (the scale resolved) and a percentile-normalising card."""
+    if background != _background.AUTO:
+        return background  # type: ignore[return-value]
+    method = (card.get("normalization") or {}).get("method", "percentile")
+    if method != "percentile" or not scale.card_diameter or not scale.factor:
+        return None
+    diameter = float(scale.card_diameter) / float(scale.factor) / float(step)
+    verdict = _background.assess_background(norm, diameter)
+    runner.background_checks.append(
+        {k: round(v, 4) if isinstance(v, float) else v for k, v in verdict.items()}
+    )
+    if not verdict["uneven"]:
+        return None
+    runner.corrections["uneven_background"] = runner.corrections.get("uneven_background", 0) + 1
+    return _background.DEFAULT_FACTOR
+
+
 def _weighted_log_size(pred: np.ndarray) -> tuple[float, float]:
     """``(density-weighted mean log size, cells)`` of a ``[density, log size]`` prediction."""
     w = np.clip(pred[0], 0.0, None)
@@ -1054,7 +1102,7 @@ def count(
     volume: bool = False,
     z_diameter: float | None = None,
     uncertainty: bool = False,
-    background: float | bool | None = None,
+    background: float | bool | str | None = "auto",
 ) -> CountResult:
     """Count cells with a density-regression model.
 
@@ -1116,12 +1164,15 @@ def count(
         (``block_size`` or multiscale inputs).
     background
         Subtract a smooth uneven background (haze, uneven illumination) before the network
-        sees the image: ``True`` (a grey opening 3 object diameters wide, on the model grid),
-        a number (the width in diameters, at least 2), or None / False (default: off). It
-        recovers the nuclei an uneven background hides (val images with an added ramp:
-        Aitslab 16.3 -> 9.9 %, BBBC039 5.4 -> 3.8 %) and leaves images with an even
-        background as they were, but in dense tissue whose background is out-of-focus nuclei
-        it counts those too (docs/models.md, "Appearance"). Models whose card has no
+        sees the image. ``"auto"`` (default): only where the plane's background is both
+        uneven and smooth (:func:`.background.assess_background`: a ramp, a bump,
+        vignetting; not the out-of-focus nuclei of dense tissue, which flattening would
+        count too); ``CountResult.corrections["uneven_background"]`` says how many planes
+        were flattened and ``background_checks`` what was measured. ``True``: always (a grey
+        opening 3 object diameters wide, on the model grid); a number: the width in
+        diameters (at least 2); None / False: never. Flattening recovers the nuclei an uneven
+        background hides (val images with an added ramp: Aitslab 16.3 -> 9.9 %, BBBC039
+        5.4 -> 3.8 %; docs/models.md, "Appearance" and "Round 20"). Models whose card has no
         object diameter ignore it.
     """
     _inputs.check_callbacks(progress, None)
@@ -1161,7 +1212,7 @@ def count_events(
     volume: bool = False,
     z_diameter: float | None = None,
     uncertainty: bool = False,
-    background: float | bool | None = None,
+    background: float | bool | str | None = "auto",
     grid_scale: float = 1.0,
     _normalized: np.ndarray | None = None,
     _density: bool = True,
@@ -1245,6 +1296,8 @@ def count_events(
             "or 'TZYX')"
         )
     planes = _axes.iter_planes(image, plan) if block is None else iter(())
+    #: the opening's width of a flattened plane (``"auto"``: when one was judged uneven)
+    flattened: float | None = None
     for k, (idx, raw) in enumerate(planes):
         runner.check_cancel()
         _check_finite(raw, idx)
@@ -1260,23 +1313,27 @@ def count_events(
         if scale.pending:
             yield runner.report("count: estimating the nucleus size")
             scale.resolve(raw, _size_normalized(card, norm))
+            bg = _plane_background(background, norm, scale, card, runner)
             model_plane = None
             if n_out == 2 and scale.source == "estimated" and OPTIONS["size_check"]:
-                model_plane, reuse = _refine_diameter(runner, norm, scale, background)
+                model_plane, reuse = _refine_diameter(runner, norm, scale, bg)
             if scale.source == "estimated" and OPTIONS["island_check"]:
-                changed, made = _island_check(norm, scale, runner, background, reuse)
+                changed, made = _island_check(norm, scale, runner, bg, reuse)
                 if changed:
                     model_plane = reuse = None
                 elif made is not None:  # the check's pass at this size is the count's
                     reuse = made
             if model_plane is None:
-                model_plane = _model_input(norm, scale.factor, scale.card_diameter, background)
-        elif grid_scale == 1.0:
-            model_plane = _model_input(norm, scale.factor, scale.card_diameter, background)
+                model_plane = _model_input(norm, scale.factor, scale.card_diameter, bg)
+        else:
+            bg = _plane_background(background, norm, scale, card, runner)
+            if grid_scale == 1.0:
+                model_plane = _model_input(norm, scale.factor, scale.card_diameter, bg)
+        flattened = flattened or bg
         if grid_scale != 1.0:
             reuse = None
             grid_d = scale.card_diameter * grid_scale if scale.card_diameter else None
-            model_plane = _model_input(norm, scale.factor * grid_scale, grid_d, background)
+            model_plane = _model_input(norm, scale.factor * grid_scale, grid_d, bg)
         del raw, norm
         if not total_set:
             runner.set_total(model_plane.shape, plan.n_planes - k)
@@ -1308,7 +1365,7 @@ def count_events(
             target[...] = _scale.density_to_original(dens, (h, w))
         del dens
     if block is not None:
-        yield from _count_blocked(
+        flattened = yield from _count_blocked(
             image,
             plan,
             card,
@@ -1365,7 +1422,8 @@ def count_events(
         count_sd=sd_out,
         uncertainty=unc_out,
         size_estimate=dict(scale.estimate) if scale.source == "estimated" else None,
-        background=background if scale.card_diameter else None,
+        background=flattened if scale.card_diameter else None,
+        background_checks=list(runner.background_checks),
         uncertainty_info=info,
         corrections=dict(runner.corrections),
     )
@@ -1436,10 +1494,10 @@ def _count_blocked(
     counts: np.ndarray,
     all_points: list[np.ndarray],
     n_out: int,
-    background: float | None = None,
-) -> Generator[Progress, None, None]:
+    background: float | str | None = None,
+) -> Generator[Progress, None, float | None]:
     """The plane loop of :func:`count` in blocks read one at a time (``block_size``); yields
-    the progress events."""
+    the progress events and returns the opening's width if a plane was flattened."""
     norm_cfg = card.get("normalization") or {"method": "percentile", "low": 1.0, "high": 99.8}
     method = norm_cfg.get("method", "percentile")
     if method not in ("percentile", None, "none"):
@@ -1448,6 +1506,7 @@ def _count_blocked(
     h, w = plan.plane_shape
     step = max(1, int(np.ceil(np.sqrt(h * w / SAMPLE_PIXELS))))
     idxs = list(np.ndindex(*plan.stack_shape)) if plan.stack_shape else [()]
+    flattened: float | None = None
     for k, idx in enumerate(idxs):
         idx = tuple(int(i) for i in idx)
         runner.check_cancel()
@@ -1497,20 +1556,28 @@ def _count_blocked(
             y0, x0 = (h - wy) // 2, (w - wx) // 2
             window = _read_block(lazy, plan, slice(y0, y0 + wy), slice(x0, x0 + wx))
             scale.resolve(window)
+            bg = _plane_background(
+                background, normalize(sample, core=(0, 0, 0, 0)), scale, card, runner, step
+            )
             if scale.source == "estimated":
                 normalized = normalize(window, core=(0, 0, 0, 0))  # counted with the blocks
                 if n_out == 2 and OPTIONS["size_check"]:
-                    _refine_diameter(runner, normalized, scale, background)
+                    _refine_diameter(runner, normalized, scale, bg)
                 if OPTIONS["island_check"]:
-                    _island_check(normalized, scale, runner, background)
+                    _island_check(normalized, scale, runner, bg)
                 del normalized
             del window
+        else:
+            bg = _plane_background(
+                background, normalize(sample, core=(0, 0, 0, 0)), scale, card, runner, step
+            )
+        flattened = flattened or bg
         f = float(scale.factor or 1.0)
         card_d = scale.card_diameter or 10.0
         halo = max(float(OPTIONS["overlap"]), 3.0 * card_d)
-        if background and scale.card_diameter:
+        if bg and scale.card_diameter:
             # the background at a pixel reads this far: the network's context starts after it
-            halo += _background.background_support(scale.card_diameter, background)
+            halo += _background.background_support(scale.card_diameter, bg)
         halo = int(np.ceil(halo / f))
         grid = [(ya, xa) for ya in _block_starts(h, block) for xa in _block_starts(w, block)]
 
@@ -1534,7 +1601,7 @@ def _count_blocked(
             raw = _read_block(lazy, plan, slice(a, b), slice(c, d))
             _check_finite(raw, idx)
             own = (y[0] - a, y[1] - a, x[0] - c, x[1] - c)
-            model_block = _model_input(normalize(raw, core=own), f, scale.card_diameter, background)
+            model_block = _model_input(normalize(raw, core=own), f, scale.card_diameter, bg)
             del raw
             pred = yield from runner.run(model_block, k)
             dens = pred[0]
@@ -1556,6 +1623,7 @@ def _count_blocked(
         if plan.is_stack and len(pts):
             pts = np.hstack([np.tile(np.asarray(idx, dtype=np.float64), (len(pts), 1)), pts])
         all_points.append(pts)
+    return flattened
 
 
 def _volume_count(
@@ -1625,7 +1693,7 @@ def segment(
     min_size: int | None = None,
     level: int | None = None,
     volume: bool = False,
-    background: float | bool | None = None,
+    background: float | bool | str | None = "auto",
 ) -> SegmentResult:
     """Instance segmentation with an interior/boundary model and a seeded watershed.
 
@@ -1647,8 +1715,9 @@ def segment(
         For stacks with a ``Z`` axis: also link the per-plane objects across Z into 3-D objects
         (``SegmentResult.volume_labels``, ``.volume_count``, ``.volume_points``).
     background
-        As in :func:`count`: subtract a smooth uneven background first (the seed counter's
-        input too).
+        As in :func:`count` (default ``"auto"``): subtract a smooth uneven background first
+        (the seed counter's input too; with ``"auto"`` the segmenter follows the seed
+        counter's verdict on each plane).
     """
     _inputs.check_callbacks(progress, None)
     steps = segment_events(
@@ -1685,7 +1754,7 @@ def segment_events(
     min_size: int | None = None,
     level: int | None = None,
     volume: bool = False,
-    background: float | bool | None = None,
+    background: float | bool | str | None = "auto",
 ) -> Generator[Event, None, SegmentResult]:
     """:func:`segment` as an event generator: yields a :class:`~napari_nalu_count.events.
     Progress` per tile (the seed counter's tiles included) and returns the
@@ -1743,6 +1812,8 @@ def segment_events(
     # (the fully tuned allocator kept ~0.3 GiB more resident at 8192 x 8192; glibc's defaults
     # cost 1.37x the time in page faults), see allocator.large_mapped
     big = bool(OPTIONS["segment_blocks"]) and h * w > SEGMENT_BLOCK_PIXELS
+    flattened: float | None = None
+    checks: list[dict[str, Any]] = []  # the seed counter's background verdicts
     with _allocator.large_mapped() if big else contextlib.nullcontext():
         for k, (idx, raw) in enumerate(_axes.iter_planes(image, plan)):
             runner.check_cancel()
@@ -1786,8 +1857,18 @@ def segment_events(
                 yield runner.report("segment: estimating the nucleus size")
             s = scale.resolve(raw, _size_normalized(card, norm))
             del raw
+            if background == _background.AUTO and counter is not None:
+                # the seed counter judged this plane's background: the segmenter follows it
+                bg = sub.background if OPTIONS["auto_background_segmenter"] else None
+                checks.extend(sub.background_checks)
+                if bg:
+                    fixes = runner.corrections
+                    fixes["uneven_background"] = fixes.get("uneven_background", 0) + 1
+            else:
+                bg = _plane_background(background, norm, scale, card, runner)
+            flattened = flattened or bg
             if big:
-                model_plane = _model_input(norm, s, scale.card_diameter, background)
+                model_plane = _model_input(norm, s, scale.card_diameter, bg)
                 del norm
                 mshape = model_plane.shape
                 if points is not None and mshape != (h, w):
@@ -1815,7 +1896,7 @@ def segment_events(
                 counts[k] = _labels_to_image(lab, labels[idx] if idx else labels)
                 del lab
                 continue
-            model_plane = _model_input(norm, s, scale.card_diameter, background)
+            model_plane = _model_input(norm, s, scale.card_diameter, bg)
             del norm
             if not total_set:
                 runner.set_total(model_plane.shape, plan.n_planes - k)
@@ -1853,8 +1934,9 @@ def segment_events(
         diameter_source=scale.source,
         level=None if ms is None else ms.index,
         level_scale=None if ms is None else _level_scale(ms, plan),
-        background=background if scale.card_diameter else None,
+        background=flattened if scale.card_diameter else None,
         corrections=dict(runner.corrections),
+        background_checks=checks + list(runner.background_checks),
         volume_labels=vol_labels,
         volume_count=vol_count,
         volume_points=vol_points,
