@@ -24,6 +24,7 @@ next, and flattening it would count them (docs/models.md, "Round 20").
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -126,6 +127,26 @@ def flatten_background(plane: np.ndarray, diameter: float, factor: float = 3.0) 
     return out
 
 
+@lru_cache(maxsize=16)
+def _surface(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The sample rows and columns of an ``h x w`` plane (:data:`AUTO_SAMPLES` each, evenly
+    spaced), the cubic surface's design matrix on them (coordinates scaled to [-1, 1]) and its
+    least-squares projector (``coef = projector @ values``, by the normal equations: 10 terms on
+    [-1, 1] are well conditioned)."""
+    n = AUTO_SAMPLES
+    ys = np.linspace(0, h - 1, n).round().astype(np.intp)
+    xs = np.linspace(0, w - 1, n).round().astype(np.intp)
+    yy, xx = np.meshgrid(ys / (h - 1) * 2.0 - 1.0, xs / (w - 1) * 2.0 - 1.0, indexing="ij")
+    terms = [
+        (xx**i * yy**j).ravel() for i in range(AUTO_DEGREE + 1) for j in range(AUTO_DEGREE + 1 - i)
+    ]
+    design = np.stack(terms, axis=1)
+    projector = np.linalg.solve(design.T @ design, design.T)
+    for a in (ys, xs, design, projector):
+        a.flags.writeable = False
+    return ys, xs, design, projector
+
+
 def assess_background(norm: np.ndarray, diameter: float) -> dict[str, Any]:
     """Whether a normalised plane's background is uneven and smooth enough to flatten.
 
@@ -142,33 +163,23 @@ def assess_background(norm: np.ndarray, diameter: float) -> dict[str, Any]:
     have amplitudes of 0.004-0.13; copies with an added ramp and bump 0.19-0.52 with residuals
     of at most 0.042; DSB's tissue images (background of out-of-focus nuclei) residuals of
     0.08-0.19, with or without that ramp."""
-    from napari_nalu_count.infer.scale import rescale_plane
+    from napari_nalu_count.infer.scale import rescale_plane, scaled_shape
 
     if not (diameter and np.isfinite(diameter) and diameter > 0):
         raise ValueError(f"object diameter must be positive, got {diameter!r}")
     x = np.asarray(norm, dtype=np.float32)
     f = min(1.0, AUTO_GRID / float(diameter))
-    plane = rescale_plane(x, f) if f < 1.0 else x
     window = background_window(float(diameter) * f, DEFAULT_FACTOR)
     out: dict[str, Any] = {"amplitude": 0.0, "residual": 0.0, "uneven": False}
-    h, w = plane.shape
-    if min(h, w) < 3 * window:
+    if min(scaled_shape(x.shape, f)) < 3 * window:  # known before resampling
         return out
+    plane = rescale_plane(x, f) if f < 1.0 else x
+    h, w = plane.shape
     back = estimate_background(plane, window)
     lo, hi = np.percentile(back, [2.0, 98.0])
-    n = AUTO_SAMPLES
-    ys = np.linspace(0, h - 1, n).round().astype(np.intp)
-    xs = np.linspace(0, w - 1, n).round().astype(np.intp)
+    ys, xs, design, projector = _surface(h, w)
     values = back[np.ix_(ys, xs)].astype(np.float64).ravel()
-    yy, xx = np.meshgrid(ys / (h - 1) * 2.0 - 1.0, xs / (w - 1) * 2.0 - 1.0, indexing="ij")
-    terms = [
-        (xx**i * yy**j).ravel() for i in range(AUTO_DEGREE + 1) for j in range(AUTO_DEGREE + 1 - i)
-    ]
-    design = np.stack(terms, axis=1)
-    # least squares by the normal equations (10 terms on [-1, 1]: well conditioned), a
-    # fraction of a millisecond where lstsq's LAPACK call took several
-    coef = np.linalg.solve(design.T @ design, design.T @ values)
-    residual = float(np.percentile(np.abs(values - design @ coef), 95.0))
+    residual = float(np.percentile(np.abs(values - design @ (projector @ values)), 95.0))
     amplitude = float(hi - lo)
     out.update(
         amplitude=amplitude,

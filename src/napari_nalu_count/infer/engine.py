@@ -1861,7 +1861,7 @@ def segment_events(
                 # the seed counter judged this plane's background: the segmenter follows it
                 bg = sub.background if OPTIONS["auto_background_segmenter"] else None
                 checks.extend(sub.background_checks)
-                if bg:
+                if sub.background:
                     fixes = runner.corrections
                     fixes["uneven_background"] = fixes.get("uneven_background", 0) + 1
             else:
