@@ -16,7 +16,11 @@ as another microscope would give it, deterministically (seeded per image):
   (uint8 images are first compressed so nothing saturates);
 - ``vignetting``: multiplicative illumination falling to 40 % of the centre in the corners;
 - ``saturated``: clipped at 40 % of the range (a camera set too bright: flat-topped nuclei);
-- ``blur``: defocus, Gaussian of sigma 0.15 x the true nucleus diameter.
+- ``blur``: defocus, Gaussian of sigma 0.15 x the true nucleus diameter;
+- only when named in ``--kinds``: ``uneven_local`` (four Gaussian bumps of sd 0.08-0.15x the
+  image size, up to 0.6x the objects' range: a background that varies over a few nuclei) and
+  ``dark_corners`` (the whole field, background on an offset of half the range included,
+  falling to 40 % in the corners).
 
 Methods (the same callables as ``nalu-count bench accuracy``): the bundled counter, the segmenter
 (count-guided seeds) and the two classical baselines with their fixed settings; default
@@ -86,6 +90,19 @@ def _background(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     return f / max(float(f.max()), 1e-6)
 
 
+def _local_background(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A field in [0, 1] that varies over a tenth of the image: four Gaussian bumps of sd
+    0.08-0.15x its size at random places (haze around clumps, uneven mounting medium)."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    f = np.zeros(shape, np.float32)
+    for _ in range(4):
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        s = rng.uniform(0.08, 0.15) * max(h, w)
+        f += rng.uniform(0.5, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
+    return f / max(float(f.max()), 1e-6)
+
+
 def perturb(kind: str, image: np.ndarray, diameter: float | None, seed: int) -> np.ndarray:
     """``image`` as another microscope would give it (see the module docstring)."""
     img = np.asarray(image)
@@ -104,6 +121,16 @@ def perturb(kind: str, image: np.ndarray, diameter: float | None, seed: int) -> 
         return cast_like(y, np.uint16)
     if kind == "uneven_bg":
         return _fit_dtype(x + 0.6 * r * _background(x.shape, rng), img.dtype)
+    if kind == "uneven_local":
+        return _fit_dtype(x + 0.6 * r * _local_background(x.shape, rng), img.dtype)
+    if kind == "dark_corners":
+        # vignetting of the whole signal, background included, on a bright offset (a camera
+        # whose field is lit unevenly: the background falls off with the nuclei)
+        h, w = x.shape
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        rr = ((yy - (h - 1) / 2) / (h / 2)) ** 2 + ((xx - (w - 1) / 2) / (w / 2)) ** 2
+        gain = 1.0 - 0.3 * rr
+        return _fit_dtype((x - lo + 0.5 * r) * gain + lo, img.dtype)
     if kind == "vignetting":
         h, w = x.shape
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -119,6 +146,9 @@ def perturb(kind: str, image: np.ndarray, diameter: float | None, seed: int) -> 
 
 
 KINDS = ("clean", "8bit_20", "photon_30", "uneven_bg", "vignetting", "saturated", "blur")
+#: kinds run only when asked for (``--kinds``): not part of the default list, so that the
+#: default run's seeds (``1000 * kind index + image``) stay those of the earlier reports
+EXTRA_KINDS = ("uneven_local", "dark_corners")
 
 
 def main(argv=None) -> int:
