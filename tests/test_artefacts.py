@@ -79,6 +79,43 @@ def test_artefact_high_finds_the_nuclei_under_bright_blobs():
     assert normalization_range(sparse, artefacts=True) == normalization_range(sparse)
 
 
+def _discs(shape, centres, d, value, base=100.0, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = base + rng.normal(0, 2.0, shape)
+    for (cy, cx), v in zip(centres, value, strict=True):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= (d / 2) ** 2] += v
+    return img
+
+
+def test_a_small_field_under_a_blob_is_found_and_a_cluster_of_nuclei_is_not():
+    # ten nuclei (fewer than ARTEFACT_MANY objects) and one blob 8x as bright, 6 nuclei wide
+    centres = [(40 + 45 * (i // 4), 30 + 55 * (i % 4)) for i in range(10)]
+    clean = _discs((256, 256), centres, 14.0, [400.0] * 10)
+    lo, hi = percentiles(clean, [1.0, 99.8])
+    yy, xx = np.mgrid[:256, :256]
+    dirty = clean + 8 * (hi - lo) * np.exp(-((yy - 200) ** 2 + (xx - 200) ** 2) / (2 * 25.0**2))
+    dirty = np.clip(dirty, 0, 65535).astype(np.uint16)
+    _dlo, dhi = normalization_range(dirty)
+    _alo, ahi = normalization_range(dirty, artefacts=True)
+    assert dhi > 4 * hi and ahi == pytest.approx(hi, rel=0.25)
+    # a tight cluster of six bright nuclei among a few dim ones and specks (fewer than
+    # ARTEFACT_MANY objects in all): the cluster is not a blob (under ARTEFACT_SIZE times the
+    # dim nuclei's area), nor are the specks nuclei
+    cluster = [(60 + 12 * (i // 3), 60 + 12 * (i % 3)) for i in range(6)]
+    dim = [(200, 60), (60, 200), (200, 200)]
+    field = _discs((256, 256), cluster + dim, 12.0, [2000.0] * 6 + [300.0] * 3)
+    rng = np.random.default_rng(1)
+    for y, x in rng.integers(0, 256, (10, 2)):
+        field[y, x] += 400.0  # single-pixel specks
+    field = field.astype(np.uint16)
+    assert normalization_range(field, artefacts=True) == normalization_range(field)
+    # two nuclei beside a much brighter one: too few to judge by
+    pair = _discs((256, 256), [(60, 60), (60, 190), (190, 120)], 14.0, [4000.0, 300, 300])
+    pair = pair.astype(np.uint16)
+    assert normalization_range(pair, artefacts=True) == normalization_range(pair)
+
+
 @pytest.mark.parametrize("block_size", [None, 160])
 def test_count_ignores_hot_pixels_and_bright_blobs(block_size):
     img = _nuclei()

@@ -46,6 +46,13 @@ ARTEFACT_SIDE = 512
 #: the rest's high percentile, which stands ARTEFACT_SNR noise standard deviations above it
 ARTEFACT_RATIO = 3.0
 ARTEFACT_SNR = 8.0
+#: a small field (fewer than ARTEFACT_MANY objects): the rest must hold at least ARTEFACT_FEW
+#: objects of ARTEFACT_MIN_AREA pixels or more (of the image; specks do not count) above half
+#: its own high level, and the largest artefact must be at least ARTEFACT_SIZE times the median
+#: of their areas (a blob, not a bright nucleus or a cluster of them)
+ARTEFACT_FEW = 3
+ARTEFACT_MIN_AREA = 12.0
+ARTEFACT_SIZE = 12.0
 #: the 1st percentile of a normal distribution is this many standard deviations below its median
 _Z1 = 2.3263
 
@@ -100,8 +107,15 @@ def artefact_high(arr: np.ndarray, high: float, mid: float, hi: float) -> float 
     the rest's top at least :data:`ARTEFACT_SNR` noise standard deviations above it (noise as
     in the sparse rule of :func:`normalization_range`; a field of noise specks is not one of
     nuclei).
+
+    A small field (fewer than :data:`ARTEFACT_MANY` objects at the low level; a blob that
+    dwarfs the nuclei leaves only their cores there) passes when, besides the conditions
+    above, the rest holds at least :data:`ARTEFACT_FEW` objects of :data:`ARTEFACT_MIN_AREA`
+    image pixels or more above half its own high level, and the largest artefact covers at
+    least :data:`ARTEFACT_SIZE` times their median area: a blob, not a bright nucleus or a
+    cluster of a few (round 20).
     Of the 682 real training and val images (BBBC039, DSB 2018, Aitslab) it acts on three,
-    each with a bright clump among its nuclei (docs/models.md, "Round 19").
+    each with a bright clump among its nuclei (docs/models.md, "Round 19" and "Round 20").
     """
     from scipy import ndimage as ndi
 
@@ -120,11 +134,10 @@ def artefact_high(arr: np.ndarray, high: float, mid: float, hi: float) -> float 
     if areas[big - 1].sum() < ARTEFACT_SHARE * areas.sum():
         return None
     low_lab, n_low = ndi.label(sample > mid + ARTEFACT_LOW * (hi - mid))
-    if n_low < ARTEFACT_MANY:
-        return None
     reach = ndi.binary_dilation(np.isin(top, big), iterations=2)
     hit = np.unique(low_lab[reach])
-    rest = sample[~np.isin(low_lab, hit[hit > 0])]
+    keep = ~np.isin(low_lab, hit[hit > 0])
+    rest = sample[keep]
     if rest.size < sample.size // 2:
         return None
     clean = percentiles(rest, [high])[0]
@@ -132,6 +145,16 @@ def artefact_high(arr: np.ndarray, high: float, mid: float, hi: float) -> float 
         return None
     if clean - mid < ARTEFACT_SNR * _noise_sd(a, percentiles(a, [1.0])[0], mid, hi):
         return None
+    if n_low < ARTEFACT_MANY:
+        # a small field: its own objects, at half the level the rest normalises to, must be
+        # several and each far smaller than the largest artefact
+        objects, n_obj = ndi.label(keep & (sample > mid + 0.5 * (clean - mid)))
+        sizes = np.bincount(objects.ravel())[1:]
+        sizes = sizes[sizes >= ARTEFACT_MIN_AREA / (b * b)]  # specks are not nuclei
+        if sizes.size < ARTEFACT_FEW:
+            return None
+        if areas.max() < ARTEFACT_SIZE * float(np.median(sizes)):
+            return None
     return clean
 
 
