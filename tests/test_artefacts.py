@@ -135,6 +135,24 @@ def test_count_ignores_hot_pixels_and_bright_blobs(block_size):
     assert 35 <= res_hot.corrections["hot_pixels"] <= 40
     assert "bright_artefacts" not in res_hot.corrections
     assert res_dirty.corrections.get("bright_artefacts") == 1
+    if block_size is None:
+        # whole planes: the artefacts' own area is left out too (not counted as cells): the
+        # count is the clean image's outside it, and the dock line says how much was left out
+        share = res_dirty.corrections["artefact_pixels"] / img.size
+        assert 0.05 < share < 0.3
+        assert got_dirty == pytest.approx(clean * (1 - share), rel=0.1)
+        line = engine.describe_corrections(res_dirty.corrections, engine.result_pixels(res_dirty))
+        assert f"and the count ({100 * share:.0f} % of the image)" in line
+        old = dict(engine.OPTIONS)
+        try:
+            engine.OPTIONS["mask_artefacts"] = False  # the blobs are then counted as cells
+            kept = count(dirty, diameter=16.0)
+            assert kept.count > got_dirty + 10 and "artefact_pixels" not in kept.corrections
+        finally:
+            engine.OPTIONS.clear()
+            engine.OPTIONS.update(old)
+    else:
+        assert "artefact_pixels" not in res_dirty.corrections  # blocks leave the area in
     old = dict(engine.OPTIONS)
     try:
         engine.OPTIONS.update(hot_pixels=False, bright_artefacts=False)

@@ -171,9 +171,9 @@ def background_detail(result: Any) -> list[str]:
 def corrections_detail(result: Any) -> list[str]:
     """The result's line saying what the normalisation corrected in the image (none when
     nothing): hot pixels clamped, bright artefacts left out of the brightness range."""
-    from napari_nalu_count.infer.engine import describe_corrections
+    from napari_nalu_count.infer.engine import describe_corrections, result_pixels
 
-    line = describe_corrections(getattr(result, "corrections", None))
+    line = describe_corrections(getattr(result, "corrections", None), result_pixels(result))
     return [line] if line else []
 
 

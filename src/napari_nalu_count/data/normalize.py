@@ -84,7 +84,9 @@ def percentiles(arr: np.ndarray, q: list[float] | tuple[float, ...]) -> list[flo
     return out
 
 
-def artefact_high(arr: np.ndarray, high: float, mid: float, hi: float) -> float | None:
+def artefact_high(
+    arr: np.ndarray, high: float, mid: float, hi: float, regions: dict | None = None
+) -> float | None:
     """The high percentile without a few large bright artefacts, or None when there are none.
 
     Dust, a clump of dead cells or precipitated dye can be ten times brighter than the nuclei
@@ -116,6 +118,10 @@ def artefact_high(arr: np.ndarray, high: float, mid: float, hi: float) -> float 
     cluster of a few (round 20).
     Of the 682 real training and val images (BBBC039, DSB 2018, Aitslab) it acts on three,
     each with a bright clump among its nuclei (docs/models.md, "Round 19" and "Round 20").
+
+    ``regions``: a dict that receives, when artefacts are found, ``"mask"`` (bool, the
+    subsample's pixels left out: the objects the artefacts reach at the low level) and
+    ``"step"`` (the subsample's stride ``b``), for :func:`artefact_area`.
     """
     from scipy import ndimage as ndi
 
@@ -155,7 +161,38 @@ def artefact_high(arr: np.ndarray, high: float, mid: float, hi: float) -> float 
             return None
         if areas.max() < ARTEFACT_SIZE * float(np.median(sizes)):
             return None
+    if regions is not None:
+        regions["mask"] = ~keep
+        regions["step"] = b
     return clean
+
+
+#: :func:`artefact_area`: each artefact is widened by this share of its equivalent radius
+#: (its skirt: a Gaussian blob falls from a tenth of its peak, where the rule's mask ends, to
+#: below the nuclei's level over 0.2-0.35 of it; 0.15 is the compromise measured in round 20
+#: between 8-bit images, whose clipped blobs leave a bright rim that is counted as cells, and
+#: 16-bit ones, whose nuclei stay visible on the skirt)
+ARTEFACT_MARGIN = 0.15
+
+
+def artefact_area(mask: np.ndarray, step: int, shape: tuple[int, int]) -> np.ndarray:
+    """Where the bright artefacts :func:`artefact_high` found lie on the whole ``shape`` plane:
+    its subsample ``mask`` (stride ``step``) brought to the plane, each artefact widened by
+    :data:`ARTEFACT_MARGIN` of its equivalent radius plus one stride (its skirt, still brighter
+    than the nuclei once the plane is normalised without it). Bool array of ``shape``."""
+    from scipy import ndimage as ndi
+
+    h, w = int(shape[0]), int(shape[1])
+    lab, n = ndi.label(np.asarray(mask, dtype=bool))
+    if n == 0:
+        return np.zeros((h, w), dtype=bool)
+    radius = np.sqrt(np.bincount(lab.ravel())[1:] / np.pi)  # subsample pixels
+    margin = np.concatenate([[0.0], ARTEFACT_MARGIN * radius + 1.0])
+    dist, (iy, ix) = ndi.distance_transform_edt(lab == 0, return_indices=True)
+    grown = dist <= margin[lab[iy, ix]]
+    rows = np.minimum(np.arange(h) // step, grown.shape[0] - 1)
+    cols = np.minimum(np.arange(w) // step, grown.shape[1] - 1)
+    return grown[np.ix_(rows, cols)]
 
 
 def _noise_sd(a: np.ndarray, p1: float, mid: float, *refs: float) -> float:
@@ -177,6 +214,7 @@ def normalization_range(
     sparse: bool = True,
     artefacts: bool = False,
     info: dict | None = None,
+    regions: dict | None = None,
 ) -> tuple[float, float]:
     """``(lo, hi)``: the ``low``-th and ``high``-th percentiles of ``arr``, with ``hi`` raised
     for a sparse foreground when ``sparse`` is true.
@@ -197,7 +235,8 @@ def normalization_range(
 
     ``artefacts``: the high reference leaves out a few large bright artefacts
     (:func:`artefact_high`; 2-D planes; the engine uses it, training does not). ``info``: a
-    dict whose ``"bright_artefacts"`` entry is incremented when that happens.
+    dict whose ``"bright_artefacts"`` entry is incremented when that happens; ``regions``: a
+    dict that then receives where they are (see :func:`artefact_high`).
     """
     a = np.asarray(arr)
     if not sparse:
@@ -216,7 +255,7 @@ def normalization_range(
                 if top - mid >= SPARSE_GAP * (hi - mid):
                     return lo, top
     if artefacts:
-        clean = artefact_high(a, high, mid, hi)
+        clean = artefact_high(a, high, mid, hi, regions)
         if clean is not None and clean > lo:
             hi = clean
             _note(info, "bright_artefacts")
@@ -238,6 +277,7 @@ def percentile_normalize(
     sparse: bool = False,
     artefacts: bool = False,
     info: dict | None = None,
+    regions: dict | None = None,
 ) -> np.ndarray:
     """Map the ``low``-th percentile to 0 and the ``high``-th to 1.
 
@@ -260,8 +300,8 @@ def percentile_normalize(
     artefacts
         Leave a few large bright artefacts out of the high reference (see
         :func:`artefact_high`; the engine uses it).
-    info
-        See :func:`normalization_range`.
+    info, regions
+        See :func:`normalization_range` and :func:`artefact_high`.
 
     Returns
     -------
@@ -296,7 +336,9 @@ def percentile_normalize(
                 f"image contains {n_nan} NaN and {n_inf} infinite value(s); "
                 "replace or mask them before normalising"
             )
-    lo, hi = normalization_range(arr, low, high, sparse=sparse, artefacts=artefacts, info=info)
+    lo, hi = normalization_range(
+        arr, low, high, sparse=sparse, artefacts=artefacts, info=info, regions=regions
+    )
     if not hi - lo > eps:
         return np.zeros(arr.shape, dtype=np.float32)
     # float64 input is scaled in float64 (huge ranges would overflow float32 before scaling).

@@ -410,10 +410,10 @@ def process_file(
         raise
     except Exception as exc:  # never lose the batch for one bad file
         return FileOutcome(str(path), None, error=str(exc) or type(exc).__name__)
-    from napari_nalu_count.infer.engine import describe_corrections
+    from napari_nalu_count.infer.engine import describe_corrections, result_pixels
 
     out = FileOutcome(str(path), rows)
-    note = describe_corrections(getattr(res, "corrections", None))
+    note = describe_corrections(getattr(res, "corrections", None), result_pixels(res))
     if note:
         out.notes.append(note)
     density_path, labels_path, labels3d_path = names

@@ -123,6 +123,10 @@ OPTIONS: dict[str, Any] = {
     # seed counter found the background uneven (False: only the seeds come from a flattened
     # plane)
     "auto_background_segmenter": True,
+    # the bright artefacts found by the rule above are also left out of the plane (set to the
+    # background's level, 0) for the size estimate, the count and the segmentation; whole planes
+    # only (blocked counting leaves them in)
+    "mask_artefacts": True,
 }
 #: smallest tile the out-of-memory fallback goes down to
 MIN_TILE = 64
@@ -218,6 +222,8 @@ class CountResult:
     #: clamped (:func:`~napari_nalu_count.data.normalize.suppress_hot_pixels`),
     #: ``"bright_artefacts"``, planes whose high percentile left a few large bright artefacts
     #: out (:func:`~napari_nalu_count.data.normalize.artefact_high`), and
+    #: ``"artefact_pixels"``, the pixels of those artefacts also left out of the plane (set to
+    #: the background's level: not sized, counted or segmented; whole planes, not blocks),
     #: ``"uneven_background"``, planes that ``background="auto"`` flattened; empty when
     #: nothing was corrected
     corrections: dict[str, int] = field(default_factory=dict)
@@ -281,10 +287,11 @@ class SegmentResult:
         return _stack_shaped(self.count, self.labels.shape, self.axes)
 
 
-def describe_corrections(corrections: dict[str, int] | None) -> str:
+def describe_corrections(corrections: dict[str, int] | None, pixels: int | None = None) -> str:
     """One line saying what the normalisation corrected (a result's ``corrections``), e.g.
-    ``"40 hot pixels ignored; bright artefacts left out of the brightness range"``; "" when
-    nothing was."""
+    ``"40 hot pixels ignored; bright artefacts left out of the brightness range and the count
+    (12 % of the image)"``; "" when nothing was. ``pixels``: the image's pixels (all planes),
+    for the artefacts' share (see :func:`result_pixels`)."""
     fixes = corrections or {}
     parts = []
     if fixes.get("hot_pixels"):
@@ -293,12 +300,33 @@ def describe_corrections(corrections: dict[str, int] | None) -> str:
     if fixes.get("bright_artefacts"):
         n = int(fixes["bright_artefacts"])
         where = "" if n == 1 else f" ({n} planes)"
-        parts.append(f"bright artefacts left out of the brightness range{where}")
+        masked = int(fixes.get("artefact_pixels", 0))
+        if masked and pixels:
+            share = 100.0 * masked / float(pixels)
+            amount = f"{share:.0f} %" if share >= 1 else "under 1 %"
+            parts.append(
+                f"bright artefacts left out of the brightness range and the count ({amount} of "
+                f"the image){where}"
+            )
+        elif masked:
+            parts.append(f"bright artefacts left out of the brightness range and the count{where}")
+        else:
+            parts.append(f"bright artefacts left out of the brightness range{where}")
     if fixes.get("uneven_background"):
         n = int(fixes["uneven_background"])
         where = "" if n == 1 else f" ({n} planes)"
         parts.append(f"uneven background found and flattened{where}")
     return "; ".join(parts)
+
+
+def result_pixels(result: Any) -> int | None:
+    """The pixels (all planes) of the image a :class:`CountResult` or :class:`SegmentResult`
+    came from (its density or label image), or None."""
+    for name in ("labels", "density"):
+        arr = getattr(result, name, None)
+        if isinstance(arr, np.ndarray) and arr.size:
+            return int(arr.size)
+    return None
 
 
 def _stack_shaped(count: Any, shape: tuple[int, ...], axes: str) -> np.ndarray:
@@ -520,11 +548,16 @@ def _normalize(plane: np.ndarray, card: dict, corrections: dict | None = None) -
     """Normalise a raw ``(H, W)`` plane as the card says; float32. ``corrections`` (a call's
     :attr:`CountResult.corrections`) counts the hot pixels clamped and the planes whose bright
     artefacts were left out of the high percentile."""
-    from napari_nalu_count.data.normalize import percentile_normalize, suppress_hot_pixels
+    from napari_nalu_count.data.normalize import (
+        artefact_area,
+        percentile_normalize,
+        suppress_hot_pixels,
+    )
 
     norm = card.get("normalization") or {"method": "percentile", "low": 1.0, "high": 99.8}
     method = norm.get("method", "percentile")
     if method == "percentile":
+        regions: dict[str, Any] = {}
         out = percentile_normalize(
             plane,
             norm.get("low", 1.0),
@@ -532,9 +565,17 @@ def _normalize(plane: np.ndarray, card: dict, corrections: dict | None = None) -
             sparse=True,
             artefacts=OPTIONS["bright_artefacts"],
             info=corrections,
+            regions=regions,
         )
         if OPTIONS["hot_pixels"] and out.ndim == 2:
             suppress_hot_pixels(out, info=corrections)
+        if OPTIONS["mask_artefacts"] and "mask" in regions and out.ndim == 2:
+            # the artefacts themselves: not nuclei, not to be counted or sized
+            area = artefact_area(regions["mask"], regions["step"], out.shape)
+            out[area] = 0.0
+            if corrections is not None:
+                n = int(np.count_nonzero(area))
+                corrections["artefact_pixels"] = corrections.get("artefact_pixels", 0) + n
         return out
     if method in (None, "none"):
         return np.asarray(plane, dtype=np.float32)
