@@ -175,24 +175,40 @@ def artefact_high(
 ARTEFACT_MARGIN = 0.15
 
 
-def artefact_area(mask: np.ndarray, step: int, shape: tuple[int, int]) -> np.ndarray:
-    """Where the bright artefacts :func:`artefact_high` found lie on the whole ``shape`` plane:
-    its subsample ``mask`` (stride ``step``) brought to the plane, each artefact widened by
-    :data:`ARTEFACT_MARGIN` of its equivalent radius plus one stride (its skirt, still brighter
-    than the nuclei once the plane is normalised without it). Bool array of ``shape``."""
+def grow_artefacts(mask: np.ndarray) -> np.ndarray:
+    """:func:`artefact_high`'s subsample ``mask`` with each artefact widened by
+    :data:`ARTEFACT_MARGIN` of its equivalent radius plus one sample (its skirt, still brighter
+    than the nuclei once the plane is normalised without it); bool, same shape."""
     from scipy import ndimage as ndi
 
-    h, w = int(shape[0]), int(shape[1])
     lab, n = ndi.label(np.asarray(mask, dtype=bool))
     if n == 0:
-        return np.zeros((h, w), dtype=bool)
+        return np.zeros(lab.shape, dtype=bool)
     radius = np.sqrt(np.bincount(lab.ravel())[1:] / np.pi)  # subsample pixels
     margin = np.concatenate([[0.0], ARTEFACT_MARGIN * radius + 1.0])
     dist, (iy, ix) = ndi.distance_transform_edt(lab == 0, return_indices=True)
-    grown = dist <= margin[lab[iy, ix]]
-    rows = np.minimum(np.arange(h) // step, grown.shape[0] - 1)
-    cols = np.minimum(np.arange(w) // step, grown.shape[1] - 1)
-    return grown[np.ix_(rows, cols)]
+    return dist <= margin[lab[iy, ix]]
+
+
+def artefact_area(
+    mask: np.ndarray,
+    step: int,
+    shape: tuple[int, int],
+    origin: tuple[int, int] = (0, 0),
+    spacing: int = 1,
+    grown: np.ndarray | None = None,
+) -> np.ndarray:
+    """Where the bright artefacts :func:`artefact_high` found lie on a ``shape`` array of the
+    plane: its subsample ``mask`` (stride ``step`` on the plane) widened by
+    :func:`grow_artefacts` (or ``grown``, that widened mask, computed once for many calls) and
+    read at the array's pixels: rows ``origin[0] + spacing * i``, columns ``origin[1] +
+    spacing * j`` of the plane (the whole plane by default; a block; a strided sample). Bool
+    array of ``shape``."""
+    g = grow_artefacts(mask) if grown is None else grown
+    h, w = int(shape[0]), int(shape[1])
+    rows = np.minimum((origin[0] + spacing * np.arange(h)) // step, g.shape[0] - 1)
+    cols = np.minimum((origin[1] + spacing * np.arange(w)) // step, g.shape[1] - 1)
+    return g[np.ix_(rows, cols)]
 
 
 def _noise_sd(a: np.ndarray, p1: float, mid: float, *refs: float) -> float:

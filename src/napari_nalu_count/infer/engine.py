@@ -124,8 +124,8 @@ OPTIONS: dict[str, Any] = {
     # plane)
     "auto_background_segmenter": True,
     # the bright artefacts found by the rule above are also left out of the plane (set to the
-    # background's level, 0) for the size estimate, the count and the segmentation; whole planes
-    # only (blocked counting leaves them in)
+    # background's level, 0) for the size estimate, the count and the segmentation (blocked
+    # counting too: the area found on its subsample, read in each block)
     "mask_artefacts": True,
 }
 #: smallest tile the out-of-memory fallback goes down to
@@ -223,7 +223,7 @@ class CountResult:
     #: ``"bright_artefacts"``, planes whose high percentile left a few large bright artefacts
     #: out (:func:`~napari_nalu_count.data.normalize.artefact_high`), and
     #: ``"artefact_pixels"``, the pixels of those artefacts also left out of the plane (set to
-    #: the background's level: not sized, counted or segmented; whole planes, not blocks),
+    #: the background's level: not sized, counted or segmented),
     #: ``"uneven_background"``, planes that ``background="auto"`` flattened; empty when
     #: nothing was corrected
     corrections: dict[str, int] = field(default_factory=dict)
@@ -1560,6 +1560,7 @@ def _count_blocked(
         if method == "percentile":
             from napari_nalu_count.data.normalize import normalization_range
 
+            regions: dict[str, Any] = {}
             lo, hi = normalization_range(
                 sample,
                 norm_cfg.get("low", 1.0),
@@ -1567,19 +1568,31 @@ def _count_blocked(
                 sparse=True,
                 artefacts=OPTIONS["bright_artefacts"],
                 info=runner.corrections,
+                regions=regions,
             )
         else:
-            lo, hi = 0.0, 1.0
+            lo, hi, regions = 0.0, 1.0, {}
         span = hi - lo
+        grown = None  # the artefacts to leave out, on the sample's subsample (as whole planes)
+        if OPTIONS["mask_artefacts"] and "mask" in regions:
+            from napari_nalu_count.data.normalize import grow_artefacts
+
+            grown = (grow_artefacts(regions["mask"]), step * int(regions["step"]))
 
         def normalize(
             raw: np.ndarray,
             lo: float = lo,
             span: float = span,
             core: tuple[int, int, int, int] | None = None,
+            origin: tuple[int, int] = (0, 0),
+            spacing: int = 1,
+            grown: tuple[np.ndarray, int] | None = grown,
         ) -> np.ndarray:
             """``raw`` normalised; hot pixels clamped (counted only inside ``core``, the
-            block's own part, so that halos shared by two blocks are not counted twice)."""
+            block's own part, so that halos shared by two blocks are not counted twice); the
+            bright artefacts' area set to 0 (``raw`` holds the plane's rows ``origin[0] +
+            spacing * i`` and columns ``origin[1] + spacing * j``; its pixels counted inside
+            ``core`` as the hot pixels)."""
             if not span > 1e-20:
                 return np.zeros(raw.shape, dtype=np.float32)
             work_dtype = np.float64 if raw.dtype == np.float64 else np.float32
@@ -1589,6 +1602,17 @@ def _count_blocked(
                 from napari_nalu_count.data.normalize import suppress_hot_pixels
 
                 suppress_hot_pixels(out, core, info=runner.corrections)
+            if grown is not None and out.ndim == 2:
+                from napari_nalu_count.data.normalize import artefact_area
+
+                mask, stride = grown
+                area = artefact_area(mask, stride, out.shape, origin, spacing, grown=mask)
+                out[area] = 0.0
+                y0, y1, x0, x1 = core if core is not None else (0, out.shape[0], 0, out.shape[1])
+                n = int(np.count_nonzero(area[y0:y1, x0:x1]))
+                if n:
+                    fixes = runner.corrections
+                    fixes["artefact_pixels"] = fixes.get("artefact_pixels", 0) + n
             return out
 
         if scale.pending:
@@ -1598,10 +1622,16 @@ def _count_blocked(
             window = _read_block(lazy, plan, slice(y0, y0 + wy), slice(x0, x0 + wx))
             scale.resolve(window)
             bg = _plane_background(
-                background, normalize(sample, core=(0, 0, 0, 0)), scale, card, runner, step
+                background,
+                normalize(sample, core=(0, 0, 0, 0), spacing=step),
+                scale,
+                card,
+                runner,
+                step,
             )
             if scale.source == "estimated":
-                normalized = normalize(window, core=(0, 0, 0, 0))  # counted with the blocks
+                # counted with the blocks
+                normalized = normalize(window, core=(0, 0, 0, 0), origin=(y0, x0))
                 if n_out == 2 and OPTIONS["size_check"]:
                     _refine_diameter(runner, normalized, scale, bg)
                 if OPTIONS["island_check"]:
@@ -1610,7 +1640,12 @@ def _count_blocked(
             del window
         else:
             bg = _plane_background(
-                background, normalize(sample, core=(0, 0, 0, 0)), scale, card, runner, step
+                background,
+                normalize(sample, core=(0, 0, 0, 0), spacing=step),
+                scale,
+                card,
+                runner,
+                step,
             )
         flattened = flattened or bg
         f = float(scale.factor or 1.0)
@@ -1642,7 +1677,9 @@ def _count_blocked(
             raw = _read_block(lazy, plan, slice(a, b), slice(c, d))
             _check_finite(raw, idx)
             own = (y[0] - a, y[1] - a, x[0] - c, x[1] - c)
-            model_block = _model_input(normalize(raw, core=own), f, scale.card_diameter, bg)
+            model_block = _model_input(
+                normalize(raw, core=own, origin=(a, c)), f, scale.card_diameter, bg
+            )
             del raw
             pred = yield from runner.run(model_block, k)
             dens = pred[0]
