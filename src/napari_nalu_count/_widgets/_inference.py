@@ -40,6 +40,11 @@ BACKGROUND_TOOLTIP = (
 )
 
 
+def background_kwargs(mode: str) -> dict[str, Any]:
+    """The engine's ``background=`` for a picker ``mode``; empty for ``"auto"`` (its default)."""
+    return {} if mode == "auto" else {"background": BACKGROUND_MODES[mode][1]}
+
+
 def check_background_mode(mode: Any) -> str:
     """``"auto"``, ``"on"`` or ``"off"`` (True / False are ``"on"`` / ``"off"``)."""
     if mode is True or mode is False:
@@ -87,8 +92,7 @@ class RunParams:
             kwargs["volume"] = True
         if self.uncertainty:
             kwargs["uncertainty"] = True
-        if self.background != "auto":  # the engine's default
-            kwargs["background"] = BACKGROUND_MODES[self.background][1]
+        kwargs.update(background_kwargs(self.background))
         return kwargs
 
 

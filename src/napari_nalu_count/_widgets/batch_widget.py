@@ -20,8 +20,8 @@ from napari_nalu_count import infer
 from napari_nalu_count._widgets import _models, _quantify
 from napari_nalu_count._widgets._base import JobDock, Prepared
 from napari_nalu_count._widgets._inference import (
-    BACKGROUND_MODES,
     background_combo,
+    background_kwargs,
     check_background_mode,
 )
 from napari_nalu_count._widgets._jobs import Outcome
@@ -56,6 +56,7 @@ class BatchParams:
         if self.measure and self.task == "segment":
             measure_csv = self.csv.with_name(f"{self.csv.stem}_objects.csv")
         maps = {"density_dir" if self.task == "count" else "labels_dir": self.maps_dir}
+        options = background_kwargs(self.background)  # empty on auto, the engine's default
         return {
             "task": self.task,
             "model": self.model,
@@ -68,11 +69,7 @@ class BatchParams:
             "measure_csv": measure_csv,
             "csv": self.csv,
             **(maps if self.maps_dir is not None else {}),
-            **(
-                {"engine_options": {"background": BACKGROUND_MODES[self.background][1]}}
-                if self.background != "auto"  # the engine's default
-                else {}
-            ),
+            **({"engine_options": options} if options else {}),
         }
 
 

@@ -82,14 +82,20 @@ def channel_arg(text: str) -> int | str:
         ) from None
 
 
-def background_arg(text: str) -> float:
-    from napari_nalu_count.errors import InputError
+def _parsed_background(text: str) -> float | str | None:
+    """:func:`~napari_nalu_count.infer.background.parse_background`, its InputError as
+    argparse's."""
     from napari_nalu_count.infer.background import parse_background
 
     try:
-        value = parse_background(text)
+        return parse_background(text)
     except InputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def background_arg(text: str) -> float | str:
+    """``--flatten-background [DIAMETERS]``: a width (not off)."""
+    value = _parsed_background(text)
     if value is None:
         raise argparse.ArgumentTypeError(
             f"--flatten-background {text!r}: give a width of at least 2 object diameters"
@@ -99,13 +105,7 @@ def background_arg(text: str) -> float:
 
 def background_mode_arg(text: str) -> float | str | bool:
     """``--background``: ``auto``, ``on``, ``off`` or a width in object diameters."""
-    from napari_nalu_count.errors import InputError
-    from napari_nalu_count.infer.background import parse_background
-
-    try:
-        value = parse_background(text)
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    value = _parsed_background(text)
     return False if value is None else value
 
 

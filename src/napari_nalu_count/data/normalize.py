@@ -121,7 +121,8 @@ def artefact_high(
 
     ``regions``: a dict that receives, when artefacts are found, ``"mask"`` (bool, the
     subsample's pixels left out: the objects the artefacts reach at the low level) and
-    ``"step"`` (the subsample's stride ``b``), for :func:`artefact_area`.
+    ``"step"`` (the subsample's stride ``b``), for :func:`grow_artefacts` and
+    :func:`artefact_area`.
     """
     from scipy import ndimage as ndi
 
@@ -191,20 +192,18 @@ def grow_artefacts(mask: np.ndarray) -> np.ndarray:
 
 
 def artefact_area(
-    mask: np.ndarray,
+    grown: np.ndarray,
     step: int,
     shape: tuple[int, int],
     origin: tuple[int, int] = (0, 0),
     spacing: int = 1,
-    grown: np.ndarray | None = None,
 ) -> np.ndarray:
     """Where the bright artefacts :func:`artefact_high` found lie on a ``shape`` array of the
-    plane: its subsample ``mask`` (stride ``step`` on the plane) widened by
-    :func:`grow_artefacts` (or ``grown``, that widened mask, computed once for many calls) and
-    read at the array's pixels: rows ``origin[0] + spacing * i``, columns ``origin[1] +
-    spacing * j`` of the plane (the whole plane by default; a block; a strided sample). Bool
-    array of ``shape``."""
-    g = grow_artefacts(mask) if grown is None else grown
+    plane: ``grown`` (its subsample mask, stride ``step`` on the plane, widened by
+    :func:`grow_artefacts`, once for all the arrays of a plane) read at the array's pixels:
+    rows ``origin[0] + spacing * i``, columns ``origin[1] + spacing * j`` of the plane (the
+    whole plane by default; a block; a strided sample). Bool array of ``shape``."""
+    g = grown
     h, w = int(shape[0]), int(shape[1])
     rows = np.minimum((origin[0] + spacing * np.arange(h)) // step, g.shape[0] - 1)
     cols = np.minimum((origin[1] + spacing * np.arange(w)) // step, g.shape[1] - 1)
@@ -274,11 +273,13 @@ def normalization_range(
         clean = artefact_high(a, high, mid, hi, regions)
         if clean is not None and clean > lo:
             hi = clean
-            _note(info, "bright_artefacts")
+            tally(info, "bright_artefacts")
     return lo, hi
 
 
-def _note(info: dict | None, key: str, n: int = 1) -> None:
+def tally(info: dict | None, key: str, n: int = 1) -> None:
+    """Add ``n`` to ``info[key]`` (a result's ``corrections``; nothing when ``info`` is None or
+    ``n`` is 0)."""
     if info is not None and n:
         info[key] = info.get(key, 0) + n
 
@@ -442,5 +443,5 @@ def suppress_hot_pixels(
         y0, y1, x0, x1 = count_in
         yh, xh = ys[hot], xs[hot]
         n = int(np.count_nonzero((yh >= y0) & (yh < y1) & (xh >= x0) & (xh < x1)))
-    _note(info, "hot_pixels", n)
+    tally(info, "hot_pixels", n)
     return n

@@ -159,9 +159,10 @@ def assess_background(norm: np.ndarray, diameter: float) -> dict[str, Any]:
     :data:`AUTO_MIN_AMPLITUDE` and residual at most :data:`AUTO_MAX_RESIDUAL`). Planes too small
     to judge (under 3 windows a side on that grid) are not uneven.
 
-    On the val images (docs/models.md, "Round 20"): clean BBBC039, DSB and Aitslab images
-    have amplitudes of 0.004-0.13; copies with an added ramp and bump 0.19-0.52 with residuals
-    of at most 0.042; DSB's tissue images (background of out-of-focus nuclei) residuals of
+    On the val images, judged with their true diameter (docs/models.md, "Round 20";
+    ``benchmarks/notes/r20_background_probe.py``): clean BBBC039, DSB and Aitslab images have
+    amplitudes of at most 0.128; copies with an added ramp and bump 0.24-0.46 with residuals of
+    at most 0.039; DSB's tissue images (background of out-of-focus nuclei) residuals of
     0.08-0.19, with or without that ramp."""
     from napari_nalu_count.infer.scale import rescale_plane, scaled_shape
 

@@ -293,29 +293,25 @@ def describe_corrections(corrections: dict[str, int] | None, pixels: int | None 
     (12 % of the image)"``; "" when nothing was. ``pixels``: the image's pixels (all planes),
     for the artefacts' share (see :func:`result_pixels`)."""
     fixes = corrections or {}
+
+    def planes(key: str) -> str:
+        n = int(fixes[key])
+        return "" if n == 1 else f" ({n} planes)"
+
     parts = []
     if fixes.get("hot_pixels"):
         n = int(fixes["hot_pixels"])
         parts.append(f"{n} hot pixel{'s' if n != 1 else ''} ignored")
     if fixes.get("bright_artefacts"):
-        n = int(fixes["bright_artefacts"])
-        where = "" if n == 1 else f" ({n} planes)"
         masked = int(fixes.get("artefact_pixels", 0))
+        what = "the brightness range and the count" if masked else "the brightness range"
+        amount = ""
         if masked and pixels:
             share = 100.0 * masked / float(pixels)
-            amount = f"{share:.0f} %" if share >= 1 else "under 1 %"
-            parts.append(
-                f"bright artefacts left out of the brightness range and the count ({amount} of "
-                f"the image){where}"
-            )
-        elif masked:
-            parts.append(f"bright artefacts left out of the brightness range and the count{where}")
-        else:
-            parts.append(f"bright artefacts left out of the brightness range{where}")
+            amount = f" ({share:.0f} % of the image)" if share >= 1 else " (under 1 % of the image)"
+        parts.append(f"bright artefacts left out of {what}{amount}{planes('bright_artefacts')}")
     if fixes.get("uneven_background"):
-        n = int(fixes["uneven_background"])
-        where = "" if n == 1 else f" ({n} planes)"
-        parts.append(f"uneven background found and flattened{where}")
+        parts.append(f"uneven background found and flattened{planes('uneven_background')}")
     return "; ".join(parts)
 
 
@@ -549,7 +545,7 @@ def _normalize(plane: np.ndarray, card: dict, corrections: dict | None = None) -
     :attr:`CountResult.corrections`) counts the hot pixels clamped and the planes whose bright
     artefacts were left out of the high percentile."""
     from napari_nalu_count.data.normalize import (
-        artefact_area,
+        grow_artefacts,
         percentile_normalize,
         suppress_hot_pixels,
     )
@@ -571,15 +567,34 @@ def _normalize(plane: np.ndarray, card: dict, corrections: dict | None = None) -
             suppress_hot_pixels(out, info=corrections)
         if OPTIONS["mask_artefacts"] and "mask" in regions and out.ndim == 2:
             # the artefacts themselves: not nuclei, not to be counted or sized
-            area = artefact_area(regions["mask"], regions["step"], out.shape)
-            out[area] = 0.0
-            if corrections is not None:
-                n = int(np.count_nonzero(area))
-                corrections["artefact_pixels"] = corrections.get("artefact_pixels", 0) + n
+            grown = grow_artefacts(regions["mask"])
+            _leave_out_artefacts(out, grown, int(regions["step"]), corrections)
         return out
     if method in (None, "none"):
         return np.asarray(plane, dtype=np.float32)
     raise InputError(f"unsupported normalization method {method!r} in the model card")
+
+
+def _leave_out_artefacts(
+    out: np.ndarray,
+    grown: np.ndarray,
+    step: int,
+    corrections: dict | None,
+    core: tuple[int, int, int, int] | None = None,
+    origin: tuple[int, int] = (0, 0),
+    spacing: int = 1,
+) -> None:
+    """Set the bright artefacts' area (:func:`~napari_nalu_count.data.normalize.artefact_area`
+    of ``grown``, stride ``step``; ``out`` holds the plane's pixels from ``origin`` every
+    ``spacing``) of a normalised 2-D array to the background's level, in place, and add its
+    pixels inside ``core`` (a block's own part; all of ``out`` by default) to
+    ``corrections["artefact_pixels"]``."""
+    from napari_nalu_count.data.normalize import artefact_area, tally
+
+    area = artefact_area(grown, step, out.shape, origin, spacing)
+    out[area] = 0.0
+    y0, y1, x0, x1 = core if core is not None else (0, out.shape[0], 0, out.shape[1])
+    tally(corrections, "artefact_pixels", int(np.count_nonzero(area[y0:y1, x0:x1])))
 
 
 def _same_normalization(a: dict, b: dict) -> bool:
@@ -966,7 +981,9 @@ def _plane_background(
     )
     if not verdict["uneven"]:
         return None
-    runner.corrections["uneven_background"] = runner.corrections.get("uneven_background", 0) + 1
+    from napari_nalu_count.data.normalize import tally
+
+    tally(runner.corrections, "uneven_background")
     return _background.DEFAULT_FACTOR
 
 
@@ -1350,12 +1367,15 @@ def count_events(
             yield runner.skip_plane(shape, k)
             continue
         norm = _normalize(raw, card, runner.corrections) if _normalized is None else _normalized
-        reuse = None
-        if scale.pending:
+        reuse = model_plane = None
+        estimating = scale.pending
+        if estimating:
             yield runner.report("count: estimating the nucleus size")
             scale.resolve(raw, _size_normalized(card, norm))
-            bg = _plane_background(background, norm, scale, card, runner)
-            model_plane = None
+        # judged once the size is known (before the size checks, which see the same plane)
+        bg = _plane_background(background, norm, scale, card, runner)
+        flattened = flattened or bg
+        if estimating:
             if n_out == 2 and scale.source == "estimated" and OPTIONS["size_check"]:
                 model_plane, reuse = _refine_diameter(runner, norm, scale, bg)
             if scale.source == "estimated" and OPTIONS["island_check"]:
@@ -1364,13 +1384,8 @@ def count_events(
                     model_plane = reuse = None
                 elif made is not None:  # the check's pass at this size is the count's
                     reuse = made
-            if model_plane is None:
-                model_plane = _model_input(norm, scale.factor, scale.card_diameter, bg)
-        else:
-            bg = _plane_background(background, norm, scale, card, runner)
-            if grid_scale == 1.0:
-                model_plane = _model_input(norm, scale.factor, scale.card_diameter, bg)
-        flattened = flattened or bg
+        if model_plane is None and grid_scale == 1.0:
+            model_plane = _model_input(norm, scale.factor, scale.card_diameter, bg)
         if grid_scale != 1.0:
             reuse = None
             grid_d = scale.card_diameter * grid_scale if scale.card_diameter else None
@@ -1603,51 +1618,32 @@ def _count_blocked(
 
                 suppress_hot_pixels(out, core, info=runner.corrections)
             if grown is not None and out.ndim == 2:
-                from napari_nalu_count.data.normalize import artefact_area
-
-                mask, stride = grown
-                area = artefact_area(mask, stride, out.shape, origin, spacing, grown=mask)
-                out[area] = 0.0
-                y0, y1, x0, x1 = core if core is not None else (0, out.shape[0], 0, out.shape[1])
-                n = int(np.count_nonzero(area[y0:y1, x0:x1]))
-                if n:
-                    fixes = runner.corrections
-                    fixes["artefact_pixels"] = fixes.get("artefact_pixels", 0) + n
+                _leave_out_artefacts(out, *grown, runner.corrections, core, origin, spacing)
             return out
 
+        window = None
         if scale.pending:
             yield runner.report("count: estimating the nucleus size")
             wy, wx = min(ESTIMATE_WINDOW, h), min(ESTIMATE_WINDOW, w)
             y0, x0 = (h - wy) // 2, (w - wx) // 2
             window = _read_block(lazy, plan, slice(y0, y0 + wy), slice(x0, x0 + wx))
             scale.resolve(window)
-            bg = _plane_background(
-                background,
-                normalize(sample, core=(0, 0, 0, 0), spacing=step),
-                scale,
-                card,
-                runner,
-                step,
-            )
-            if scale.source == "estimated":
-                # counted with the blocks
-                normalized = normalize(window, core=(0, 0, 0, 0), origin=(y0, x0))
-                if n_out == 2 and OPTIONS["size_check"]:
-                    _refine_diameter(runner, normalized, scale, bg)
-                if OPTIONS["island_check"]:
-                    _island_check(normalized, scale, runner, bg)
-                del normalized
-            del window
-        else:
-            bg = _plane_background(
-                background,
-                normalize(sample, core=(0, 0, 0, 0), spacing=step),
-                scale,
-                card,
-                runner,
-                step,
-            )
+        # "auto": judged on the plane's subsample once the size is known, before the size
+        # checks (its hot pixels and artefacts are counted with the blocks)
+        bg = background
+        if background == _background.AUTO:
+            judged = normalize(sample, core=(0, 0, 0, 0), spacing=step)
+            bg = _plane_background(background, judged, scale, card, runner, step)
+            del judged
         flattened = flattened or bg
+        if window is not None and scale.source == "estimated":
+            normalized = normalize(window, core=(0, 0, 0, 0), origin=(y0, x0))
+            if n_out == 2 and OPTIONS["size_check"]:
+                _refine_diameter(runner, normalized, scale, bg)
+            if OPTIONS["island_check"]:
+                _island_check(normalized, scale, runner, bg)
+            del normalized
+        del window
         f = float(scale.factor or 1.0)
         card_d = scale.card_diameter or 10.0
         halo = max(float(OPTIONS["overlap"]), 3.0 * card_d)
@@ -1940,8 +1936,9 @@ def segment_events(
                 bg = sub.background if OPTIONS["auto_background_segmenter"] else None
                 checks.extend(sub.background_checks)
                 if sub.background:
-                    fixes = runner.corrections
-                    fixes["uneven_background"] = fixes.get("uneven_background", 0) + 1
+                    from napari_nalu_count.data.normalize import tally
+
+                    tally(runner.corrections, "uneven_background")
             else:
                 bg = _plane_background(background, norm, scale, card, runner)
             flattened = flattened or bg
